@@ -1,0 +1,1 @@
+"""Command-line doors into the pipeline: they parse arguments and call one function each."""

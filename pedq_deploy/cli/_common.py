@@ -1,0 +1,64 @@
+"""What every pedq command shares: one-line errors with exit code 2, SIGTERM cleanup, progress."""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import click
+
+from ..errors import PedqError
+
+__all__ = ["entry_point", "StageProgress", "echo_err"]
+
+
+def echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _sigterm(signum, frame):  # turn SIGTERM into SystemExit so staged outputs are removed
+    raise SystemExit(128 + signum)
+
+
+def entry_point(command: click.Command, prog: str):
+    """Wrap a click command: no traceback for the user's mistakes, exit code 2 for them."""
+
+    def main(argv: list[str] | None = None) -> None:
+        signal.signal(signal.SIGTERM, _sigterm)
+        try:
+            command.main(args=argv, prog_name=prog, standalone_mode=False)
+        except click.exceptions.Abort:
+            echo_err(f"{prog}: aborted")
+            sys.exit(130)
+        except click.ClickException as exc:
+            echo_err(f"{prog}: error: {exc.format_message()}")
+            sys.exit(2)
+        except PedqError as exc:
+            echo_err(f"{prog}: error: {exc}")
+            sys.exit(2)
+        except MemoryError:
+            echo_err(f"{prog}: error: out of memory")
+            sys.exit(2)
+        except KeyboardInterrupt:
+            echo_err(f"{prog}: interrupted")
+            sys.exit(130)
+
+    return main
+
+
+class StageProgress:
+    """Prints one line per pipeline stage to stderr: ``[2/4] unwrap ... 0.12 s``."""
+
+    def __init__(self, stages: tuple[str, ...], quiet: bool = False):
+        self.stages = stages
+        self.quiet = quiet
+        self._t = time.perf_counter()
+
+    def __call__(self, stage: str, event: str) -> None:
+        if self.quiet:
+            return
+        n = self.stages.index(stage) + 1 if stage in self.stages else 0
+        if event == "start":
+            click.echo(f"[{n}/{len(self.stages)}] {stage} ...", err=True, nl=False)
+        else:
+            click.echo(f" {float(event.split()[1]):.2f} s", err=True)

@@ -1,0 +1,8 @@
+"""The only code that touches files: NIfTI images, JSON sidecars, output folders."""
+from __future__ import annotations
+
+from .nifti import ImageProps, load_image, save_image
+from .outputs import StagedOutput
+from .sidecar import read_sidecar
+
+__all__ = ["ImageProps", "load_image", "save_image", "StagedOutput", "read_sidecar"]

@@ -1,0 +1,59 @@
+"""An output folder that never shows a partial result.
+
+Files are written into a hidden staging folder next to OUTDIR (same file system) and renamed
+into OUTDIR only once every output of the run is complete. On failure the staging folder is
+removed and OUTDIR is left as it was.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = ["StagedOutput"]
+
+
+class StagedOutput:
+    """Context manager: ``with StagedOutput(outdir) as st: save(st.path("qsm.nii.gz"))``."""
+
+    def __init__(self, outdir: str | os.PathLike):
+        self.outdir = Path(outdir)
+        self._stage: Path | None = None
+        self._names: list[str] = []
+
+    def __enter__(self) -> "StagedOutput":
+        parent = self.outdir.resolve().parent
+        if self.outdir.exists() and not self.outdir.is_dir():
+            raise InputError(f"output path exists and is not a folder: {self.outdir}")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._stage = Path(tempfile.mkdtemp(prefix=f".{self.outdir.name}.partial-", dir=parent))
+        except OSError as exc:
+            raise InputError(f"cannot create the output folder {self.outdir}: {exc.strerror}") from None
+        return self
+
+    def path(self, name: str) -> Path:
+        """Where to write output ``name`` (a plain file name, no folders)."""
+        if self._stage is None:
+            raise RuntimeError("StagedOutput used outside its with-block")
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"output name must be a plain file name: {name!r}")
+        self._names.append(name)
+        return self._stage / name
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        stage, self._stage = self._stage, None
+        if stage is None:
+            return
+        try:
+            if exc_type is None:
+                self.outdir.mkdir(parents=True, exist_ok=True)
+                for name in self._names:
+                    src = stage / name
+                    if src.exists():
+                        os.replace(src, self.outdir / name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,7 @@
+"""The simulated pediatric head: every test, training run and benchmark draws from it."""
+from __future__ import annotations
+
+from .head import DGM_LABELS
+from .simulate import SOURCE_PROTOCOL, Subject, make_subject, tilt_affine, write_subject
+
+__all__ = ["DGM_LABELS", "SOURCE_PROTOCOL", "Subject", "make_subject", "tilt_affine", "write_subject"]

@@ -1,0 +1,17 @@
+"""Preprocessing: phase scaling, brain masking, phase unwrapping, background field removal."""
+from __future__ import annotations
+
+from .masking import classic_mask
+from .phase import detect_and_scale_phase
+from .unwrap import laplacian_unwrap, quality_unwrap, unwrap_phase
+from .vsharp import default_radii, vsharp
+
+__all__ = [
+    "classic_mask",
+    "detect_and_scale_phase",
+    "laplacian_unwrap",
+    "quality_unwrap",
+    "unwrap_phase",
+    "default_radii",
+    "vsharp",
+]

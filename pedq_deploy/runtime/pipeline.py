@@ -1,0 +1,259 @@
+"""PedQ pipeline: magnitude + phase -> mask -> unwrapped phase -> local field -> chi.
+
+Three layers, as in nnU-Net: :func:`run_case` works on arrays, :func:`run_case_files` loads the
+inputs (NIfTI + BIDS sidecars), runs the case and writes every output through a staged folder so
+that OUTDIR never holds a partial result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError
+from ..physics import b0_direction_from_affine, check_direction, phase_to_ppm
+
+__all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "STAGES"]
+
+STAGES = ("mask", "unwrap", "background", "inversion")
+INVERSIONS = ("tkd", "tv")
+UNWRAPPERS = ("laplacian", "quality")
+
+
+@dataclass
+class PipelineConfig:
+    """Parameters of one run. Times in seconds, field strength in tesla, lengths in mm."""
+
+    echo_time: float
+    field_strength: float
+    b0_direction: tuple[float, float, float] | None = None  # voxel frame; None: from the affine
+    unwrap: str = "laplacian"
+    inversion: str = "tkd"
+    vsharp_radii: tuple[float, ...] | None = None
+    vsharp_threshold: float = 0.05
+    tkd_threshold: float = 0.19
+    tv_lambda: float = 3e-4
+    tv_iterations: int = 60
+
+    def validate(self) -> None:
+        if not np.isfinite(self.echo_time) or self.echo_time <= 0:
+            raise InputError(f"echo time must be positive (seconds), got {self.echo_time}")
+        if self.echo_time > 1.0:
+            raise InputError(f"echo time {self.echo_time} s is implausible: give it in seconds")
+        if not np.isfinite(self.field_strength) or self.field_strength <= 0:
+            raise InputError(f"field strength must be positive (tesla), got {self.field_strength}")
+        if self.inversion not in INVERSIONS:
+            raise InputError(f"unknown inversion {self.inversion!r} ({', '.join(INVERSIONS)})")
+        if self.unwrap not in UNWRAPPERS:
+            raise InputError(f"unknown unwrapping method {self.unwrap!r} ({', '.join(UNWRAPPERS)})")
+
+
+@dataclass
+class PipelineResult:
+    mask: np.ndarray
+    phase_unwrapped: np.ndarray
+    local_field: np.ndarray
+    qsm: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+Progress = Callable[[str, str], None]  # (stage, event) with event "start" or "done <seconds>"
+
+
+def _check_arrays(magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | None) -> None:
+    if magnitude.ndim != 3:
+        raise InputError(f"magnitude must be 3D, got shape {magnitude.shape}")
+    if phase.shape != magnitude.shape:
+        raise InputError(f"phase shape {phase.shape} differs from magnitude shape {magnitude.shape}")
+    if not np.all(np.isfinite(magnitude)):
+        raise InputError("magnitude contains NaN or infinite values")
+    if not np.all(np.isfinite(phase)):
+        raise InputError("phase contains NaN or infinite values")
+    if mask is not None:
+        if mask.shape != magnitude.shape:
+            raise InputError(f"mask shape {mask.shape} differs from magnitude shape {magnitude.shape}")
+        if not np.any(mask > 0):
+            raise InputError("the given brain mask is empty")
+
+
+def run_case(
+    magnitude: np.ndarray,
+    phase: np.ndarray,
+    affine: np.ndarray,
+    voxel_size: tuple[float, float, float],
+    config: PipelineConfig,
+    *,
+    mask: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> PipelineResult:
+    """Run the pipeline on arrays. ``phase`` is in radians (see ``detect_and_scale_phase``).
+
+    Returns the brain mask, the unwrapped phase (rad), the local field (ppm) and chi (ppm,
+    referenced to the mean over the V-SHARP-eroded mask), all on the input grid.
+    """
+    from ..inversion import tkd, tv_admm
+    from ..preprocess import classic_mask, unwrap_phase, vsharp
+
+    config.validate()
+    _check_arrays(magnitude, phase, mask)
+    b0 = check_direction(config.b0_direction) if config.b0_direction is not None else b0_direction_from_affine(affine)
+    timings: dict[str, float] = {}
+    notify = progress or (lambda stage, event: None)
+
+    def stage(name: str, fn, *args, **kwargs):
+        notify(name, "start")
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timings[name] = time.perf_counter() - t0
+        notify(name, f"done {timings[name]:.2f}")
+        return out
+
+    if mask is None:
+        brain = stage("mask", classic_mask, magnitude, voxel_size)
+        mask_source = "classic"
+    else:
+        brain = stage("mask", lambda m: np.asarray(m) > 0, mask)
+        mask_source = "given"
+    unwrapped = stage("unwrap", unwrap_phase, phase, voxel_size, config.unwrap, mask=brain, magnitude=magnitude)
+    total_field = phase_to_ppm(unwrapped, config.echo_time, config.field_strength)
+    local, eroded = stage(
+        "background", vsharp, total_field, brain, voxel_size, config.vsharp_radii, config.vsharp_threshold
+    )
+    if config.inversion == "tkd":
+        chi = stage("inversion", tkd, local, eroded, voxel_size, b0, config.tkd_threshold)
+    else:
+        chi = stage("inversion", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations)
+    info = {
+        "b0_direction_voxel_frame": [round(float(x), 6) for x in b0],
+        "b0_direction_source": "given" if config.b0_direction is not None else "affine",
+        "mask_source": mask_source,
+        "brain_voxels": int(brain.sum()),
+        "coverage": float(eroded.sum() / max(int(brain.sum()), 1)),
+        "chi_reference": "mean over the V-SHARP-eroded brain mask",
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+    }
+    return PipelineResult(brain, unwrapped, local, chi, info)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import nibabel
+    import numba
+    import scipy
+
+    return {
+        "pedq_deploy": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "numba": numba.__version__,
+        "nibabel": nibabel.__version__,
+    }
+
+
+def resolve_acquisition(magnitude_path: str, phase_path: str, echo_time: float | None, field_strength: float | None) -> tuple[float, float, str]:
+    """Echo time and field strength from the arguments, else from the BIDS sidecars."""
+    from ..io.sidecar import echo_time_from_sidecar, field_strength_from_sidecar, read_sidecar
+
+    source = "arguments"
+    if echo_time is None or field_strength is None:
+        metas = [read_sidecar(phase_path), read_sidecar(magnitude_path)]
+        for meta in metas:
+            if echo_time is None:
+                echo_time = echo_time_from_sidecar(meta)
+            if field_strength is None:
+                field_strength = field_strength_from_sidecar(meta)
+        source = "arguments and BIDS sidecars"
+    if echo_time is None:
+        raise InputError("echo time unknown: give --echo-time (seconds) or an EchoTime in a JSON sidecar")
+    if field_strength is None:
+        raise InputError("field strength unknown: give --field-strength (tesla) or MagneticFieldStrength in a JSON sidecar")
+    return float(echo_time), float(field_strength), source
+
+
+def load_inputs(magnitude_path: str, phase_path: str, mask_path: str | None = None):
+    """Load magnitude, phase (rescaled to radians) and an optional mask; check they share a grid."""
+    from ..io import load_image
+    from ..preprocess import detect_and_scale_phase
+
+    mag, mprops = load_image(magnitude_path, name="magnitude")
+    ph, pprops = load_image(phase_path, name="phase")
+    if ph.shape != mag.shape:
+        raise InputError(f"phase shape {ph.shape} differs from magnitude shape {mag.shape}")
+    if not np.allclose(mprops.affine, pprops.affine, atol=1e-3):
+        raise InputError("phase and magnitude affines differ: they are not on the same grid")
+    if not np.all(np.isfinite(mag)):
+        raise InputError("magnitude contains NaN or infinite values")
+    phase_rad, phase_note = detect_and_scale_phase(ph)
+    mask = None
+    if mask_path is not None:
+        mask, kprops = load_image(mask_path, name="mask")
+        if mask.shape != mag.shape or not np.allclose(kprops.affine, mprops.affine, atol=1e-3):
+            raise InputError("mask is not on the magnitude's grid (shape or affine differ)")
+    return mag, phase_rad, mask, mprops, phase_note
+
+
+def run_case_files(
+    magnitude_path: str,
+    phase_path: str,
+    outdir: str,
+    config_overrides: dict,
+    *,
+    echo_time: float | None = None,
+    field_strength: float | None = None,
+    mask_path: str | None = None,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Load, run and write one case; returns the provenance dict that is also written."""
+    from ..io import StagedOutput, save_image
+
+    log = log or (lambda msg: None)
+    t0 = time.perf_counter()
+    te, b0, acq_source = resolve_acquisition(magnitude_path, phase_path, echo_time, field_strength)
+    config = PipelineConfig(echo_time=te, field_strength=b0, **config_overrides)
+    config.validate()
+    mag, phase_rad, mask, props, phase_note = load_inputs(magnitude_path, phase_path, mask_path)
+    log(phase_note)
+    t_load = time.perf_counter() - t0
+    result = run_case(mag, phase_rad, props.affine, props.voxel_size, config, mask=mask, progress=progress)
+    t1 = time.perf_counter()
+    provenance = {
+        "tool": "pedq-run",
+        "versions": _versions(),
+        "inputs": {
+            "magnitude": {"path": str(Path(magnitude_path).resolve()), "sha256": _sha256(magnitude_path)},
+            "phase": {"path": str(Path(phase_path).resolve()), "sha256": _sha256(phase_path)},
+            **({"mask": {"path": str(Path(mask_path).resolve())}} if mask_path else {}),
+        },
+        "acquisition": {"echo_time_s": te, "field_strength_t": b0, "source": acq_source, "phase_format": phase_note},
+        "grid": {"shape": list(props.shape), "voxel_size_mm": [round(v, 6) for v in props.voxel_size]},
+        "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "units": {"phase_unwrapped": "rad", "local_field": "ppm", "qsm": "ppm"},
+        **result.info,
+    }
+    with StagedOutput(outdir) as out:
+        save_image(out.path("mask.nii.gz"), result.mask, props.affine, dtype=np.uint8)
+        save_image(out.path("phase_unwrapped.nii.gz"), result.phase_unwrapped, props.affine)
+        save_image(out.path("local_field.nii.gz"), result.local_field, props.affine)
+        save_image(out.path("qsm.nii.gz"), result.qsm, props.affine)
+        provenance["timings_s"]["load"] = round(t_load, 4)
+        provenance["timings_s"]["write"] = round(time.perf_counter() - t1, 4)
+        provenance["timings_s"]["total"] = round(time.perf_counter() - t0, 4)
+        # provenance.json is renamed into OUTDIR last: its presence marks a complete result
+        out.path("provenance.json").write_text(json.dumps(provenance, indent=2))
+    return provenance
