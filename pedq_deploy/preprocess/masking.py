@@ -4,9 +4,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.fft
 import scipy.ndimage as ndi
 
 from ..errors import InputError
+from ..physics import fft_workers
 
 __all__ = ["classic_mask"]
 
@@ -23,11 +25,21 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(centers[int(np.argmax(between))])
 
 
-def _ball(radius_mm: float, voxel_size: Sequence[float]) -> np.ndarray:
-    r = [max(0, int(np.floor(radius_mm / v))) for v in voxel_size]
-    g = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1, -r[2] : r[2] + 1]
-    d2 = sum((gi * v) ** 2 for gi, v in zip(g, voxel_size))
-    return d2 <= radius_mm**2 + 1e-9
+def _ball_mean(m: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
+    """Share of a ball of ``radius_mm`` around each voxel that lies in ``m`` (FFT convolution)."""
+    from .vsharp import sphere_kernel
+
+    w = fft_workers()
+    ker = scipy.fft.rfftn(sphere_kernel(m.shape, radius_mm, voxel_size, supersample=1), workers=w)
+    return scipy.fft.irfftn(scipy.fft.rfftn(m.astype(np.float32), workers=w) * ker, s=m.shape, workers=w)
+
+
+def _erode(m: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
+    return _ball_mean(m, radius_mm, voxel_size) > 0.999
+
+
+def _dilate(m: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
+    return _ball_mean(m, radius_mm, voxel_size) > 1e-3
 
 
 def _largest_component(m: np.ndarray) -> np.ndarray:
@@ -65,18 +77,23 @@ def classic_mask(magnitude: np.ndarray, voxel_size: Sequence[float], *, erode_mm
         raise InputError("magnitude is all zero: nothing to mask")
     v = np.asarray(voxel_size, dtype=np.float64)
     # Coil shading varies slowly: divide by a heavily smoothed copy (ratio of Gaussian filters
-    # of the image and of its support keeps the edges from darkening).
+    # of the image and of its support keeps the edges from darkening), computed on a ~4 mm grid.
     support = (mag > 0.1 * np.percentile(mag[mag > 0], 99)).astype(np.float32)
-    sigma = [15.0 / vi for vi in v]
-    shading = ndi.gaussian_filter(mag * support, sigma) / np.maximum(ndi.gaussian_filter(support, sigma), 1e-3)
+    step = np.maximum(1, np.round(4.0 / v)).astype(int)
+    sub = tuple(slice(None, None, s) for s in step)
+    sigma = [15.0 / (vi * si) for vi, si in zip(v, step)]
+    small = ndi.gaussian_filter(mag[sub] * support[sub], sigma) / np.maximum(ndi.gaussian_filter(support[sub], sigma), 1e-3)
+    shading = ndi.zoom(small, [n / m for n, m in zip(mag.shape, small.shape)], order=1)
+    shading = np.pad(shading, [(0, max(0, n - s)) for n, s in zip(mag.shape, shading.shape)], mode="edge")[: mag.shape[0], : mag.shape[1], : mag.shape[2]]
     norm = np.where(support > 0, mag / np.maximum(shading, 1e-6), 0.0)
     fg = norm[support > 0]
     thr = _otsu(fg) * threshold_scale
     m = norm > thr
-    ball = _ball(erode_mm, v)
-    m = ndi.binary_opening(m, structure=ball)
+    # ball morphology by FFT convolution with a ball in mm: true balls on anisotropic grids, and
+    # far faster than binary_opening or distance transforms with a large structuring element
+    m = _dilate(_erode(m, erode_mm, v), erode_mm, v)
     m = _largest_component(m)
-    m = ndi.binary_closing(m, structure=_ball(2.0 * erode_mm, v))
+    m = _erode(_dilate(m, 2.0 * erode_mm, v), 2.0 * erode_mm, v)
     m = ndi.binary_fill_holes(m)
     if not m.any():
         raise InputError("classic masking found no brain: check the magnitude image")
