@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from conftest import SMALL_SHAPE, SMALL_VOXEL
+from pedq_deploy.inversion import tkd
+from pedq_deploy.metrics import nrmse
+from pedq_deploy.phantom import DGM_LABELS, make_subject
+from pedq_deploy.phantom.tissues import TISSUES
+from pedq_deploy.physics import b0_direction_from_affine
+from pedq_deploy.preprocess import vsharp
+
+
+def test_seeds_reproduce_exactly_and_differ(small_subject):
+    again = make_subject(seed=7, age="neonate", shape=SMALL_SHAPE, voxel_size=SMALL_VOXEL, tilt_deg=20.0)
+    assert_array_equal(again.phase, small_subject.phase)
+    assert_array_equal(again.chi, small_subject.chi)
+    other = make_subject(seed=8, age="neonate", shape=SMALL_SHAPE, voxel_size=SMALL_VOXEL, tilt_deg=20.0)
+    assert not np.array_equal(other.brain_mask, small_subject.brain_mask)
+
+
+@pytest.mark.parametrize("age,index", [("neonate", 0), ("infant", 1)])
+def test_each_tissue_gets_its_value(age, index):
+    s = make_subject(seed=3, age=age, shape=SMALL_SHAPE, voxel_size=SMALL_VOXEL, snr=float("inf"))
+    values = s.params["tissue_chi_ppm"]
+    for name in ("wm", "gm", *DGM_LABELS):
+        tissue = name.rsplit("_", 1)[0] if name.endswith(("_l", "_r")) else name
+        # mean over the hard label: partial-volume edges pull it a little towards the neighbours
+        assert abs(values[name] - TISSUES[tissue][index].chi) < 0.25 * abs(TISSUES[tissue][index].chi) + 0.003, name
+    assert set(np.unique(s.labels)) == {0, *DGM_LABELS.values()}
+    # RAS: left structures at negative x of the (upright) voxel frame
+    xs = np.nonzero(s.labels == 12)[0].mean(), np.nonzero(s.labels == 51)[0].mean()
+    assert xs[0] < SMALL_SHAPE[0] / 2 < xs[1]
+    # neonates: subtle deep grey matter contrast; infants: pallidum clearly paramagnetic
+    pall = values["pallidum_l"] - values["wm"]
+    assert (pall < 0.02) if age == "neonate" else (pall > 0.04)
+
+
+def test_tilt_in_affine_matches_field_pattern(small_subject_noise_free):
+    s = small_subject_noise_free
+    b = b0_direction_from_affine(s.affine)
+    assert_allclose(b, s.b0_direction, atol=1e-9)
+    assert_allclose(np.degrees(np.arccos(abs(b[2]))), 25.0, atol=1e-6)
+    # the local field is the dipole field along that direction: TKD with it beats TKD along z
+    right = nrmse(tkd(s.local_field, s.brain_mask, s.voxel_size, b), s.chi, s.brain_mask)
+    wrong = nrmse(tkd(s.local_field, s.brain_mask, s.voxel_size, (0, 0, 1)), s.chi, s.brain_mask)
+    assert right < 0.8 * wrong
+
+
+def test_outside_sources_make_a_background_field_that_vsharp_removes(small_subject_noise_free):
+    s = small_subject_noise_free
+    background = s.total_field - s.local_field
+    m = s.brain_mask
+    # air, bone and the scalp make a background field far larger than the local field
+    assert np.std(background[m]) > 10 * np.std(s.local_field[m])
+    residual, eroded = vsharp(background, m, s.voxel_size)
+    assert np.sqrt((residual[eroded] ** 2).mean()) < 0.02 * np.std(background[eroded])
+
+
+def test_siemens_phase_format_and_bad_arguments():
+    s = make_subject(seed=1, shape=(40, 40, 24), voxel_size=(4.0, 4.0, 6.0), phase_format="siemens")
+    assert s.phase.dtype == np.int16 and s.phase.min() >= -4096 and s.phase.max() <= 4095
+    with pytest.raises(ValueError):
+        make_subject(age="adult")
+    with pytest.raises(ValueError):
+        make_subject(shape=(4, 4, 4))
