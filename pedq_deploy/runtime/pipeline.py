@@ -171,12 +171,17 @@ def resolve_acquisition(magnitude_path: str, phase_path: str, echo_time: float |
 
     source = "arguments"
     if echo_time is None or field_strength is None:
+        # read (and check) both sidecars: a value in ms in either is an error, and so is a disagreement
         metas = [read_sidecar(phase_path), read_sidecar(magnitude_path)]
-        for meta in metas:
-            if echo_time is None:
-                echo_time = echo_time_from_sidecar(meta)
-            if field_strength is None:
-                field_strength = field_strength_from_sidecar(meta)
+        tes = [te for te in (echo_time_from_sidecar(m) for m in metas) if te is not None]
+        b0s = [b for b in (field_strength_from_sidecar(m) for m in metas) if b is not None]
+        for name, values in (("EchoTime", tes), ("MagneticFieldStrength", b0s)):
+            if len(values) == 2 and abs(values[0] - values[1]) > 1e-3 * max(abs(values[0]), 1e-12):
+                raise InputError(f"{name} differs between the phase and magnitude sidecars ({values[0]} vs {values[1]})")
+        if echo_time is None and tes:
+            echo_time = tes[0]
+        if field_strength is None and b0s:
+            field_strength = b0s[0]
         source = "arguments and BIDS sidecars"
     if echo_time is None:
         raise InputError("echo time unknown: give --echo-time (seconds) or an EchoTime in a JSON sidecar")
