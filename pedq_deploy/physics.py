@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 import scipy.fft
 
@@ -105,19 +106,40 @@ def _kgrid(shape: Sequence[int], voxel_size: Sequence[float], real: bool) -> lis
     return ks
 
 
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _fill_kspace_dipole(kx, ky, kz, b, out):  # pragma: no cover - compiled
+    for i in numba.prange(kx.size):
+        for j in range(ky.size):
+            for k in range(kz.size):
+                k2 = kx[i] * kx[i] + ky[j] * ky[j] + kz[k] * kz[k]
+                if k2 == 0.0:
+                    out[i, j, k] = 0.0  # mean field undetermined (Lorentz sphere): 0 by convention
+                else:
+                    kb = kx[i] * b[0] + ky[j] * b[1] + kz[k] * b[2]
+                    out[i, j, k] = 1.0 / 3.0 - kb * kb / k2
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _fill_image_dipole(x, y, z, b, volume, out):  # pragma: no cover - compiled
+    c = volume / (4.0 * np.pi)
+    for i in numba.prange(x.size):
+        for j in range(y.size):
+            for k in range(z.size):
+                r2 = x[i] * x[i] + y[j] * y[j] + z[k] * z[k]
+                if r2 == 0.0:
+                    out[i, j, k] = 0.0
+                else:
+                    rb = x[i] * b[0] + y[j] * b[1] + z[k] * b[2]
+                    out[i, j, k] = c * (3.0 * rb * rb / r2 - 1.0) / (r2 * np.sqrt(r2))
+
+
 def _dipole(shape, voxel_size, direction, real: bool) -> np.ndarray:
     b = check_direction(direction)
     v = check_voxel_size(voxel_size)
     kx, ky, kz = _kgrid(shape, v, real)
-    kx = kx[:, None, None]
-    ky = ky[None, :, None]
-    kz = kz[None, None, :]
-    k2 = kx**2 + ky**2 + kz**2
-    kb = kx * b[0] + ky * b[1] + kz * b[2]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d = 1.0 / 3.0 - kb**2 / k2
-    d[0, 0, 0] = 0.0  # the mean field is undetermined (Lorentz sphere); set to zero by convention
-    return d.astype(np.float32)
+    out = np.empty((kx.size, ky.size, kz.size), np.float32)
+    _fill_kspace_dipole(kx, ky, kz, b, out)
+    return out
 
 
 def dipole_kernel(shape: Sequence[int], voxel_size: Sequence[float], direction: Sequence[float]) -> np.ndarray:
@@ -148,20 +170,13 @@ def dipole_kernel_image_rfft(shape: Sequence[int], voxel_size: Sequence[float], 
     """
     b = check_direction(direction)
     v = check_voxel_size(voxel_size)
-    coords = []
-    for axis, (n, h) in enumerate(zip(shape, v)):
+    axes = []
+    for n, h in zip(shape, v):
         i = np.arange(n)
-        i = np.where(i <= n // 2, i, i - n).astype(np.float64) * h
-        s = [1, 1, 1]
-        s[axis] = n
-        coords.append(i.reshape(s))
-    x, y, z = coords
-    r2 = x * x + y * y + z * z
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos2 = (x * b[0] + y * b[1] + z * b[2]) ** 2 / r2
-        d = np.prod(v) * (3.0 * cos2 - 1.0) / (4.0 * np.pi * r2**1.5)
-    d[0, 0, 0] = 0.0
-    return scipy.fft.rfftn(d.astype(np.float32), workers=fft_workers()).real.astype(np.float32)
+        axes.append((np.where(i <= n // 2, i, i - n) * h).astype(np.float64))
+    d = np.empty(tuple(int(n) for n in shape), np.float32)
+    _fill_image_dipole(axes[0], axes[1], axes[2], b, float(np.prod(v)), d)
+    return scipy.fft.rfftn(d, workers=fft_workers()).real.astype(np.float32)
 
 
 def forward_field(

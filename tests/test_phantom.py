@@ -64,3 +64,21 @@ def test_siemens_phase_format_and_bad_arguments():
         make_subject(age="adult")
     with pytest.raises(ValueError):
         make_subject(shape=(4, 4, 4))
+
+
+def test_random_surface_field_kernel_matches_numpy():
+    """The Numba kernel behind the cortical folding equals a plain NumPy evaluation, call after call."""
+    from pedq_deploy.phantom.head import _random_sphere_field
+
+    rng = np.random.default_rng(5)
+    field = _random_sphere_field(rng, 5, (2.0, 4.0), 0.1)
+    k = np.random.default_rng(5).normal(size=(5, 3))
+    k /= np.linalg.norm(k, axis=1, keepdims=True)
+    r2 = np.random.default_rng(5)
+    r2.normal(size=(5, 3))
+    f, ph = r2.uniform(2.0, 4.0, 5), r2.uniform(0, 2 * np.pi, 5)
+    g = np.random.default_rng(0)
+    for _ in range(3):
+        ux, uy, uz = g.random((6, 1, 1)), g.random((1, 7, 1)), g.random((1, 1, 8))
+        expect = sum(np.cos(f[w] * (k[w, 0] * ux + k[w, 1] * uy + k[w, 2] * uz) + ph[w]) for w in range(5)) * 0.1 / np.sqrt(2.5)
+        assert_allclose(field(ux, uy, uz), expect, atol=1e-5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .tissues import TISSUES
@@ -121,18 +122,30 @@ class _Painter:
         self.paint(sl, self._soft(np.sqrt(d2) - radius), tissue, label, only)
 
 
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _wave_sum(ux, uy, uz, k, f, ph, scale, out):  # pragma: no cover - compiled
+    # 1-D views only: ndarray.ravel() inside a Numba kernel may copy, and writes would be lost
+    for i in numba.prange(out.size):
+        acc = 0.0
+        for w in range(k.shape[0]):
+            acc += np.cos(f[w] * (k[w, 0] * ux[i] + k[w, 1] * uy[i] + k[w, 2] * uz[i]) + ph[w])
+        out[i] = acc * scale
+
+
 def _random_sphere_field(rng, n_waves: int, freq: tuple[float, float], amp: float):
+    """A random smooth function on the unit sphere: a sum of plane waves in the direction u."""
     k = rng.normal(size=(n_waves, 3))
     k /= np.linalg.norm(k, axis=1, keepdims=True)
     f = rng.uniform(*freq, size=n_waves)
     ph = rng.uniform(0, 2 * np.pi, size=n_waves)
-    scale = amp / np.sqrt(n_waves / 2.0)
+    scale = np.float32(amp / np.sqrt(n_waves / 2.0))
+    k32, f32, ph32 = k.astype(np.float32), f.astype(np.float32), ph.astype(np.float32)
 
     def field(ux, uy, uz):
-        out = np.zeros(np.broadcast(ux, uy, uz).shape, np.float32)
-        for kk, ff, pp in zip(k, f, ph):
-            out += np.cos(np.float32(ff) * (kk[0] * ux + kk[1] * uy + kk[2] * uz) + np.float32(pp))
-        return out * np.float32(scale)
+        ux, uy, uz = (np.ascontiguousarray(a, np.float32) for a in np.broadcast_arrays(ux, uy, uz))
+        out = np.empty(ux.shape, np.float32)
+        _wave_sum(ux.reshape(-1), uy.reshape(-1), uz.reshape(-1), k32, f32, ph32, scale, out.reshape(-1))
+        return out
 
     return field
 

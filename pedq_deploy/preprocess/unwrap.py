@@ -54,10 +54,9 @@ def laplacian_kernel_rfft(shape, voxel_size) -> np.ndarray:
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _exp_i(phase, out):  # pragma: no cover - compiled
-    flat_p = phase.ravel()
-    flat_o = out.ravel()
-    for i in numba.prange(flat_p.size):
-        flat_o[i] = np.complex64(np.cos(flat_p[i]) + 1j * np.sin(flat_p[i]))
+    # 1-D views only: ndarray.ravel() inside a Numba kernel may copy, and writes would be lost
+    for i in numba.prange(phase.size):
+        out[i] = np.complex64(np.cos(phase[i]) + 1j * np.sin(phase[i]))
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -72,12 +71,9 @@ def _scale_complex(spec, lap):  # pragma: no cover - compiled
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _phase_laplacian(phase, lapz, out):  # pragma: no cover - compiled
     # laplacian(phi) = cos(phi) lap(sin phi) - sin(phi) lap(cos phi) = Im(conj(z) lap(z)), z = exp(i phi)
-    fp = phase.ravel()
-    fl = lapz.ravel()
-    fo = out.ravel()
-    for i in numba.prange(fp.size):
-        b = fl[i]
-        fo[i] = np.cos(fp[i]) * b.imag - np.sin(fp[i]) * b.real
+    for i in numba.prange(phase.size):
+        b = lapz[i]
+        out[i] = np.cos(phase[i]) * b.imag - np.sin(phase[i]) * b.real
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -98,13 +94,13 @@ def _laplacian_unwrap_kernel(phase: np.ndarray, voxel_size: np.ndarray, workers:
     lap_full = _discrete_laplacian(shape, voxel_size, real=False)
     lap_half = _discrete_laplacian(shape, voxel_size, real=True)
     z = np.empty(shape, np.complex64)
-    _exp_i(phase, z)
+    _exp_i(phase.reshape(-1), z.reshape(-1))
     zs = scipy.fft.fftn(z, workers=workers, overwrite_x=True)
     _scale_complex(zs, lap_full)
     del z  # zs may share its buffer (overwrite_x)
     lapz = scipy.fft.ifftn(zs, workers=workers, overwrite_x=True)
     lap_phi = np.empty(shape, np.float32)
-    _phase_laplacian(phase, lapz, lap_phi)
+    _phase_laplacian(phase.reshape(-1), np.ascontiguousarray(lapz).reshape(-1), lap_phi.reshape(-1))
     del lapz, zs
     spec = scipy.fft.rfftn(lap_phi, workers=workers)
     _divide_by_laplacian(spec, lap_half)

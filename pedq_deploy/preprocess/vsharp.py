@@ -77,14 +77,11 @@ def sphere_kernel(shape: Sequence[int], radius_mm: float, voxel_size: Sequence[f
 
 @numba.njit(parallel=True, cache=True)
 def _accumulate(hp, smv_mask, out, done, level):  # pragma: no cover - compiled
-    fh = hp.ravel()
-    fm = smv_mask.ravel()
-    fo = out.ravel()
-    fd = done.ravel()
-    for i in numba.prange(fh.size):
-        if fd[i] == 0 and fm[i] > level:
-            fo[i] = fh[i]
-            fd[i] = 1
+    # 1-D views only: ndarray.ravel() inside a Numba kernel may copy, and writes would be lost
+    for i in numba.prange(hp.size):
+        if done[i] == 0 and smv_mask[i] > level:
+            out[i] = hp[i]
+            done[i] = 1
 
 
 @numba.njit(parallel=True, cache=True)
@@ -113,7 +110,8 @@ def _vsharp_kernel(field, mask, voxel_size, radii, threshold, workers):
         one_minus_s = 1.0 - s
         hp = scipy.fft.irfftn(f_spec * one_minus_s, s=shape, workers=workers)
         # a voxel belongs to the eroded mask when the whole sphere lies in the brain mask
-        _accumulate(hp.astype(np.float32, copy=False), smv_mask.astype(np.float32, copy=False), out, done, np.float32(0.999))
+        _accumulate(np.ascontiguousarray(hp, np.float32).reshape(-1), np.ascontiguousarray(smv_mask, np.float32).reshape(-1),
+                    out.reshape(-1), done.reshape(-1), np.float32(0.999))
         if d_max is None:
             d_max = one_minus_s
     spec = scipy.fft.rfftn(out, workers=workers)
