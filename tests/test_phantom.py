@@ -82,3 +82,16 @@ def test_random_surface_field_kernel_matches_numpy():
         ux, uy, uz = g.random((6, 1, 1)), g.random((1, 7, 1)), g.random((1, 1, 8))
         expect = sum(np.cos(f[w] * (k[w, 0] * ux + k[w, 1] * uy + k[w, 2] * uz) + ph[w]) for w in range(5)) * 0.1 / np.sqrt(2.5)
         assert_allclose(field(ux, uy, uz), expect, atol=1e-5)
+
+
+def test_random_crop_matches_the_subject_and_pads(small_subject):
+    from pedq_deploy.phantom import random_crop
+
+    rng = np.random.default_rng(0)
+    c = random_crop(small_subject, (32, 32, 16), rng)
+    o = c.origin
+    assert_array_equal(c.local_field, small_subject.local_field[o[0]:o[0] + 32, o[1]:o[1] + 32, o[2]:o[2] + 16])
+    assert c.brain_mask.any()
+    big = random_crop(small_subject, (96, 96, 64), rng)  # larger than the volume: zero-padded, centred
+    assert big.chi.shape == (96, 96, 64)
+    assert_allclose(big.chi.sum(), small_subject.chi.sum(), atol=1e-3)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 import scipy.fft
 
@@ -16,6 +17,25 @@ from ._common import check_inversion_input, demean
 from ._crop import crop_to_mask
 
 __all__ = ["tkd"]
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _truncated_inverse(d, threshold):  # pragma: no cover - compiled
+    """In place: 1/D where |D| >= threshold, sign(D)/threshold below it, 0 at k = 0."""
+    n0, n1, n2 = d.shape
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                v = d[i, j, k]
+                if abs(v) >= threshold:
+                    d[i, j, k] = 1.0 / v
+                elif v > 0:
+                    d[i, j, k] = 1.0 / threshold
+                elif v < 0:
+                    d[i, j, k] = -1.0 / threshold
+                else:
+                    d[i, j, k] = 0.0
+    d[0, 0, 0] = 0.0
 
 
 def tkd(
@@ -34,9 +54,8 @@ def tkd(
     if not 0 < threshold < 2.0 / 3.0:
         raise InputError(f"TKD threshold must lie in (0, 2/3), got {threshold}")
     box = crop_to_mask(m)
-    d = dipole_kernel_rfft(box.shape, v, b)
-    inv = np.where(np.abs(d) >= threshold, 1.0 / np.where(d == 0, 1.0, d), np.sign(d) / threshold).astype(np.float32)
-    inv[0, 0, 0] = 0.0
+    inv = dipole_kernel_rfft(box.shape, v, b)
+    _truncated_inverse(inv, np.float32(threshold))
     w = fft_workers()
     spec = scipy.fft.rfftn(box.embed(np.where(m, f, 0.0)), workers=w)
     spec *= inv

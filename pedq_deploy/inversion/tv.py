@@ -76,6 +76,16 @@ def _shrink_update(chi, z, u, inv_h, kappa, rhs):  # pragma: no cover - compiled
                 rhs[i, j, k] = s
 
 
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _chi_update(spec, dtf, inv_denom, rho):  # pragma: no cover - compiled
+    """spec = (rho * spec + D^T F f) / (|D|^2 + rho |E|^2), in one pass."""
+    n0, n1, n2 = spec.shape
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                spec[i, j, k] = (rho * spec[i, j, k] + dtf[i, j, k]) * inv_denom[i, j, k]
+
+
 def tv_admm(
     local_field: np.ndarray,
     mask: np.ndarray,
@@ -111,7 +121,9 @@ def tv_admm(
     e2 = _gradient_eigs(shape, v)
     denom = (d * d + rho * e2).astype(np.float32)
     denom[0, 0, 0] = 1.0  # the mean is undetermined; it is fixed by demeaning over the mask
-    dtf = scipy.fft.rfftn(box.embed(np.where(m, f, 0.0)), workers=w) * d
+    inv_denom = (1.0 / denom).astype(np.float32)
+    del denom, e2
+    dtf = (scipy.fft.rfftn(box.embed(np.where(m, f, 0.0)), workers=w) * d).astype(np.complex64)
     chi = np.zeros(shape, np.float32)
     z = np.zeros((3,) + shape, np.float32)
     u = np.zeros((3,) + shape, np.float32)
@@ -121,8 +133,6 @@ def tv_admm(
     for _ in range(iterations):
         _shrink_update(chi, z, u, inv_h, kappa, rhs)
         spec = scipy.fft.rfftn(rhs, workers=w)
-        spec *= rho
-        spec += dtf
-        spec /= denom
-        chi = scipy.fft.irfftn(spec, s=shape, workers=w).astype(np.float32, copy=False)
+        _chi_update(spec, dtf, inv_denom, np.float32(rho))
+        chi = scipy.fft.irfftn(spec, s=shape, workers=w, overwrite_x=True).astype(np.float32, copy=False)
     return demean(box.extract(chi), m)

@@ -1,7 +1,8 @@
 """The simulated pediatric head: every test, training run and benchmark draws from it."""
 from __future__ import annotations
 
+from .crops import Crop, random_crop
 from .head import DGM_LABELS
 from .simulate import SOURCE_PROTOCOL, Subject, make_subject, tilt_affine, write_subject
 
-__all__ = ["DGM_LABELS", "SOURCE_PROTOCOL", "Subject", "make_subject", "tilt_affine", "write_subject"]
+__all__ = ["Crop", "random_crop", "DGM_LABELS", "SOURCE_PROTOCOL", "Subject", "make_subject", "tilt_affine", "write_subject"]

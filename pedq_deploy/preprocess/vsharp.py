@@ -84,6 +84,18 @@ def _accumulate(hp, smv_mask, out, done, level):  # pragma: no cover - compiled
             done[i] = 1
 
 
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _smv_products(m_spec, f_spec, s_spec, m_out, f_out):  # pragma: no cover - compiled
+    """m_out = S M (SMV of the mask), f_out = (1 - S) F (high-passed field), in one pass."""
+    n0, n1, n2 = m_spec.shape
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                s = s_spec[i, j, k].real
+                m_out[i, j, k] = m_spec[i, j, k] * s
+                f_out[i, j, k] = f_spec[i, j, k] * (1.0 - s)
+
+
 @numba.njit(parallel=True, cache=True)
 def _tsvd_divide(spec, dker, threshold):  # pragma: no cover - compiled
     n0, n1, n2 = spec.shape
@@ -104,16 +116,18 @@ def _vsharp_kernel(field, mask, voxel_size, radii, threshold, workers):
     out = np.zeros(shape, np.float32)
     done = np.zeros(shape, np.uint8)
     d_max = None
+    m_buf = np.empty_like(m_spec)
+    f_buf = np.empty_like(f_spec)
     for r in radii:
-        s = scipy.fft.rfftn(sphere_kernel(shape, r, voxel_size), workers=workers).real.astype(np.float32)
-        smv_mask = scipy.fft.irfftn(m_spec * s, s=shape, workers=workers)
-        one_minus_s = 1.0 - s
-        hp = scipy.fft.irfftn(f_spec * one_minus_s, s=shape, workers=workers)
+        s = scipy.fft.rfftn(sphere_kernel(shape, r, voxel_size), workers=workers)
+        _smv_products(m_spec, f_spec, s, m_buf, f_buf)
+        smv_mask = scipy.fft.irfftn(m_buf, s=shape, workers=workers)
+        hp = scipy.fft.irfftn(f_buf, s=shape, workers=workers)
         # a voxel belongs to the eroded mask when the whole sphere lies in the brain mask
         _accumulate(np.ascontiguousarray(hp, np.float32).reshape(-1), np.ascontiguousarray(smv_mask, np.float32).reshape(-1),
                     out.reshape(-1), done.reshape(-1), np.float32(0.999))
         if d_max is None:
-            d_max = one_minus_s
+            d_max = (1.0 - s.real).astype(np.float32)
     spec = scipy.fft.rfftn(out, workers=workers)
     _tsvd_divide(spec, d_max, np.float32(threshold))
     local = scipy.fft.irfftn(spec, s=shape, workers=workers).astype(np.float32, copy=False)
