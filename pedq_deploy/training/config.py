@@ -1,0 +1,78 @@
+"""Training configuration: a JSON file of the fields below (unknown keys are an error)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = ["TrainConfig", "load_config", "KINDS"]
+
+KINDS = ("mask", "recon", "joint", "tv")
+
+
+@dataclass
+class TrainConfig:
+    # data (the phantom)
+    patch: tuple[int, int, int] = (96, 96, 96)
+    batch_size: int = 1
+    voxel_size: tuple[float, float, float] = (1.2, 1.2, 1.2)  # training grid of the simulated heads
+    grid: tuple[int, int, int] = (160, 160, 128)
+    ages: tuple[str, ...] = ("neonate", "infant")
+    max_tilt_deg: float = 30.0
+    snr_range: tuple[float, float] = (40.0, 200.0)
+    echo_time_range: tuple[float, float] = (4.92e-3, 25e-3)
+    field_strength: float = 3.0
+    crops_per_subject: int = 4
+    train_seeds: tuple[int, int] = (0, 1000)  # subjects drawn from seeds in [a, b)
+    val_seeds: tuple[int, ...] = (2000, 2001)  # held out; the accuracy benchmark uses 1000-1009
+    # networks
+    recon_filters: int = 16
+    recon_levels: int = 5
+    unetr_feature_size: int = 16
+    unetr_hidden_size: int = 384
+    unetr_mlp_dim: int = 1536
+    unetr_heads: int = 6
+    field_scale: float = 100.0  # network input = local field (ppm) * field_scale
+    chi_scale: float = 0.1  # chi (ppm) = network output * chi_scale
+    # losses
+    lambda_seg: float = 0.1
+    lambda_tv: float = 1e-3
+    seg_region: tuple[int, int, int] = (96, 96, 96)
+    recon_window: tuple[int, int, int] = (96, 96, 96)  # sliding window of the recon net inside the region
+    # optimisation
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    checkpoint_every: int = 50
+    validate_every: int = 100
+    device: str = "auto"  # auto: CUDA when present
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def load_config(path: str | Path | None, **overrides) -> TrainConfig:
+    data = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"config file not found: {p}")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"config {p} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"config {p} must hold a JSON object")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise InputError(f"unknown config keys: {', '.join(unknown)}")
+    for k, v in list(data.items()):
+        if isinstance(v, list):
+            data[k] = tuple(v)
+    return TrainConfig(**data)

@@ -1,0 +1,112 @@
+"""Training data drawn on the fly from the phantom, reproducibly.
+
+Subject ``i`` of a stream is drawn with seed ``train_seeds[0] + (base_seed * 7919 + i) mod span``
+and preprocessed as the runtime would (Laplacian unwrapping, V-SHARP inside the true brain mask),
+so the networks learn from the local fields they will be given, errors and noise included.
+Crops of one subject come from an RNG seeded by the subject index: the stream's whole state is
+two counters, saved in checkpoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..phantom import make_subject, random_crop
+from ..physics import phase_to_ppm
+from ..preprocess import laplacian_unwrap, vsharp
+from .config import TrainConfig
+from .losses import phase_per_ppm
+
+__all__ = ["Sample", "PhantomStream", "prepare_subject"]
+
+
+@dataclass
+class Sample:
+    field_ppm: np.ndarray  # network input: local field after V-SHARP
+    mask: np.ndarray  # V-SHARP-eroded brain mask (the loss mask)
+    weight: np.ndarray  # magnitude weight in [0, 1]
+    chi: np.ndarray  # truth, for validation only (referenced to the brain mean)
+    labels: np.ndarray  # FreeSurfer labels
+    magnitude: np.ndarray  # normalised magnitude (mask network input)
+    brain: np.ndarray  # true brain mask (mask network target)
+    direction: np.ndarray
+    rad_per_ppm: float
+
+
+def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator):
+    age = cfg.ages[int(rng.integers(len(cfg.ages)))]
+    te = float(rng.uniform(*cfg.echo_time_range))
+    snr = float(np.exp(rng.uniform(np.log(cfg.snr_range[0]), np.log(cfg.snr_range[1]))))
+    s = make_subject(seed=seed, age=age, shape=cfg.grid, voxel_size=cfg.voxel_size, tilt_deg=float(rng.uniform(0, cfg.max_tilt_deg)),
+                     echo_time=te, field_strength=cfg.field_strength, snr=snr)
+    total = phase_to_ppm(laplacian_unwrap(s.phase, s.voxel_size), s.echo_time, s.field_strength)
+    local, eroded = vsharp(total, s.brain_mask, s.voxel_size)
+    ref = float(np.percentile(s.magnitude[s.brain_mask], 99))
+    mag = np.clip(s.magnitude / ref, 0, 1.5).astype(np.float32)
+    # keep the subject but with the preprocessed field and the eroded mask for the loss
+    s.local_field = local
+    s.params["loss_mask"] = eroded
+    s.params["magnitude_norm"] = mag
+    return s
+
+
+def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float) -> Sample:
+    # crop the preprocessed arrays together (random_crop copies the subject's arrays)
+    c = random_crop(s, cfg.patch, crop_rng, brain_fraction=brain_fraction)
+    o = c.origin
+
+    def take(a, dtype):
+        out = np.zeros(cfg.patch, dtype)
+        src = tuple(slice(max(oo, 0), min(oo + n, N)) for oo, n, N in zip(o, cfg.patch, a.shape))
+        dst = tuple(slice(sl.start - oo, sl.stop - oo) for oo, sl in zip(o, src))
+        out[dst] = a[src]
+        return out
+
+    loss_mask = take(s.params["loss_mask"], np.float32)
+    mag = take(s.params["magnitude_norm"], np.float32)
+    return Sample(c.local_field, loss_mask, np.clip(mag, 0, 1), c.chi, c.labels, mag, c.brain_mask.astype(np.float32),
+                  np.asarray(s.b0_direction, np.float32), phase_per_ppm(s.echo_time, s.field_strength))
+
+
+class PhantomStream:
+    """Batches of crops; ``state()`` / ``restore()`` make it resumable."""
+
+    def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9):
+        self.cfg = cfg
+        self.brain_fraction = brain_fraction
+        self.subject_index = 0
+        self.crop_index = 0
+        self._subject = None
+        self._crop_rng = None
+
+    def state(self) -> dict:
+        return {"subject_index": self.subject_index, "crop_index": self.crop_index}
+
+    def restore(self, state: dict) -> None:
+        self.subject_index = int(state["subject_index"])
+        self.crop_index = int(state["crop_index"])
+        self._subject = None
+
+    def _load_subject(self):
+        lo, hi = self.cfg.train_seeds
+        seed = lo + (self.cfg.seed * 7919 + self.subject_index) % (hi - lo)
+        rng = np.random.default_rng([self.cfg.seed, self.subject_index])
+        self._subject = prepare_subject(seed, self.cfg, rng)
+        self._crop_rng = np.random.default_rng([self.cfg.seed, self.subject_index, 1])
+        for _ in range(self.crop_index):  # replay crops already used (resume mid-subject)
+            _sample_from(self._subject, self._crop_rng, self.cfg, self.brain_fraction)
+
+    def next_sample(self) -> Sample:
+        if self._subject is None:
+            self._load_subject()
+        sample = _sample_from(self._subject, self._crop_rng, self.cfg, self.brain_fraction)
+        self.crop_index += 1
+        if self.crop_index >= self.cfg.crops_per_subject:
+            self.subject_index += 1
+            self.crop_index = 0
+            self._subject = None
+        return sample
+
+    def next_batch(self) -> list[Sample]:
+        return [self.next_sample() for _ in range(self.cfg.batch_size)]

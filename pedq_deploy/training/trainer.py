@@ -1,0 +1,211 @@
+"""The training loop of ``pedq-train``: resumable, seeded, logged, validated on held-out phantoms."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import metrics as M
+from ..errors import InputError
+from .config import KINDS, TrainConfig
+from .data import PhantomStream, Sample, _sample_from, prepare_subject
+from .losses import model_loss, tv_loss
+from .networks import SEG_CLASSES, build, recon_input
+
+__all__ = ["Trainer", "train"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _labels_to_classes(labels: np.ndarray) -> np.ndarray:
+    out = np.zeros(labels.shape, np.int64)
+    for i, fs in enumerate(SEG_CLASSES[1:], start=1):
+        out[labels == fs] = i
+    return out
+
+
+class Trainer:
+    def __init__(self, kind: str, cfg: TrainConfig, outdir: str | Path):
+        if kind not in KINDS:
+            raise InputError(f"unknown training kind {kind!r} ({', '.join(KINDS)})")
+        self.kind, self.cfg, self.out = kind, cfg, Path(outdir)
+        self.device = _device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.models = {k: m.to(self.device) for k, m in build(kind, cfg).items()}
+        params = [p for m in self.models.values() for p in m.parameters()]
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9)
+        self.step = 0
+        self._seg_loss = self._mask_loss = None
+        if kind in ("joint", "mask"):
+            from monai.losses import DiceCELoss
+
+            loss = DiceCELoss(to_onehot_y=True, softmax=True)
+            self._seg_loss = loss if kind == "joint" else None
+            self._mask_loss = loss if kind == "mask" else None
+        self._val = None
+
+    # ---- batches ---------------------------------------------------------------------------
+    def _tensors(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        st = lambda name: torch.from_numpy(np.stack([getattr(s, name) for s in samples])).to(self.device)  # noqa: E731
+        return {"field": st("field_ppm")[:, None], "mask": st("mask"), "weight": st("weight"),
+                "direction": st("direction"), "rad_per_ppm": torch.tensor([s.rad_per_ppm for s in samples], device=self.device),
+                "magnitude": st("magnitude")[:, None], "brain": st("brain")[:, None],
+                "classes": torch.from_numpy(np.stack([_labels_to_classes(s.labels) for s in samples]))[:, None].to(self.device)}
+
+    def reconstruct(self, batch) -> torch.Tensor:
+        """chi (B, 1, X, Y, Z); in joint training by sliding window over the whole region, with gradients."""
+        x = recon_input(batch["field"], batch["direction"])
+        net = self.models["recon"]
+        if self.kind == "joint" and tuple(self.cfg.recon_window) != tuple(x.shape[2:]):
+            from monai.inferers import sliding_window_inference
+
+            return sliding_window_inference(x, self.cfg.recon_window, 1, net, overlap=0.25, mode="gaussian")
+        return net(x)
+
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        if self.kind == "mask":
+            logits = self.models["mask"](batch["magnitude"])
+            return {"total": self._mask_loss(logits, batch["brain"].long())}
+        chi = self.reconstruct(batch)
+        lm = model_loss(chi[:, 0], batch["field"][:, 0] * batch["rad_per_ppm"][:, None, None, None], batch["weight"], batch["mask"],
+                        batch["direction"], self.cfg.voxel_size, batch["rad_per_ppm"])
+        out = {"model": lm}
+        if self.kind == "tv":
+            out["tv"] = tv_loss(chi[:, 0], batch["mask"])
+            out["total"] = lm + self.cfg.lambda_tv * out["tv"]
+        elif self.kind == "joint":
+            out["seg"] = self._seg_loss(self.models["seg"](chi), batch["classes"])
+            out["total"] = lm + self.cfg.lambda_seg * out["seg"]
+        else:
+            out["total"] = lm
+        return out
+
+    def train_step(self, samples: list[Sample] | None = None) -> dict[str, float]:
+        for m in self.models.values():
+            m.train()
+        batch = self._tensors(samples if samples is not None else self.stream.next_batch())
+        self.opt.zero_grad(set_to_none=True)
+        parts = self.losses(batch)
+        parts["total"].backward()
+        self.opt.step()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in parts.items()}
+
+    # ---- validation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self._val is None:  # held-out subjects, one central-ish crop each, drawn once
+            self._val = []
+            for seed in self.cfg.val_seeds:
+                s = prepare_subject(seed, self.cfg, np.random.default_rng([seed, 99]))
+                self._val.append(_sample_from(s, np.random.default_rng(seed), self.cfg, 1.0))
+        for m in self.models.values():
+            m.eval()
+        rows = []
+        for sample in self._val:
+            batch = self._tensors([sample])
+            if self.kind == "mask":
+                pred = self.models["mask"](batch["magnitude"]).argmax(1)[0].cpu().numpy() > 0
+                rows.append({"dice": M.dice(pred, sample.brain > 0)})
+                continue
+            chi = self.reconstruct(batch)[0, 0].cpu().numpy() * sample.mask
+            brain = sample.mask > 0
+            ref = sample.chi - sample.chi[brain].mean() if brain.any() else sample.chi
+            row = {"nrmse": M.nrmse(chi - chi[brain].mean(), ref, brain), "hfen": M.hfen(chi, ref, brain)}
+            if self.kind == "joint":
+                seg = self.models["seg"](torch.from_numpy(chi)[None, None].to(self.device)).argmax(1)[0].cpu().numpy()
+                cls = _labels_to_classes(sample.labels)
+                row["dgm_dice"] = float(np.mean([M.dice(seg == c, cls == c) for c in range(1, len(SEG_CLASSES)) if (cls == c).any()] or [np.nan]))
+            rows.append(row)
+        return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {"kind": self.kind, "config": json.loads(self.cfg.to_json()), "step": self.step,
+                 "models": {k: m.state_dict() for k, m in self.models.items()}, "optimizer": self.opt.state_dict(),
+                 "stream": self.stream.state(), "torch_rng": torch.get_rng_state()}
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / CHECKPOINT)
+
+    def load(self) -> bool:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state["kind"] != self.kind:
+            raise InputError(f"{path} holds a {state['kind']!r} run, not {self.kind!r}")
+        saved = dict(state["config"])
+        mine = json.loads(self.cfg.to_json())
+        differ = sorted(k for k in mine if k not in ("steps", "device", "checkpoint_every", "validate_every") and saved.get(k) != mine[k])
+        if differ:
+            raise InputError(f"{path} was trained with another config ({', '.join(differ)} differ): use a new --out")
+        for k, m in self.models.items():
+            m.load_state_dict(state["models"][k])
+        self.opt.load_state_dict(state["optimizer"])
+        self.stream.restore(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        return True
+
+
+def _progress(step: int, total: int, parts: dict, sec: float, quiet: bool) -> None:
+    if quiet:
+        return
+    width = 24
+    done = int(width * step / max(total, 1))
+    msg = f"\r[{'#' * done}{'.' * (width - done)}] {step}/{total} loss {parts['total']:.4g} {sec:.2f} s/step"
+    sys.stderr.write(msg)
+    sys.stderr.flush()
+
+
+def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = False) -> dict:
+    """Train (or resume) until ``cfg.steps``; returns a summary with the last losses and validation."""
+    tr = Trainer(kind, cfg, outdir)
+    resumed = tr.load()
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.to_json())
+    log_path, val_path = out / "train_log.csv", out / "val_log.csv"
+    if resumed and not quiet:
+        sys.stderr.write(f"pedq-train: resuming {kind} from step {tr.step}\n")
+    last, last_val, times = {}, {}, []
+    while tr.step < cfg.steps:
+        t0 = time.perf_counter()
+        last = tr.train_step()
+        times.append(time.perf_counter() - t0)
+        new = not log_path.exists()
+        with open(log_path, "a", newline="") as fh:
+            w = csv.writer(fh)
+            if new:
+                w.writerow(["step", "seconds", *sorted(last)])
+            w.writerow([tr.step, f"{times[-1]:.3f}", *(f"{last[k]:.6g}" for k in sorted(last))])
+        _progress(tr.step, cfg.steps, last, times[-1], quiet)
+        if tr.step % cfg.validate_every == 0 or tr.step == cfg.steps:
+            last_val = tr.validate()
+            new = not val_path.exists()
+            with open(val_path, "a", newline="") as fh:
+                w = csv.writer(fh)
+                if new:
+                    w.writerow(["step", *sorted(last_val)])
+                w.writerow([tr.step, *(f"{last_val[k]:.6g}" for k in sorted(last_val))])
+        if tr.step % cfg.checkpoint_every == 0 or tr.step == cfg.steps:
+            tr.save()
+    if not quiet:
+        sys.stderr.write("\n")
+    return {"kind": kind, "step": tr.step, "resumed": resumed, "last_losses": last, "validation": last_val,
+            "seconds_per_step": float(np.median(times)) if times else None, "device": str(tr.device)}

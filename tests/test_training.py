@@ -1,0 +1,101 @@
+"""PedQ-NET training on tiny configs (skipped where torch/MONAI are not installed)."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from pedq_deploy.phantom import make_subject  # noqa: E402
+from pedq_deploy.training.config import TrainConfig, load_config  # noqa: E402
+from pedq_deploy.training.data import PhantomStream  # noqa: E402
+from pedq_deploy.training.losses import model_loss, phase_per_ppm  # noqa: E402
+from pedq_deploy.training.trainer import Trainer  # noqa: E402
+
+TINY = dict(patch=(32, 32, 32), grid=(48, 48, 40), voxel_size=(3.0, 3.0, 3.0), batch_size=1, crops_per_subject=2,
+            recon_filters=4, recon_levels=3, unetr_feature_size=8, unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4,
+            seg_region=(32, 32, 32), recon_window=(16, 16, 16), lr=2e-3, val_seeds=(2000,), device="cpu")
+
+
+def tiny(**kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, **kw})
+
+
+def test_model_loss_is_zero_for_the_truth_and_grows_with_error():
+    s = make_subject(seed=4, shape=(48, 48, 40), voxel_size=(3.0, 3.0, 3.0), snr=float("inf"), tilt_deg=20)
+    k = phase_per_ppm(s.echo_time, s.field_strength)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))[None]  # noqa: E731
+    args = (t(s.local_field * k), t(np.ones_like(s.chi)), t(s.brain_mask), torch.from_numpy(np.asarray(s.b0_direction, np.float32)[None]),
+            s.voxel_size, torch.tensor([k]))
+    exact = float(model_loss(t(s.chi), *args, pad_factor=2.0))
+    noisy = float(model_loss(t(s.chi + np.random.default_rng(0).normal(0, 0.02, s.chi.shape) * s.brain_mask), *args, pad_factor=2.0))
+    wrong_b0 = float(model_loss(t(s.chi), *args[:3], torch.tensor([[0.0, 0.0, 1.0]]), *args[4:], pad_factor=2.0))
+    assert exact < 1e-4
+    assert noisy > 50 * exact and wrong_b0 > 20 * exact
+
+
+@pytest.mark.parametrize("kind", ["recon", "tv", "joint", "mask"])
+def test_a_few_steps_lower_each_loss(kind):
+    cfg = tiny()
+    tr = Trainer(kind, cfg, "unused")
+    samples = tr.stream.next_batch()
+    first = tr.train_step(samples)["total"]
+    for _ in range(6):
+        last = tr.train_step(samples)["total"]
+    assert last < first, (first, last)
+
+
+def test_segmentation_gradient_reaches_the_reconstruction_network():
+    tr = Trainer("joint", tiny(), "unused")
+    batch = tr._tensors(tr.stream.next_batch())
+    parts = tr.losses(batch)
+    tr.opt.zero_grad()
+    parts["seg"].backward()  # L_seg alone
+    grads = [p.grad for p in tr.models["recon"].parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_checkpoint_resumes_to_the_same_state(tmp_path):
+    cfg = tiny(crops_per_subject=2)
+    a = Trainer("recon", cfg, tmp_path / "a")
+    for _ in range(3):  # crosses a subject boundary after 2 crops
+        a.train_step()
+    a.save()
+    b = Trainer("recon", cfg, tmp_path / "a")
+    assert b.load() and b.step == 3 and b.stream.state() == a.stream.state()
+    b.train_step()
+    c = Trainer("recon", cfg, tmp_path / "c")
+    for _ in range(4):
+        c.train_step()
+    for pb, pc in zip(b.models["recon"].parameters(), c.models["recon"].parameters()):
+        torch.testing.assert_close(pb, pc, rtol=1e-5, atol=1e-6)
+
+
+def test_stream_is_deterministic():
+    s1, s2 = PhantomStream(tiny()), PhantomStream(tiny())
+    for _ in range(3):
+        np.testing.assert_array_equal(s1.next_sample().field_ppm, s2.next_sample().field_ppm)
+
+
+def test_pedq_train_cli_resumes_and_rejects_bad_config(tmp_path, capsys):
+    from pedq_deploy.cli.train import main
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({**TINY, "validate_every": 2, "checkpoint_every": 1}))
+    out = tmp_path / "run"
+    for steps, expect_rows in ((2, 2), (3, 3)):
+        with pytest.raises(SystemExit) as exc:
+            main(["recon", "--config", str(cfg), "--out", str(out), "--steps", str(steps), "-q"])
+            raise SystemExit(0)
+        assert not exc.value.code
+        assert len((out / "train_log.csv").read_text().strip().splitlines()) == expect_rows + 1
+    assert (out / "checkpoint.pt").is_file() and (out / "val_log.csv").is_file()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"learning_rate": 1}))
+    with pytest.raises(SystemExit) as exc:
+        main(["recon", "--config", str(bad), "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "unknown config keys: learning_rate" in capsys.readouterr().err
+    with pytest.raises(Exception):
+        load_config(tmp_path / "missing.json")
