@@ -36,10 +36,14 @@ def main() -> None:
              "| grid | age | one subject (s) | one 96^3 crop (ms) |", "| --- | --- | ---: | ---: |"]
     lines += [f"| {g} | {a} | {t:.2f} | {tc * 1e3:.1f} |" for g, a, t, tc in rows]
     worst = max(t for *_, t, _ in rows)
-    lines += ["", "Crops per subject so that drawing data never waits longer than a training step (subject time / step time, "
-              "worst grid): " + ", ".join(f"{k} ({v:.2f} s/step): {int(np.ceil(worst / v))}" for k, v in STEP_S.items()) +
-              ". A loader draws a fresh subject in a background worker and several crops from each (random crop position, "
-              "and each subject has its own tilt, size and values), so a training step does not wait for data."]
+    crops = 4  # TrainConfig.crops_per_subject default
+    lines += ["", "Crops per subject so that drawing one subject costs no more than one training step (subject time / step time, "
+              "worst grid): " + ", ".join(f"{k} ({v:.2f} s/step): {int(np.ceil(worst / v))}" for k, v in STEP_S.items()) + ".",
+              f"Today `PhantomStream` draws subjects synchronously in the training process (plus ~1 s of unwrapping and V-SHARP per "
+              f"subject), {crops} crops each by default: at the training grid that adds about "
+              f"{(max(t for g, _, t, _ in rows if g.startswith('training')) + 1.0) / crops:.1f} s per step, "
+              f"{100 * (max(t for g, _, t, _ in rows if g.startswith('training')) + 1.0) / crops / STEP_S['DynUNet base 16']:.0f}% of a base-16 step. "
+              "Moving subject drawing to a background worker process (it needs no torch) would hide it; not done yet."]
     update_section("phantom", "\n".join(lines))
     print("\n".join(lines))
 

@@ -54,15 +54,17 @@ cdef inline Entry _pop(Entry* heap, Py_ssize_t* size) noexcept nogil:
     return top
 
 
-def quality_unwrap_kernel(float[:, :, ::1] phase, unsigned char[:, :, ::1] mask, float[:, :, ::1] quality):
-    """Unwrap ``phase`` in place inside ``mask``, most reliable voxels first."""
+def quality_unwrap_kernel(float[:, :, ::1] phase, unsigned char[:, :, ::1] mask, float[:, :, ::1] quality, cnp.intp_t[::1] seeds):
+    """Unwrap ``phase`` in place inside ``mask``, most reliable voxels first.
+
+    ``seeds``: flat indices of the mask voxels by decreasing quality; each component of the mask
+    starts from its best voxel.
+    """
     cdef Py_ssize_t n0 = phase.shape[0], n1 = phase.shape[1], n2 = phase.shape[2]
     cdef Py_ssize_t n = n0 * n1 * n2
     cdef float* p = &phase[0, 0, 0]
     cdef unsigned char* m = &mask[0, 0, 0]
     cdef float* q = &quality[0, 0, 0]
-    cdef cnp.ndarray[cnp.intp_t, ndim=1] order = np.argsort(-np.asarray(quality).ravel(), kind="stable").astype(np.intp)
-    cdef cnp.intp_t[::1] seeds = order
     cdef unsigned char* state = <unsigned char*> malloc(n)  # 0 new, 1 queued, 2 done
     cdef Entry* heap = <Entry*> malloc(n * sizeof(Entry))
     cdef Py_ssize_t size = 0, s, idx, nb, i, j, k, t
@@ -78,7 +80,7 @@ def quality_unwrap_kernel(float[:, :, ::1] phase, unsigned char[:, :, ::1] mask,
     with nogil:
         for idx in range(n):
             state[idx] = 0
-        for s in range(n):
+        for s in range(seeds.shape[0]):
             idx = seeds[s]
             if state[idx] != 0 or m[idx] == 0:
                 continue

@@ -20,10 +20,11 @@ class PaddedBox:
         m = np.asarray(mask, bool)
         if not m.any():
             raise InputError("brain mask is empty")
-        idx = np.nonzero(m)
         self.full_shape = m.shape
-        self.lo = tuple(int(i.min()) for i in idx)
-        self.hi = tuple(int(i.max()) + 1 for i in idx)
+        # per-axis projections: far cheaper than np.nonzero on a whole volume
+        spans = [np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        self.lo = tuple(int(s[0]) for s in spans)
+        self.hi = tuple(int(s[-1]) + 1 for s in spans)
         box = tuple(h - l for l, h in zip(self.lo, self.hi))
         self.shape = tuple(scipy.fft.next_fast_len(int(np.ceil(n * pad_factor)) + 2, real=True) for n in box)
         self.box = box

@@ -152,13 +152,16 @@ def quality_unwrap(phase: np.ndarray, mask: np.ndarray | None = None, magnitude:
     if m.shape != p.shape:
         raise InputError(f"mask shape {m.shape} differs from phase shape {p.shape}")
     q = _reliability(p)
+    idx = np.flatnonzero(m)
     if magnitude is not None:
         mag = np.asarray(magnitude, dtype=np.float32)
         if mag.shape != p.shape:
             raise InputError(f"magnitude shape {mag.shape} differs from phase shape {p.shape}")
-        q *= mag / max(float(np.percentile(mag, 99)), 1e-12)
+        q *= mag / max(float(np.percentile(mag.reshape(-1)[idx], 99)) if idx.size else 1.0, 1e-12)
+    # seeds: only the mask's voxels need ordering (by decreasing quality)
+    seeds = idx[np.argsort(-q.reshape(-1)[idx], kind="stable")].astype(np.intp)
     out = p.copy()
-    quality_unwrap_kernel(out, m, np.ascontiguousarray(q, dtype=np.float32))
+    quality_unwrap_kernel(out, m, np.ascontiguousarray(q, dtype=np.float32), seeds)
     return out
 
 
