@@ -1,7 +1,7 @@
 """Build the Cython kernels in csrc/ as private extension modules of pedq_deploy."""
 import numpy as np
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 extensions = [
     Extension(
@@ -13,4 +13,11 @@ extensions = [
     )
 ]
 
-setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True}))
+# export/ holds the shipped models (ONNX + manifests); it installs as pedq_deploy._models so that
+# `pip install .` (not only editable installs) finds them.
+setup(
+    packages=find_packages(include=["pedq_deploy", "pedq_deploy.*"]) + ["pedq_deploy._models"],
+    package_dir={"pedq_deploy._models": "export"},
+    package_data={"pedq_deploy._models": ["*.onnx", "*.json", "*.md"]},
+    ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True}),
+)

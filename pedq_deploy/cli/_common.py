@@ -55,6 +55,9 @@ class StageProgress:
         self._t = time.perf_counter()
 
     def __call__(self, stage: str, event: str) -> None:
+        if stage == "plan":  # the pipeline says which stages will run
+            self.stages = tuple(event.split(","))
+            return
         if self.quiet:
             return
         n = self.stages.index(stage) + 1 if stage in self.stages else 0

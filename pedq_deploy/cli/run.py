@@ -11,8 +11,9 @@ Echo time and field strength come from the options or from BIDS JSON sidecars ne
 inputs. Phase may be in radians or in scanner integers (-4096..4095, 0..4095), rescaled
 automatically. The B0 direction is read from the affine (B0 = scanner z) unless given.
 
-Writes mask.nii.gz, phase_unwrapped.nii.gz (rad), local_field.nii.gz (ppm), qsm.nii.gz (ppm)
-and provenance.json, all on the input grid.
+Writes mask.nii.gz, phase_unwrapped.nii.gz (rad), local_field.nii.gz (ppm), qsm.nii.gz (ppm),
+quicklook.png and provenance.json, all on the input grid; with a segmentation model also
+segmentation.nii.gz (FreeSurfer labels) and regions.csv.
 """
 
 
@@ -24,15 +25,20 @@ and provenance.json, all on the input grid.
 @click.option("--field-strength", type=float, help="Field strength in tesla (default: sidecar MagneticFieldStrength).")
 @click.option("--b0-direction", type=float, nargs=3, help="B0 unit vector in the voxel frame (default: from the affine).")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="Brain mask NIfTI (default: classic masking).")
-@click.option("--inversion", type=click.Choice(["tkd", "tv"]), default="tkd", show_default=True)
+@click.option("--inversion", type=click.Choice(["auto", "pedq", "tkd", "tv"]), default="auto", show_default=True,
+              help="auto: pedq when PedQ-NET models are found, else tkd.")
+@click.option("--masker", type=click.Choice(["auto", "network", "classic"]), default="auto", show_default=True,
+              help="auto: the masking network when a mask model is found, else classic.")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), help="Folder of exported models (default: $PEDQ_MODELS, else the shipped ones).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
 @click.option("--unwrap", type=click.Choice(["laplacian", "quality"]), default="laplacian", show_default=True)
 @click.option("--tkd-threshold", type=float, default=0.19, show_default=True)
 @click.option("--tv-lambda", type=float, default=3e-4, show_default=True)
 @click.option("--tv-iterations", type=int, default=60, show_default=True)
 @click.option("--vsharp-radii", type=str, help="Comma-separated SMV radii in mm (default: 12 mm down to 2x the thickest voxel).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, inversion, unwrap,
-            tkd_threshold, tv_lambda, tv_iterations, vsharp_radii, quiet):
+def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, inversion, masker, models_dir, backend,
+            unwrap, tkd_threshold, tv_lambda, tv_iterations, vsharp_radii, quiet):
     from ..errors import InputError
     from ..runtime.pipeline import STAGES, run_case_files
 
@@ -46,6 +52,7 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         b0_direction=tuple(b0_direction) if b0_direction else None,
         unwrap=unwrap,
         inversion=inversion,
+        masker=masker,
         vsharp_radii=radii,
         tkd_threshold=tkd_threshold,
         tv_lambda=tv_lambda,
@@ -53,7 +60,7 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
     )
     prov = run_case_files(
         magnitude, phase, outdir, overrides,
-        echo_time=echo_time, field_strength=field_strength, mask_path=mask_path,
+        echo_time=echo_time, field_strength=field_strength, mask_path=mask_path, models_dir=models_dir, backend=backend,
         progress=StageProgress(STAGES, quiet), log=(lambda m: None) if quiet else (lambda m: echo_err(f"pedq-run: {m}")),
     )
     if not quiet:

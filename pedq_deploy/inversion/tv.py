@@ -37,43 +37,45 @@ def _gradient_eigs(shape, voxel_size) -> np.ndarray:
     return total
 
 
+@numba.njit(inline="always")
+def _soft(v, kappa):  # pragma: no cover - compiled
+    if v > kappa:
+        return v - kappa
+    if v < -kappa:
+        return v + kappa
+    return 0.0
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _shrink_update(chi, z, u, inv_h, kappa, rhs):  # pragma: no cover - compiled
-    """z = shrink(grad chi + u, kappa); u += grad chi - z; rhs = div^T-term grad^T(z - u)."""
+def _shrink_update(chi, w, u, inv_h, kappa, rhs):  # pragma: no cover - compiled
+    """z = shrink(grad chi + u, kappa); u += grad chi - z; w = z - u; rhs = grad^T w.
+
+    Periodic neighbours come from precomputed index steps (no integer modulo in the inner loop).
+    Only u and w = z - u are stored: the chi update needs nothing else.
+    """
     n0, n1, n2 = chi.shape
+    h0, h1, h2 = inv_h[0], inv_h[1], inv_h[2]
     for i in numba.prange(n0):
+        ip = i + 1 if i + 1 < n0 else 0
         for j in range(n1):
+            jp = j + 1 if j + 1 < n1 else 0
             for k in range(n2):
+                kp = k + 1 if k + 1 < n2 else 0
                 c = chi[i, j, k]
-                g0 = (chi[(i + 1) % n0, j, k] - c) * inv_h[0]
-                g1 = (chi[i, (j + 1) % n1, k] - c) * inv_h[1]
-                g2 = (chi[i, j, (k + 1) % n2] - c) * inv_h[2]
-                for a in range(3):
-                    g = g0 if a == 0 else (g1 if a == 1 else g2)
-                    v = g + u[a, i, j, k]
-                    if v > kappa:
-                        zz = v - kappa
-                    elif v < -kappa:
-                        zz = v + kappa
-                    else:
-                        zz = 0.0
-                    z[a, i, j, k] = zz
-                    u[a, i, j, k] = v - zz
-    # grad^T (z - u): adjoint of the periodic forward difference
+                v0 = (chi[ip, j, k] - c) * h0 + u[0, i, j, k]
+                v1 = (chi[i, jp, k] - c) * h1 + u[1, i, j, k]
+                v2 = (chi[i, j, kp] - c) * h2 + u[2, i, j, k]
+                z0, z1, z2 = _soft(v0, kappa), _soft(v1, kappa), _soft(v2, kappa)
+                u[0, i, j, k], u[1, i, j, k], u[2, i, j, k] = v0 - z0, v1 - z1, v2 - z2
+                w[0, i, j, k], w[1, i, j, k], w[2, i, j, k] = 2.0 * z0 - v0, 2.0 * z1 - v1, 2.0 * z2 - v2
     for i in numba.prange(n0):
+        im = i - 1 if i > 0 else n0 - 1
         for j in range(n1):
+            jm = j - 1 if j > 0 else n1 - 1
             for k in range(n2):
-                s = 0.0
-                w0 = z[0, i, j, k] - u[0, i, j, k]
-                wm0 = z[0, (i - 1) % n0, j, k] - u[0, (i - 1) % n0, j, k]
-                s += (wm0 - w0) * inv_h[0]
-                w1 = z[1, i, j, k] - u[1, i, j, k]
-                wm1 = z[1, i, (j - 1) % n1, k] - u[1, i, (j - 1) % n1, k]
-                s += (wm1 - w1) * inv_h[1]
-                w2 = z[2, i, j, k] - u[2, i, j, k]
-                wm2 = z[2, i, j, (k - 1) % n2] - u[2, i, j, (k - 1) % n2]
-                s += (wm2 - w2) * inv_h[2]
-                rhs[i, j, k] = s
+                km = k - 1 if k > 0 else n2 - 1
+                rhs[i, j, k] = ((w[0, im, j, k] - w[0, i, j, k]) * h0 + (w[1, i, jm, k] - w[1, i, j, k]) * h1
+                                + (w[2, i, j, km] - w[2, i, j, k]) * h2)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -125,13 +127,13 @@ def tv_admm(
     del denom, e2
     dtf = (scipy.fft.rfftn(box.embed(np.where(m, f, 0.0)), workers=w) * d).astype(np.complex64)
     chi = np.zeros(shape, np.float32)
-    z = np.zeros((3,) + shape, np.float32)
+    zu = np.zeros((3,) + shape, np.float32)  # z - u
     u = np.zeros((3,) + shape, np.float32)
     rhs = np.zeros(shape, np.float32)
     inv_h = (1.0 / v).astype(np.float32)
     kappa = np.float32(lam / rho)
     for _ in range(iterations):
-        _shrink_update(chi, z, u, inv_h, kappa, rhs)
+        _shrink_update(chi, zu, u, inv_h, kappa, rhs)
         spec = scipy.fft.rfftn(rhs, workers=w)
         _chi_update(spec, dtf, inv_denom, np.float32(rho))
         chi = scipy.fft.irfftn(spec, s=shape, workers=w, overwrite_x=True).astype(np.float32, copy=False)

@@ -1,13 +1,14 @@
 """Preprocessing: phase scaling, brain masking, phase unwrapping, background field removal."""
 from __future__ import annotations
 
-from .masking import classic_mask
+from .masking import classic_mask, normalise_magnitude
 from .phase import detect_and_scale_phase
 from .unwrap import laplacian_unwrap, quality_unwrap, unwrap_phase
 from .vsharp import default_radii, vsharp
 
 __all__ = [
     "classic_mask",
+    "normalise_magnitude",
     "detect_and_scale_phase",
     "laplacian_unwrap",
     "quality_unwrap",

@@ -98,3 +98,18 @@ def classic_mask(magnitude: np.ndarray, voxel_size: Sequence[float], *, erode_mm
     if not m.any():
         raise InputError("classic masking found no brain: check the magnitude image")
     return m
+
+
+def normalise_magnitude(magnitude: np.ndarray) -> np.ndarray:
+    """Magnitude / its 99th percentile inside the head, clipped to [0, 1.5] (the mask network's input).
+
+    The head is what exceeds a tenth of the 99.9th percentile of the whole volume: computable from
+    the magnitude alone, so training and the runtime normalise the same way.
+    """
+    mag = np.asarray(magnitude, dtype=np.float32)
+    top = float(np.percentile(mag, 99.9))
+    if not np.isfinite(top) or top <= 0:
+        raise InputError("magnitude is all zero: nothing to normalise")
+    head = mag > 0.1 * top
+    ref = float(np.percentile(mag[head], 99)) if head.any() else top
+    return np.clip(mag / ref, 0.0, 1.5).astype(np.float32)

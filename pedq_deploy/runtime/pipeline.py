@@ -22,8 +22,9 @@ from ..physics import b0_direction_from_affine, check_direction, phase_to_ppm
 
 __all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "STAGES"]
 
-STAGES = ("mask", "unwrap", "background", "inversion")
-INVERSIONS = ("tkd", "tv")
+STAGES = ("mask", "unwrap", "background", "inversion", "segmentation")
+INVERSIONS = ("tkd", "tv", "pedq")
+MASKERS = ("auto", "classic", "network")
 UNWRAPPERS = ("laplacian", "quality")
 
 
@@ -41,6 +42,7 @@ class PipelineConfig:
     tkd_threshold: float = 0.19
     tv_lambda: float = 3e-4
     tv_iterations: int = 60
+    masker: str = "auto"  # network when a mask model is loaded, else classic
 
     def validate(self) -> None:
         if not np.isfinite(self.echo_time) or self.echo_time <= 0:
@@ -51,6 +53,8 @@ class PipelineConfig:
             raise InputError(f"field strength must be positive (tesla), got {self.field_strength}")
         if self.inversion not in INVERSIONS:
             raise InputError(f"unknown inversion {self.inversion!r} ({', '.join(INVERSIONS)})")
+        if self.masker not in MASKERS:
+            raise InputError(f"unknown masker {self.masker!r} ({', '.join(MASKERS)})")
         if self.unwrap not in UNWRAPPERS:
             raise InputError(f"unknown unwrapping method {self.unwrap!r} ({', '.join(UNWRAPPERS)})")
 
@@ -62,9 +66,10 @@ class PipelineResult:
     local_field: np.ndarray
     qsm: np.ndarray
     info: dict = field(default_factory=dict)
+    segmentation: np.ndarray | None = None  # FreeSurfer labels, when a segmentation model ran
 
 
-Progress = Callable[[str, str], None]  # (stage, event) with event "start" or "done <seconds>"
+Progress = Callable[[str, str], None]  # (stage, event): ("plan", "a,b,c") first, then "start" / "done <seconds>"
 
 
 def _check_arrays(magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | None) -> None:
@@ -92,8 +97,13 @@ def run_case(
     *,
     mask: np.ndarray | None = None,
     progress: Progress | None = None,
+    models=None,
 ) -> PipelineResult:
     """Run the pipeline on arrays. ``phase`` is in radians (see ``detect_and_scale_phase``).
+
+    ``models`` (a :class:`~pedq_deploy.runtime.networks.PedqModels`) is needed for
+    ``inversion="pedq"`` and ``masker="network"``; with it, a segmentation model (if present)
+    labels the deep grey matter.
 
     Returns the brain mask, the unwrapped phase (rad), the local field (ppm) and chi (ppm,
     referenced to the mean over the V-SHARP-eroded mask), all on the input grid.
@@ -115,7 +125,17 @@ def run_case(
         notify(name, f"done {timings[name]:.2f}")
         return out
 
-    if mask is None:
+    if config.inversion == "pedq" and models is None:
+        raise InputError("--inversion pedq needs the PedQ-NET models (none found: give --models DIR)")
+    with_seg = models is not None and models.has("seg")
+    notify("plan", ",".join(STAGES if with_seg else STAGES[:-1]))
+    use_network_mask = config.masker == "network" or (config.masker == "auto" and models is not None and models.has("mask"))
+    if mask is None and use_network_mask:
+        if models is None or not models.has("mask"):
+            raise InputError("--masker network needs a mask model (mask.json) in the models folder")
+        brain = stage("mask", models.mask, magnitude, voxel_size)
+        mask_source = "network"
+    elif mask is None:
         brain = stage("mask", classic_mask, magnitude, voxel_size)
         mask_source = "classic"
     else:
@@ -128,8 +148,13 @@ def run_case(
     )
     if config.inversion == "tkd":
         chi = stage("inversion", tkd, local, eroded, voxel_size, b0, config.tkd_threshold)
-    else:
+    elif config.inversion == "tv":
         chi = stage("inversion", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations)
+    else:
+        chi = stage("inversion", models.reconstruct, local, eroded, voxel_size, b0)
+    segmentation = None
+    if with_seg:
+        segmentation = stage("segmentation", models.segment, chi, eroded, voxel_size)
     info = {
         "b0_direction_voxel_frame": [round(float(x), 6) for x in b0],
         "b0_direction_source": "given" if config.b0_direction is not None else "affine",
@@ -139,7 +164,7 @@ def run_case(
         "chi_reference": "mean over the V-SHARP-eroded brain mask",
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
-    return PipelineResult(brain, unwrapped, local, chi, info)
+    return PipelineResult(brain, unwrapped, local, chi, info, segmentation)
 
 
 def _sha256(path: str) -> str:
@@ -223,11 +248,26 @@ def run_case_files(
     mask_path: str | None = None,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
+    models_dir: str | None = None,
+    backend: str = "auto",
 ) -> dict:
-    """Load, run and write one case; returns the provenance dict that is also written."""
+    """Load, run and write one case; returns the provenance dict that is also written.
+
+    ``config_overrides["inversion"] == "auto"`` picks ``pedq`` when models are found (the
+    argument, $PEDQ_MODELS, or the models shipped in the package), else ``tkd``.
+    """
     from ..io import StagedOutput, save_image
+    from ..io.quicklook import quicklook
+    from .networks import PedqModels, find_models
 
     log = log or (lambda msg: None)
+    config_overrides = dict(config_overrides)
+    found = find_models(models_dir)
+    wants_models = config_overrides.get("inversion") in ("auto", "pedq") or config_overrides.get("masker") in ("auto", "network")
+    models = PedqModels(found, backend=backend) if (found is not None and wants_models) else None
+    if config_overrides.get("inversion", "auto") == "auto":
+        config_overrides["inversion"] = "pedq" if models is not None else "tkd"
+        log(f"inversion: {config_overrides['inversion']} ({'models in ' + str(found) if models is not None else 'no PedQ-NET models found'})")
     t0 = time.perf_counter()
     te, b0, acq_source = resolve_acquisition(magnitude_path, phase_path, echo_time, field_strength)
     config = PipelineConfig(echo_time=te, field_strength=b0, **config_overrides)
@@ -235,7 +275,11 @@ def run_case_files(
     mag, phase_rad, mask, props, phase_note = load_inputs(magnitude_path, phase_path, mask_path)
     log(phase_note)
     t_load = time.perf_counter() - t0
-    result = run_case(mag, phase_rad, props.affine, props.voxel_size, config, mask=mask, progress=progress)
+    try:
+        result = run_case(mag, phase_rad, props.affine, props.voxel_size, config, mask=mask, progress=progress, models=models)
+    finally:
+        if models is not None:
+            models.close()
     t1 = time.perf_counter()
     provenance = {
         "tool": "pedq-run",
@@ -249,6 +293,8 @@ def run_case_files(
         "grid": {"shape": list(props.shape), "voxel_size_mm": [round(v, 6) for v in props.voxel_size]},
         "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "units": {"phase_unwrapped": "rad", "local_field": "ppm", "qsm": "ppm"},
+        "models": {r: {"manifest": str(m.path), "sha256": m.sha256} for r, m in models.manifests.items()} if models else None,
+        "backend": backend if models else None,
         **result.info,
     }
     with StagedOutput(outdir) as out:
@@ -256,6 +302,15 @@ def run_case_files(
         save_image(out.path("phase_unwrapped.nii.gz"), result.phase_unwrapped, props.affine)
         save_image(out.path("local_field.nii.gz"), result.local_field, props.affine)
         save_image(out.path("qsm.nii.gz"), result.qsm, props.affine)
+        if result.segmentation is not None:
+            from ..metrics import region_stats
+
+            save_image(out.path("segmentation.nii.gz"), result.segmentation, props.affine, dtype=np.uint8)
+            rows = region_stats(result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0)
+            lines = ["label,name,voxels,volume_ml,mean_ppm,std_ppm"] + [
+                f"{r['label']},{r['name']},{r['voxels']},{r['volume_ml']:.4f},{r['mean_ppm']:.6f},{r['std_ppm']:.6f}" for r in rows]
+            out.path("regions.csv").write_text("\n".join(lines) + "\n")
+        quicklook(out.path("quicklook.png"), mag, result.mask, result.qsm, result.segmentation)
         provenance["timings_s"]["load"] = round(t_load, 4)
         provenance["timings_s"]["write"] = round(time.perf_counter() - t1, 4)
         provenance["timings_s"]["total"] = round(time.perf_counter() - t0, 4)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..phantom import make_subject, random_crop
 from ..physics import phase_to_ppm
-from ..preprocess import laplacian_unwrap, vsharp
+from ..preprocess import laplacian_unwrap, normalise_magnitude, vsharp
 from .config import TrainConfig
 from .losses import phase_per_ppm
 
@@ -42,8 +42,7 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator):
                      echo_time=te, field_strength=cfg.field_strength, snr=snr)
     total = phase_to_ppm(laplacian_unwrap(s.phase, s.voxel_size), s.echo_time, s.field_strength)
     local, eroded = vsharp(total, s.brain_mask, s.voxel_size)
-    ref = float(np.percentile(s.magnitude[s.brain_mask], 99))
-    mag = np.clip(s.magnitude / ref, 0, 1.5).astype(np.float32)
+    mag = normalise_magnitude(s.magnitude)  # the runtime's own normalisation
     # keep the subject but with the preprocessed field and the eroded mask for the loss
     s.local_field = local
     s.params["loss_mask"] = eroded

@@ -1,0 +1,134 @@
+"""PedQ-NET at inference: the three exported networks behind runners, on NumPy arrays (no torch).
+
+The networks were trained on an isotropic grid (the manifest's ``voxel_size_mm``): volumes are
+resampled to it for inference and the results resampled back to the input grid. The
+reconstruction network is told the scan's B0 direction (three constant input channels), so tilted
+heads need no rotation.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from ..backends import load_manifest, make_runner
+from ..errors import InputError
+from ..preprocess import normalise_magnitude
+from .sliding_window import sliding_window_inference
+
+__all__ = ["PedqModels", "find_models", "resample_to", "resample_back"]
+
+ENV = "PEDQ_MODELS"
+
+
+def find_models(models_dir: str | Path | None = None) -> Path | None:
+    """Where the models are: the argument, else $PEDQ_MODELS, else the models shipped in the package."""
+    if models_dir is not None:
+        return Path(models_dir)
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV])
+    try:
+        shipped = Path(str(resources.files("pedq_deploy._models")))
+    except ModuleNotFoundError:
+        return None
+    return shipped if (shipped / "recon.json").is_file() else None
+
+
+def resample_to(volume: np.ndarray, voxel_size, target, order: int = 1) -> np.ndarray:
+    factors = [v / t for v, t in zip(voxel_size, target)]
+    if np.allclose(factors, 1.0, atol=1e-3):
+        return np.asarray(volume, np.float32)
+    return ndi.zoom(np.asarray(volume, np.float32), factors, order=order, prefilter=False)
+
+
+def resample_back(volume: np.ndarray, shape, order: int = 1) -> np.ndarray:
+    if tuple(volume.shape) == tuple(shape):
+        return volume
+    out = ndi.zoom(volume, [s / n for s, n in zip(shape, volume.shape)], order=order, prefilter=False)
+    fixed = np.zeros(shape, out.dtype)  # zoom may be off by a voxel
+    sl = tuple(slice(0, min(a, b)) for a, b in zip(shape, out.shape))
+    fixed[sl] = out[sl]
+    return fixed
+
+
+class PedqModels:
+    """Loads and verifies the manifests once; runners are activated on first use and reused."""
+
+    def __init__(self, models_dir: str | Path, backend: str = "auto", overlap: float = 0.5, batch_size: int = 1):
+        d = Path(models_dir)
+        if not d.is_dir():
+            raise InputError(f"models folder not found: {d}")
+        self.manifests = {}
+        for role in ("mask", "recon", "seg"):
+            if (d / f"{role}.json").is_file():
+                self.manifests[role] = load_manifest(d / f"{role}.json")
+        if "recon" not in self.manifests:
+            raise InputError(f"no reconstruction model (recon.json) in {d}")
+        self.backend, self.overlap, self.batch_size = backend, overlap, batch_size
+        self._runners = {}
+
+    def _runner(self, role):
+        if role not in self._runners:
+            r = make_runner(self.manifests[role], self.backend)
+            r.activate()
+            self._runners[role] = r
+        return self._runners[role]
+
+    def close(self) -> None:
+        for r in self._runners.values():
+            r.deactivate()
+        self._runners.clear()
+
+    def _run(self, role, volume_c: np.ndarray) -> np.ndarray:
+        m = self.manifests[role]
+        return sliding_window_inference(volume_c, m.patch, self._runner(role).predictor(), overlap=self.overlap,
+                                        batch_size=self.batch_size)
+
+    def has(self, role: str) -> bool:
+        return role in self.manifests
+
+    def mask(self, magnitude: np.ndarray, voxel_size) -> np.ndarray:
+        m = self.manifests["mask"]
+        x = resample_to(normalise_magnitude(magnitude), voxel_size, m.voxel_size)
+        logits = self._run("mask", x[None])
+        prob = np.exp(logits[1] - np.logaddexp(logits[0], logits[1]))
+        brain = resample_back(prob, magnitude.shape) > 0.5
+        lab, n = ndi.label(brain)
+        if n > 1:
+            brain = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+        brain = ndi.binary_fill_holes(brain)
+        if not brain.any():
+            raise InputError("the masking network found no brain: check the magnitude image")
+        return brain
+
+    def reconstruct(self, local_field: np.ndarray, mask: np.ndarray, voxel_size, b0) -> np.ndarray:
+        m = self.manifests["recon"]
+        f = resample_to(np.where(mask, local_field, 0.0), voxel_size, m.voxel_size)
+        x = np.empty((4, *f.shape), np.float32)
+        x[0] = f
+        x[1:] = np.asarray(b0, np.float32)[:, None, None, None]
+        chi = resample_back(self._run("recon", x)[0], local_field.shape)
+        chi = np.where(mask, chi - chi[mask].mean(), 0.0).astype(np.float32)
+        return chi
+
+    def segment(self, chi: np.ndarray, mask: np.ndarray, voxel_size) -> np.ndarray:
+        """FreeSurfer labels of the 8 deep grey matter structures, on the input grid."""
+        m = self.manifests["seg"]
+        label_map = {int(k): int(v) for k, v in m.raw["label_map"].items()}
+        # only the brain's bounding box (the deep grey matter is inside it)
+        idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+        box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
+        x = resample_to(chi[box], voxel_size, m.voxel_size)
+        logits = self._run("seg", x[None])
+        cls = np.argmax(logits, axis=0).astype(np.uint8)
+        cls = resample_back(cls, chi[box].shape, order=0)
+        out = np.zeros(chi.shape, np.uint8)
+        sub = np.zeros(cls.shape, np.uint8)
+        for c, fs in label_map.items():
+            sub[cls == c] = fs
+        out[box] = sub
+        out[~mask] = 0
+        return out

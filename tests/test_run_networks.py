@@ -1,0 +1,99 @@
+"""pedq-run with exported networks, in processes that never import torch."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("monai")
+pytest.importorskip("onnx")
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = ("import sys\nfrom pedq_deploy.cli.run import main\n"
+       "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
+       "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    import torch
+
+    from pedq_deploy.export import export_network
+    from pedq_deploy.training.config import TrainConfig
+    from pedq_deploy.training.networks import MaskNet, ReconNet, SegNet
+
+    cfg = TrainConfig(patch=(32, 32, 32), voxel_size=(3.0, 3.0, 3.0), recon_filters=4, recon_levels=3, unetr_feature_size=8,
+                      unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4, seg_region=(32, 32, 32))
+    out = tmp_path_factory.mktemp("tiny_models")
+    torch.manual_seed(0)
+    for role, net, ch in (("recon", ReconNet(cfg), 4), ("seg", SegNet(cfg), 1), ("mask", MaskNet(cfg), 1)):
+        export_network(net, role, ch, (32, 32, 32), out, voxel_size=cfg.voxel_size)
+    return out
+
+
+def run(args, cwd=None, python=sys.executable, env=None):
+    return subprocess.run([python, "-c", RUN, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phantom_dir, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    r = run([phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz", "-o", out, "--models", tiny_models])
+    assert r.returncode == 0, r.stderr
+    assert "[5/5] segmentation" in r.stderr
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["parameters"]["inversion"] == "pedq" and prov["mask_source"] == "network"
+    assert set(prov["models"]) == {"recon", "seg", "mask"}
+    seg = nib.load(str(out / "segmentation.nii.gz"))
+    ref = nib.load(str(phantom_dir / "magnitude.nii.gz"))
+    assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 10, 11, 12, 13, 49, 50, 51, 52}
+    rows = (out / "regions.csv").read_text().strip().splitlines()
+    assert rows[0] == "label,name,voxels,volume_ml,mean_ppm,std_ppm" and len(rows) == 9
+    assert (out / "quicklook.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    qsm = np.asarray(nib.load(str(out / "qsm.nii.gz")).dataobj)
+    assert np.all(np.isfinite(qsm))
+
+
+def test_pedq_run_model_errors_exit_2(phantom_dir, tiny_models, tmp_path):
+    base = [phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz"]
+    env = {k: v for k, v in os.environ.items() if k != "PEDQ_MODELS"}
+    r = run(base + ["-o", tmp_path / "a", "--inversion", "pedq"], env=env)
+    assert r.returncode == 2 and "needs the PedQ-NET models" in r.stderr and "Traceback" not in r.stderr
+    r = run(base + ["-o", tmp_path / "b", "--models", tmp_path / "nowhere"])
+    assert r.returncode == 2 and "models folder not found" in r.stderr
+    bad = tmp_path / "bad_models"
+    shutil.copytree(tiny_models, bad)
+    data = bytearray((bad / "seg.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (bad / "seg.onnx").write_bytes(bytes(data))
+    r = run(base + ["-o", tmp_path / "c", "--models", bad])
+    assert r.returncode == 2 and "seg.onnx does not match the sha256" in r.stderr
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_pip_install_without_torch_finds_the_shipped_models(phantom_dir, tiny_models, tmp_path):
+    """`pip install .` (not editable) into a fresh venv without torch; pedq-run from elsewhere uses the shipped models."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "*.so", "demo_*"))
+    for f in tiny_models.iterdir():
+        shutil.copy(f, src / "export" / f.name)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    pip = subprocess.run([py, "-m", "pip", "install", "-q", str(src)], capture_output=True, text=True, timeout=1200)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0  # no torch there
+    env = {k: v for k, v in os.environ.items() if k not in ("PEDQ_MODELS", "PYTHONPATH")}
+    r = run([phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz", "-o", tmp_path / "o"], cwd=tmp_path, python=py, env=env)
+    assert r.returncode == 0, r.stderr
+    prov = json.loads((tmp_path / "o" / "provenance.json").read_text())
+    assert prov["parameters"]["inversion"] == "pedq"
+    assert "site-packages" in prov["models"]["recon"]["manifest"]
