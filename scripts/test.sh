@@ -3,6 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
+# the training/export tests need torch + MONAI: torch==2.13.0 first (the CPU wheel; a bare `torch`
+# would pull a multi-GB CUDA build), then the train extra. The runtime tests check that the
+# runtime never imports it (in fresh processes, and in a fresh venv without torch).
+if ! .venv/bin/python -c "import torch, monai, onnx" 2>/dev/null; then
+    .venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -vE "^WARNING: Location" || true
+    .venv/bin/python -m pip install -q -e ".[dev,train]" 2>&1 | grep -vE "^WARNING: Location|^  " || true
+fi
 set +e
 .venv/bin/python -m pytest "$@"
 code=$?

@@ -124,3 +124,16 @@ def test_tensorrt_backend_skips_cleanly_without_tensorrt(exported):
         assert make_runner(m, "auto").__class__.__name__ == "OnnxRuntimeRunner"
         pytest.skip("tensorrt is not installed: engine build and inference not exercised")
     pytest.skip("a TensorRT engine test needs a CUDA GPU; not available in CI")
+
+
+def test_export_fails_and_leaves_nothing_when_parity_does_not_hold(tmp_path):
+    """An impossible tolerance (exact equality with a perturbed model output) must fail the export."""
+    from pedq_deploy.export.onnx import ExportError
+
+    class Jitter(torch.nn.Module):  # differs between eager (random) and the exported graph (traced constant)
+        def forward(self, x):
+            return x + torch.rand(1).item()
+
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_network(Jitter(), "mask", 1, (8, 8, 8), tmp_path, voxel_size=(1, 1, 1))
+    assert list(tmp_path.iterdir()) == []
