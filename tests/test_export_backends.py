@@ -70,7 +70,7 @@ def test_corrupted_truncated_and_mismatched_models_are_refused(exported, tmp_pat
     # truncated file whose manifest was (wrongly) updated: caught when the session is built
     (work / "recon.onnx").write_bytes(bytes(data[:1000]))
     man = json.loads((work / "recon.json").read_text())
-    from pedq_deploy.backends.manifest import sha256_file
+    from pedq_deploy.io import sha256_file
 
     man["sha256"] = sha256_file(work / "recon.onnx")
     (work / "recon.json").write_text(json.dumps(man))

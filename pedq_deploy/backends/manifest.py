@@ -1,25 +1,17 @@
 """Model manifests: what a shipped model is, checked before a single voxel is computed."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..io.checksum import sha256_file
 
 __all__ = ["ModelManifest", "load_manifest", "sha256_file", "MANIFEST_FORMAT", "ROLES"]
 
 MANIFEST_FORMAT = "pedq-model/1"
 ROLES = ("mask", "recon", "seg")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

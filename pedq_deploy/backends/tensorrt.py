@@ -9,7 +9,8 @@ import numpy as np
 
 from ..errors import InputError
 from .base import Runner
-from .manifest import ModelManifest, sha256_file
+from ..io.checksum import sha256_file
+from .manifest import ModelManifest
 
 __all__ = ["TensorRTRunner", "build_engine"]
 

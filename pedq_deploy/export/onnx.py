@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backends.manifest import MANIFEST_FORMAT, sha256_file
+from ..backends.manifest import MANIFEST_FORMAT
+from ..io.checksum import sha256_file
 from ..errors import InputError, PedqError
 from ..training.config import TrainConfig
 from ..training.networks import SEG_CLASSES, build

@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import InputError
 from .simulate import Subject
 
-__all__ = ["Crop", "random_crop"]
+__all__ = ["Crop", "random_crop", "crop_array"]
 
 
 @dataclass
@@ -45,13 +45,16 @@ def random_crop(subject: Subject, size=(96, 96, 96), rng: np.random.Generator | 
     # clamp so the patch stays inside the volume where it can
     origin = tuple(min(max(o, 0), n - s) if n >= s else (n - s) // 2 for o, n, s in zip(origin, shape, size))
 
-    def take(a, dtype):
-        out = np.zeros(size, dtype)
-        src = tuple(slice(max(o, 0), min(o + s, n)) for o, s, n in zip(origin, size, shape))
-        dst = tuple(slice(max(o, 0) - o, max(o, 0) - o + (sl.stop - sl.start)) for o, sl in zip(origin, src))
-        out[dst] = a[src]
-        return out
-
+    take = lambda a, dtype: crop_array(a, origin, size, dtype)  # noqa: E731
     return Crop(take(subject.local_field, np.float32), take(subject.chi, np.float32), take(subject.brain_mask, np.uint8),
                 take(subject.magnitude, np.float32), take(subject.labels, np.uint8), np.asarray(subject.b0_direction, np.float64),
                 subject.voxel_size, origin)
+
+
+def crop_array(a: np.ndarray, origin, size, dtype) -> np.ndarray:
+    """The ``size`` box of ``a`` starting at ``origin`` (may stick out: zero-padded there)."""
+    out = np.zeros(tuple(size), dtype)
+    src = tuple(slice(max(o, 0), min(o + s, n)) for o, s, n in zip(origin, size, a.shape))
+    dst = tuple(slice(sl.start - o, sl.stop - o) for o, sl in zip(origin, src))
+    out[dst] = a[src]
+    return out

@@ -6,7 +6,6 @@ that OUTDIR never holds a partial result.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -167,14 +166,6 @@ def run_case(
     return PipelineResult(brain, unwrapped, local, chi, info, segmentation)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _versions() -> dict[str, str]:
     import nibabel
     import numba
@@ -256,7 +247,7 @@ def run_case_files(
     ``config_overrides["inversion"] == "auto"`` picks ``pedq`` when models are found (the
     argument, $PEDQ_MODELS, or the models shipped in the package), else ``tkd``.
     """
-    from ..io import StagedOutput, save_image
+    from ..io import StagedOutput, save_image, sha256_file
     from ..io.quicklook import quicklook
     from .networks import PedqModels, find_models
 
@@ -285,8 +276,8 @@ def run_case_files(
         "tool": "pedq-run",
         "versions": _versions(),
         "inputs": {
-            "magnitude": {"path": str(Path(magnitude_path).resolve()), "sha256": _sha256(magnitude_path)},
-            "phase": {"path": str(Path(phase_path).resolve()), "sha256": _sha256(phase_path)},
+            "magnitude": {"path": str(Path(magnitude_path).resolve()), "sha256": sha256_file(magnitude_path)},
+            "phase": {"path": str(Path(phase_path).resolve()), "sha256": sha256_file(phase_path)},
             **({"mask": {"path": str(Path(mask_path).resolve())}} if mask_path else {}),
         },
         "acquisition": {"echo_time_s": te, "field_strength_t": b0, "source": acq_source, "phase_format": phase_note},

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..phantom import make_subject, random_crop
+from ..phantom.crops import crop_array
 from ..physics import phase_to_ppm
 from ..preprocess import laplacian_unwrap, normalise_magnitude, vsharp
 from .config import TrainConfig
@@ -55,15 +56,8 @@ def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float) -> Sample
     c = random_crop(s, cfg.patch, crop_rng, brain_fraction=brain_fraction)
     o = c.origin
 
-    def take(a, dtype):
-        out = np.zeros(cfg.patch, dtype)
-        src = tuple(slice(max(oo, 0), min(oo + n, N)) for oo, n, N in zip(o, cfg.patch, a.shape))
-        dst = tuple(slice(sl.start - oo, sl.stop - oo) for oo, sl in zip(o, src))
-        out[dst] = a[src]
-        return out
-
-    loss_mask = take(s.params["loss_mask"], np.float32)
-    mag = take(s.params["magnitude_norm"], np.float32)
+    loss_mask = crop_array(s.params["loss_mask"], o, cfg.patch, np.float32)
+    mag = crop_array(s.params["magnitude_norm"], o, cfg.patch, np.float32)
     return Sample(c.local_field, loss_mask, np.clip(mag, 0, 1), c.chi, c.labels, mag, c.brain_mask.astype(np.float32),
                   np.asarray(s.b0_direction, np.float32), phase_per_ppm(s.echo_time, s.field_strength))
 
