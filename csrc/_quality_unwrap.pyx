@@ -54,6 +54,18 @@ cdef inline Entry _pop(Entry* heap, Py_ssize_t* size) noexcept nogil:
     return top
 
 
+cdef inline void _expand(Py_ssize_t idx, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t n2, Py_ssize_t* strides,
+                         unsigned char* state, unsigned char* m, float* q, Entry* heap, Py_ssize_t* size) noexcept nogil:
+    """Queue the new in-mask neighbours of voxel ``idx``, each to be unwrapped against it."""
+    cdef Py_ssize_t i = idx // strides[0], j = (idx // strides[1]) % n1, k = idx % n2, nb
+    cdef int t
+    for t in range(6):
+        nb = _neighbour(idx, i, j, k, t, n0, n1, n2, strides)
+        if nb >= 0 and state[nb] == 0 and m[nb] != 0:
+            state[nb] = 1
+            _push(heap, size, q[nb], nb, idx)
+
+
 def quality_unwrap_kernel(float[:, :, ::1] phase, unsigned char[:, :, ::1] mask, float[:, :, ::1] quality, cnp.intp_t[::1] seeds):
     """Unwrap ``phase`` in place inside ``mask``, most reliable voxels first.
 
@@ -67,7 +79,7 @@ def quality_unwrap_kernel(float[:, :, ::1] phase, unsigned char[:, :, ::1] mask,
     cdef float* q = &quality[0, 0, 0]
     cdef unsigned char* state = <unsigned char*> malloc(n)  # 0 new, 1 queued, 2 done
     cdef Entry* heap = <Entry*> malloc(n * sizeof(Entry))
-    cdef Py_ssize_t size = 0, s, idx, nb, i, j, k, t
+    cdef Py_ssize_t size = 0, s, idx
     cdef Py_ssize_t strides[3]
     cdef Entry e
     cdef double d, twopi = 2.0 * M_PI
@@ -85,28 +97,14 @@ def quality_unwrap_kernel(float[:, :, ::1] phase, unsigned char[:, :, ::1] mask,
             if state[idx] != 0 or m[idx] == 0:
                 continue
             state[idx] = 2  # a seed keeps its phase; its component is unwrapped relative to it
-            i = idx // strides[0]
-            j = (idx // strides[1]) % n1
-            k = idx % n2
-            for t in range(6):
-                nb = _neighbour(idx, i, j, k, t, n0, n1, n2, strides)
-                if nb >= 0 and state[nb] == 0 and m[nb] != 0:
-                    state[nb] = 1
-                    _push(heap, &size, q[nb], nb, idx)
+            _expand(idx, n0, n1, n2, strides, state, m, q, heap, &size)
             while size > 0:
                 e = _pop(heap, &size)
                 idx = e.idx
                 d = p[idx] - p[e.parent]
                 p[idx] = <float>(p[idx] - twopi * floor(d / twopi + 0.5))
                 state[idx] = 2
-                i = idx // strides[0]
-                j = (idx // strides[1]) % n1
-                k = idx % n2
-                for t in range(6):
-                    nb = _neighbour(idx, i, j, k, t, n0, n1, n2, strides)
-                    if nb >= 0 and state[nb] == 0 and m[nb] != 0:
-                        state[nb] = 1
-                        _push(heap, &size, q[nb], nb, idx)
+                _expand(idx, n0, n1, n2, strides, state, m, q, heap, &size)
     free(state)
     free(heap)
 
