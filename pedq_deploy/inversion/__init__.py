@@ -1,9 +1,8 @@
 """Conventional dipole inversions: the baselines the networks must beat."""
 from __future__ import annotations
 
+from ._crop import crop_to_mask
 from .tkd import tkd
 from .tv import tv_admm
 
 __all__ = ["tkd", "tv_admm", "crop_to_mask"]
-
-from ._crop import crop_to_mask  # noqa: E402

@@ -35,6 +35,11 @@ class StagedOutput:
             raise InputError(f"cannot create the output folder {self.outdir}: {exc.strerror}") from None
         return self
 
+    @property
+    def names(self) -> list[str]:
+        """The output names requested so far."""
+        return list(self._names)
+
     def path(self, name: str) -> Path:
         """Where to write output ``name`` (a plain file name, no folders)."""
         if self._stage is None:

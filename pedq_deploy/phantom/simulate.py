@@ -190,5 +190,5 @@ def write_subject(subject: Subject, outdir: str | Path) -> list[str]:
         save_image(out.path("brain_mask.nii.gz"), subject.brain_mask, subject.affine, dtype=np.uint8)
         save_image(out.path("labels.nii.gz"), subject.labels, subject.affine, dtype=np.uint8)
         out.path("phantom.json").write_text(json.dumps(subject.params, indent=2))
-        names = list(out._names)
+        names = out.names
     return names

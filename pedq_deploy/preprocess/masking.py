@@ -25,21 +25,25 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(centers[int(np.argmax(between))])
 
 
-def _ball_mean(m: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
-    """Share of a ball of ``radius_mm`` around each voxel that lies in ``m`` (FFT convolution)."""
+def _ball_spectrum(shape, radius_mm: float, voxel_size) -> np.ndarray:
+    """rFFT of a ball of ``radius_mm`` (whole voxels), for FFT morphology."""
     from .vsharp import sphere_kernel
 
+    return scipy.fft.rfftn(sphere_kernel(shape, radius_mm, voxel_size, supersample=1), workers=fft_workers())
+
+
+def _ball_mean(m: np.ndarray, ball_spec: np.ndarray) -> np.ndarray:
+    """Share of the ball around each voxel that lies in ``m`` (FFT convolution)."""
     w = fft_workers()
-    ker = scipy.fft.rfftn(sphere_kernel(m.shape, radius_mm, voxel_size, supersample=1), workers=w)
-    return scipy.fft.irfftn(scipy.fft.rfftn(m.astype(np.float32), workers=w) * ker, s=m.shape, workers=w)
+    return scipy.fft.irfftn(scipy.fft.rfftn(m.astype(np.float32), workers=w) * ball_spec, s=m.shape, workers=w)
 
 
-def _erode(m: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
-    return _ball_mean(m, radius_mm, voxel_size) > 0.999
+def _erode(m: np.ndarray, ball_spec: np.ndarray) -> np.ndarray:
+    return _ball_mean(m, ball_spec) > 0.999
 
 
-def _dilate(m: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
-    return _ball_mean(m, radius_mm, voxel_size) > 1e-3
+def _dilate(m: np.ndarray, ball_spec: np.ndarray) -> np.ndarray:
+    return _ball_mean(m, ball_spec) > 1e-3
 
 
 def _largest_component(m: np.ndarray) -> np.ndarray:
@@ -91,9 +95,10 @@ def classic_mask(magnitude: np.ndarray, voxel_size: Sequence[float], *, erode_mm
     m = norm > thr
     # ball morphology by FFT convolution with a ball in mm: true balls on anisotropic grids, and
     # far faster than binary_opening or distance transforms with a large structuring element
-    m = _dilate(_erode(m, erode_mm, v), erode_mm, v)
+    small, large = _ball_spectrum(m.shape, erode_mm, v), _ball_spectrum(m.shape, 2.0 * erode_mm, v)
+    m = _dilate(_erode(m, small), small)
     m = _largest_component(m)
-    m = _erode(_dilate(m, 2.0 * erode_mm, v), 2.0 * erode_mm, v)
+    m = _erode(_dilate(m, large), large)
     m = ndi.binary_fill_holes(m)
     if not m.any():
         raise InputError("classic masking found no brain: check the magnitude image")

@@ -18,10 +18,7 @@ import scipy.fft
 from ..errors import InputError
 from ..physics import check_voxel_size, fft_workers
 
-__all__ = ["laplacian_unwrap", "quality_unwrap", "unwrap_phase", "laplacian_kernel_rfft", "FFTS_LAPLACIAN"]
-
-# FFTs that laplacian_unwrap needs: complex forward + inverse, real forward + inverse.
-FFTS_LAPLACIAN = {"complex": 2, "real": 2}
+__all__ = ["laplacian_unwrap", "quality_unwrap", "unwrap_phase"]
 
 
 def _check_phase(phase: np.ndarray) -> np.ndarray:
@@ -46,10 +43,6 @@ def _discrete_laplacian(shape, voxel_size, real: bool) -> np.ndarray:
         s[axis] = lam.size
         parts.append(lam.reshape(s))
     return (parts[0] + parts[1] + parts[2]).astype(np.float32)
-
-
-def laplacian_kernel_rfft(shape, voxel_size) -> np.ndarray:
-    return _discrete_laplacian(shape, voxel_size, real=True)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)

@@ -60,10 +60,12 @@ class Trainer:
     # ---- batches ---------------------------------------------------------------------------
     def _tensors(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         st = lambda name: torch.from_numpy(np.stack([getattr(s, name) for s in samples])).to(self.device)  # noqa: E731
-        return {"field": st("field_ppm")[:, None], "mask": st("mask"), "weight": st("weight"),
-                "direction": st("direction"), "rad_per_ppm": torch.tensor([s.rad_per_ppm for s in samples], device=self.device),
-                "magnitude": st("magnitude")[:, None], "brain": st("brain")[:, None],
-                "classes": torch.from_numpy(np.stack([_labels_to_classes(s.labels) for s in samples]))[:, None].to(self.device)}
+        batch = {"field": st("field_ppm")[:, None], "mask": st("mask"), "weight": st("weight"),
+                 "direction": st("direction"), "rad_per_ppm": torch.tensor([s.rad_per_ppm for s in samples], device=self.device),
+                 "magnitude": st("magnitude")[:, None], "brain": st("brain")[:, None]}
+        if self.kind == "joint":  # only the segmentation loss needs class indices
+            batch["classes"] = torch.from_numpy(np.stack([_labels_to_classes(s.labels) for s in samples]))[:, None].to(self.device)
+        return batch
 
     def reconstruct(self, batch) -> torch.Tensor:
         """chi (B, 1, X, Y, Z); in joint training by sliding window over the whole region, with gradients."""
