@@ -18,7 +18,7 @@ from pedq_deploy.training.config import TrainConfig  # noqa: E402
 from pedq_deploy.training.networks import MaskNet, ReconNet, SegNet  # noqa: E402
 from pedq_deploy.training.trainer import Trainer  # noqa: E402
 
-TINY = dict(patch=(32, 32, 32), grid=(48, 48, 40), voxel_size=(3.0, 3.0, 3.0), recon_filters=4, recon_levels=3,
+TINY = dict(patch=(32, 32, 32), grid=(48, 48, 40), voxel_size=(3.0, 3.0, 3.0), frame_voxel=3.0, recon_filters=4, recon_levels=3,
             unetr_feature_size=8, unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4, seg_region=(32, 32, 32),
             recon_window=(32, 32, 32), val_seeds=(2000,), device="cpu", crops_per_subject=1)
 
@@ -28,8 +28,8 @@ def exported(tmp_path_factory):
     cfg = TrainConfig(**TINY)
     out = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    paths = {role: export_network(net, role, ch, (32, 32, 32), out, voxel_size=cfg.voxel_size)
-             for role, net, ch in (("recon", ReconNet(cfg), 4), ("seg", SegNet(cfg), 1), ("mask", MaskNet(cfg), 1))}
+    paths = {role: export_network(net, role, 1, (32, 32, 32), out, voxel_size=cfg.voxel_size)
+             for role, net in (("recon", ReconNet(cfg)), ("seg", SegNet(cfg)), ("mask", MaskNet(cfg)))}
     return out, paths
 
 
@@ -40,6 +40,7 @@ def test_export_parity_and_manifest(exported, role):
     assert m.role == role and m.patch == (32, 32, 32) and m.file.is_file()
     assert m.raw["parity"]["max_abs_error"] < 1e-4 + 1e-3 * 1.0
     assert m.raw["opset"] >= 17 and "exporter" in m.raw and m.raw["dynamic_axes"] == {"input": [0], "output": [0]}
+    assert m.raw["frame"] == ("voxel" if role == "mask" else "b0")
     if role == "seg":
         assert m.raw["label_map"]["1"] == 10 and m.raw["label_map"]["8"] == 52
     with make_runner(m, "onnxruntime", threads=1) as runner:  # dynamic batch through the runner
@@ -50,8 +51,7 @@ def test_export_parity_and_manifest(exported, role):
 def test_runner_drives_the_sliding_window(exported):
     out, paths = exported
     m = load_manifest(paths["recon"])
-    vol = np.zeros((4, 40, 36, 30), np.float32)
-    vol[1:] = np.array([0.0, 0.0, 1.0], np.float32)[:, None, None, None]
+    vol = np.random.default_rng(0).normal(0, 0.01, (1, 40, 36, 30)).astype(np.float32)
     with make_runner(m, "onnxruntime", threads=1) as runner:
         chi = sliding_window_inference(vol, m.patch, runner.predictor(), overlap=0.5, batch_size=2)
     assert chi.shape == (1, 40, 36, 30) and np.all(np.isfinite(chi))

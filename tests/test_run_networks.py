@@ -29,13 +29,53 @@ def tiny_models(tmp_path_factory):
     from pedq_deploy.training.config import TrainConfig
     from pedq_deploy.training.networks import MaskNet, ReconNet, SegNet
 
-    cfg = TrainConfig(patch=(32, 32, 32), voxel_size=(3.0, 3.0, 3.0), recon_filters=4, recon_levels=3, unetr_feature_size=8,
+    cfg = TrainConfig(patch=(32, 32, 32), voxel_size=(3.0, 3.0, 3.0), frame_voxel=3.0, recon_filters=4, recon_levels=3, unetr_feature_size=8,
                       unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4, seg_region=(32, 32, 32))
     out = tmp_path_factory.mktemp("tiny_models")
     torch.manual_seed(0)
-    for role, net, ch in (("recon", ReconNet(cfg), 4), ("seg", SegNet(cfg), 1), ("mask", MaskNet(cfg), 1)):
-        export_network(net, role, ch, (32, 32, 32), out, voxel_size=cfg.voxel_size)
+    for role, net in (("recon", ReconNet(cfg)), ("seg", SegNet(cfg)), ("mask", MaskNet(cfg))):
+        export_network(net, role, 1, (32, 32, 32), out, voxel_size=cfg.voxel_size)
     return out
+
+
+def test_reconstruct_rotates_into_the_b0_frame_and_back(tmp_path):
+    """With an identity 'network', chi is the local field itself: the rotation into the B0 frame
+    and back keeps every structure where it was (a 25-degree tilt, anisotropic voxels)."""
+    import torch
+
+    from pedq_deploy.export import export_network
+    from pedq_deploy.phantom import make_subject
+    from pedq_deploy.runtime.networks import PedqModels
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x * 1.0
+
+    export_network(Identity(), "recon", 1, (32, 32, 32), tmp_path, voxel_size=(2.0, 2.0, 2.0))
+    s = make_subject(seed=3, shape=(72, 72, 36), voxel_size=(1.5, 1.5, 3.0), tilt_deg=25.0, snr=float("inf"))
+    models = PedqModels(tmp_path, backend="onnxruntime")
+    brain = s.brain_mask
+    chi = models.reconstruct(s.chi, brain, s.voxel_size, s.b0_direction)
+    models.close()
+    ref = s.chi - s.chi[brain].mean()
+    corr = lambda a: np.corrcoef(chi[brain], a[brain])[0, 1]  # noqa: E731
+    assert corr(ref) > 0.85  # two linear interpolations of a piecewise-constant map with 3 mm slices
+    for axis in range(3):  # one voxel off in any direction matches worse: nothing moved
+        assert corr(np.roll(ref, 1, axis)) < corr(ref) and corr(np.roll(ref, -1, axis)) < corr(ref)
+    assert np.abs(chi[brain].mean()) < 1e-6
+
+
+def test_old_recon_model_without_b0_frame_is_refused(tiny_models, tmp_path):
+    from pedq_deploy.errors import InputError
+    from pedq_deploy.runtime.networks import PedqModels
+
+    bad = tmp_path / "old"
+    shutil.copytree(tiny_models, bad)
+    man = json.loads((bad / "recon.json").read_text())
+    del man["frame"]
+    (bad / "recon.json").write_text(json.dumps(man))
+    with pytest.raises(InputError, match="not a B0-frame reconstruction model"):
+        PedqModels(bad)
 
 
 def run(args, cwd=None, python=sys.executable, env=None):

@@ -28,8 +28,8 @@ __all__ = ["export_network", "export_checkpoint", "ExportError", "OPSET"]
 
 OPSET = 20
 NORMALISATION = {
-    "recon": "input channel 0: local field in ppm (scaled inside the model); channels 1-3: the B0 unit vector in the "
-             "voxel frame, constant over the patch. Output: chi in ppm.",
+    "recon": "input: local field in ppm (scaled inside the model) in the B0-aligned frame (isotropic voxel_size_mm, "
+             "B0 along the patch's z axis; pedq_deploy.frame). Output: chi in ppm, same frame.",
     "seg": "input: chi in ppm (scaled inside the model). Output: logits of the classes in label_map.",
     "mask": "input: magnitude divided by its 99th percentile inside the head, clipped to [0, 1.5]. Output: logits "
             "(background, brain).",
@@ -51,9 +51,8 @@ def export_network(model: torch.nn.Module, role: str, in_channels: int, patch, o
     tmp = out / f".{role}.onnx.partial"
     model = model.eval().cpu()
     x = torch.randn(1, in_channels, *patch, generator=torch.Generator().manual_seed(0))
-    if role == "recon":  # a realistic input: field ~ 0.01 ppm, a unit B0 vector
-        x[:, 0] *= 0.01
-        x[:, 1:4] = torch.tensor([0.2, 0.3, 0.933])[None, :, None, None, None]
+    if role == "recon":  # a realistic input: field ~ 0.01 ppm
+        x *= 0.01
     with torch.no_grad():
         expected = model(x).numpy()
     with warnings.catch_warnings():
@@ -85,6 +84,7 @@ def export_network(model: torch.nn.Module, role: str, in_channels: int, patch, o
         "dynamic_axes": {"input": [0], "output": [0]},
         "patch": list(patch),
         "voxel_size_mm": [float(v) for v in voxel_size],
+        "frame": "b0" if role in ("recon", "seg") else "voxel",
         "label_map": {str(i): fs for i, fs in enumerate(SEG_CLASSES)} if role == "seg" else ({"0": 0, "1": 1} if role == "mask" else None),
         "normalisation": NORMALISATION[role],
         "opset": OPSET,
@@ -120,7 +120,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
                   "train_seeds": list(cfg.train_seeds), "val_seeds": list(cfg.val_seeds),
                   "validation_log": val_log.read_text() if val_log.is_file() else None,
                   "checkpoint_sha256": sha256_file(p)}
-    in_ch = {"recon": 4, "seg": 1, "mask": 1}
     patches = {"recon": tuple(cfg.recon_window) if state["kind"] == "joint" else tuple(cfg.patch), "seg": tuple(cfg.seg_region), "mask": tuple(cfg.patch)}
-    return [export_network(m, name, in_ch[name], patches[name], out_dir, voxel_size=cfg.voxel_size, provenance=provenance)
+    # the recon and seg networks work in the B0-aligned isotropic frame, the mask network on the phantom's grid
+    voxels = {"recon": (cfg.frame_voxel,) * 3, "seg": (cfg.frame_voxel,) * 3, "mask": tuple(cfg.voxel_size)}
+    return [export_network(m, name, 1, patches[name], out_dir, voxel_size=voxels[name], provenance=provenance)
             for name, m in models.items()]

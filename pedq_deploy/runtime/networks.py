@@ -2,8 +2,9 @@
 
 The networks were trained on an isotropic grid (the manifest's ``voxel_size_mm``): volumes are
 resampled to it for inference and the results resampled back to the input grid. The
-reconstruction network is told the scan's B0 direction (three constant input channels), so tilted
-heads need no rotation.
+reconstruction network works in the B0-aligned frame (:mod:`pedq_deploy.frame`): the local field
+is rotated so that B0 lies along the network's z axis (tilted heads, any voxel size) in the same
+interpolation that brings it to the network's voxel size, and chi is rotated back.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import scipy.ndimage as ndi
 
 from ..backends import load_manifest, make_runner
 from ..errors import InputError
+from ..frame import B0Frame, mask_box
 from ..preprocess import normalise_magnitude
 from .sliding_window import sliding_window_inference
 
@@ -67,6 +69,10 @@ class PedqModels:
                 self.manifests[role] = load_manifest(d / f"{role}.json")
         if "recon" not in self.manifests:
             raise InputError(f"no reconstruction model (recon.json) in {d}")
+        r = self.manifests["recon"]
+        if r.raw.get("frame") != "b0" or r.in_channels != 1 or len(set(r.voxel_size)) != 1:
+            raise InputError(f"{r.path}: not a B0-frame reconstruction model (one input channel, isotropic voxels); "
+                             "re-export it with this version's pedq-export")
         self.backend, self.overlap, self.batch_size = backend, overlap, batch_size
         self._runners = {}
 
@@ -105,14 +111,12 @@ class PedqModels:
         return brain
 
     def reconstruct(self, local_field: np.ndarray, mask: np.ndarray, voxel_size, b0) -> np.ndarray:
+        """chi (ppm, referenced to its mean in ``mask``) from the local field, via the B0-aligned frame."""
         m = self.manifests["recon"]
-        f = resample_to(np.where(mask, local_field, 0.0), voxel_size, m.voxel_size)
-        x = np.empty((4, *f.shape), np.float32)
-        x[0] = f
-        x[1:] = np.asarray(b0, np.float32)[:, None, None, None]
-        chi = resample_back(self._run("recon", x)[0], local_field.shape)
-        chi = np.where(mask, chi - chi[mask].mean(), 0.0).astype(np.float32)
-        return chi
+        frame = B0Frame.build(local_field.shape, voxel_size, b0, m.voxel_size[0], box=mask_box(mask, voxel_size))
+        f = frame.to_frame(np.where(mask, local_field, 0.0))
+        chi = frame.from_frame(self._run("recon", f[None])[0])
+        return np.where(mask, chi - chi[mask].mean(), 0.0).astype(np.float32)
 
     def segment(self, chi: np.ndarray, mask: np.ndarray, voxel_size) -> np.ndarray:
         """FreeSurfer labels of the 8 deep grey matter structures, on the input grid."""

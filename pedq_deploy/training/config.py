@@ -19,6 +19,7 @@ class TrainConfig:
     batch_size: int = 1
     voxel_size: tuple[float, float, float] = (1.2, 1.2, 1.2)  # training grid of the simulated heads
     grid: tuple[int, int, int] = (160, 160, 128)
+    frame_voxel: float = 1.2  # mm, isotropic grid of the B0-aligned frame the recon/seg networks work in
     ages: tuple[str, ...] = ("neonate", "infant")
     max_tilt_deg: float = 30.0
     snr_range: tuple[float, float] = (40.0, 200.0)

@@ -3,15 +3,19 @@
 Subject ``i`` of a stream is drawn with seed ``train_seeds[0] + (base_seed * 7919 + i) mod span``
 and preprocessed as the runtime would (Laplacian unwrapping, V-SHARP inside the true brain mask),
 so the networks learn from the local fields they will be given, errors and noise included.
+For the reconstruction and segmentation networks the preprocessed subject is then resampled into
+the B0-aligned frame (:class:`pedq_deploy.frame.B0Frame`), exactly as the runtime does: the network
+always sees B0 along its z axis on an isotropic grid, whatever the head's tilt.
 Crops of one subject come from an RNG seeded by the subject index: the stream's whole state is
 two counters, saved in checkpoints.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..frame import B0Frame, mask_box
 from ..phantom import make_subject, random_crop
 from ..phantom.crops import crop_array
 from ..physics import phase_to_ppm
@@ -35,7 +39,18 @@ class Sample:
     rad_per_ppm: float
 
 
-def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator):
+def to_b0_frame(s, frame_voxel: float):
+    """The preprocessed subject resampled into its B0-aligned frame (the brain's box plus a margin)."""
+    fr = B0Frame.build(s.brain_mask.shape, s.voxel_size, s.b0_direction, frame_voxel, box=mask_box(s.brain_mask, s.voxel_size))
+    soft = lambda a: fr.to_frame(a.astype(np.float32))  # noqa: E731
+    params = dict(s.params, loss_mask=soft(s.params["loss_mask"]) > 0.5, magnitude_norm=soft(s.params["magnitude_norm"]),
+                  frame_tilt_deg=fr.tilt_deg)
+    return replace(s, magnitude=soft(s.magnitude), phase=None, total_field=None, chi=soft(s.chi), local_field=soft(s.local_field),
+                   brain_mask=soft(s.brain_mask) > 0.5, labels=fr.to_frame(s.labels, order=0).astype(np.uint8),
+                   voxel_size=(frame_voxel,) * 3, b0_direction=np.array([0.0, 0.0, 1.0]), params=params)
+
+
+def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, frame: bool = False):
     age = cfg.ages[int(rng.integers(len(cfg.ages)))]
     te = float(rng.uniform(*cfg.echo_time_range))
     snr = float(np.exp(rng.uniform(np.log(cfg.snr_range[0]), np.log(cfg.snr_range[1]))))
@@ -48,7 +63,7 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator):
     s.local_field = local
     s.params["loss_mask"] = eroded
     s.params["magnitude_norm"] = mag
-    return s
+    return to_b0_frame(s, cfg.frame_voxel) if frame else s
 
 
 def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float) -> Sample:
@@ -65,8 +80,9 @@ def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float) -> Sample
 class PhantomStream:
     """Batches of crops; ``state()`` / ``restore()`` make it resumable."""
 
-    def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9):
+    def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9, *, frame: bool = False):
         self.cfg = cfg
+        self.frame = frame
         self.brain_fraction = brain_fraction
         self.subject_index = 0
         self.crop_index = 0
@@ -85,7 +101,7 @@ class PhantomStream:
         lo, hi = self.cfg.train_seeds
         seed = lo + (self.cfg.seed * 7919 + self.subject_index) % (hi - lo)
         rng = np.random.default_rng([self.cfg.seed, self.subject_index])
-        self._subject = prepare_subject(seed, self.cfg, rng)
+        self._subject = prepare_subject(seed, self.cfg, rng, frame=self.frame)
         self._crop_rng = np.random.default_rng([self.cfg.seed, self.subject_index, 1])
         for _ in range(self.crop_index):  # replay crops already used (resume mid-subject)
             _sample_from(self._subject, self._crop_rng, self.cfg, self.brain_fraction)

@@ -1,9 +1,9 @@
 """PedQ-NET networks, built from MONAI (the field's standard implementations).
 
 * Reconstruction: DynUNet (nnU-Net style: strided convolutions, instance norm, leaky ReLU).
-  Input 4 channels ``[local field (ppm), b_x, b_y, b_z]``: the B0 unit vector of the scan in the
-  voxel frame, constant over the patch, so one network serves every head tilt (the model loss
-  uses each sample's own dipole kernel, so the network learns to use it). Output chi (ppm).
+  Input: the local field (ppm) in the B0-aligned frame (:mod:`pedq_deploy.frame`: isotropic voxels,
+  B0 along z), so one network serves every head tilt and voxel size with one dipole kernel; the
+  runtime rotates in and out. Output chi (ppm) in the same frame.
 * Segmentation: UNETR on chi (ppm) -> 9 classes (background + 8 deep grey matter structures).
 * Brain masking: UNETR on the normalised magnitude -> 2 classes.
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import TrainConfig
 
-__all__ = ["ReconNet", "SegNet", "MaskNet", "build", "SEG_CLASSES", "recon_input"]
+__all__ = ["ReconNet", "SegNet", "MaskNet", "build", "SEG_CLASSES"]
 
 # class index -> FreeSurfer label (0 = background)
 SEG_CLASSES = (0, 10, 11, 12, 13, 49, 50, 51, 52)
@@ -30,15 +30,14 @@ class ReconNet(nn.Module):
         levels = cfg.recon_levels
         strides = [1] + [2] * (levels - 1)
         filters = [min(cfg.recon_filters * 2**i, 320) for i in range(levels)]
-        self.net = DynUNet(spatial_dims=3, in_channels=4, out_channels=1, kernel_size=[3] * levels, strides=strides,
+        self.net = DynUNet(spatial_dims=3, in_channels=1, out_channels=1, kernel_size=[3] * levels, strides=strides,
                            upsample_kernel_size=strides[1:], filters=filters, norm_name="instance",
                            act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), res_block=False)
         self.register_buffer("field_scale", torch.tensor(float(cfg.field_scale)))
         self.register_buffer("chi_scale", torch.tensor(float(cfg.chi_scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([x[:, :1] * self.field_scale, x[:, 1:4]], dim=1)
-        return self.net(x) * self.chi_scale
+        return self.net(x * self.field_scale) * self.chi_scale
 
 
 def _unetr(cfg: TrainConfig, in_ch: int, out_ch: int, img_size) -> nn.Module:
@@ -66,12 +65,6 @@ class MaskNet(nn.Module):
 
     def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
         return self.net(magnitude)
-
-
-def recon_input(field_ppm: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """(B, 1, X, Y, Z) field and (B, 3) B0 directions -> the (B, 4, X, Y, Z) network input."""
-    b = directions.to(field_ppm.dtype)[:, :, None, None, None].expand(-1, -1, *field_ppm.shape[2:])
-    return torch.cat([field_ppm, b], dim=1)
 
 
 def build(kind: str, cfg: TrainConfig) -> dict[str, nn.Module]:

@@ -16,7 +16,7 @@ from ..errors import InputError
 from .config import KINDS, TrainConfig
 from .data import PhantomStream, Sample, _sample_from, prepare_subject
 from .losses import model_loss, tv_loss
-from .networks import SEG_CLASSES, build, recon_input
+from .networks import SEG_CLASSES, build
 
 __all__ = ["Trainer", "train"]
 
@@ -46,7 +46,7 @@ class Trainer:
         self.models = {k: m.to(self.device) for k, m in build(kind, cfg).items()}
         params = [p for m in self.models.values() for p in m.parameters()]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9)
+        self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame=kind != "mask")
         self.step = 0
         self._seg_loss = self._mask_loss = None
         if kind in ("joint", "mask"):
@@ -69,7 +69,7 @@ class Trainer:
 
     def reconstruct(self, batch) -> torch.Tensor:
         """chi (B, 1, X, Y, Z); in joint training by sliding window over the whole region, with gradients."""
-        x = recon_input(batch["field"], batch["direction"])
+        x = batch["field"]
         net = self.models["recon"]
         if self.kind == "joint" and tuple(self.cfg.recon_window) != tuple(x.shape[2:]):
             from monai.inferers import sliding_window_inference
@@ -83,7 +83,7 @@ class Trainer:
             return {"total": self._mask_loss(logits, batch["brain"].long())}
         chi = self.reconstruct(batch)
         lm = model_loss(chi[:, 0], batch["field"][:, 0] * batch["rad_per_ppm"][:, None, None, None], batch["weight"], batch["mask"],
-                        batch["direction"], self.cfg.voxel_size, batch["rad_per_ppm"])
+                        batch["direction"], (self.cfg.frame_voxel,) * 3, batch["rad_per_ppm"])
         out = {"model": lm}
         if self.kind == "tv":
             out["tv"] = tv_loss(chi[:, 0], batch["mask"])
@@ -112,7 +112,7 @@ class Trainer:
         if self._val is None:  # held-out subjects, one central-ish crop each, drawn once
             self._val = []
             for seed in self.cfg.val_seeds:
-                s = prepare_subject(seed, self.cfg, np.random.default_rng([seed, 99]))
+                s = prepare_subject(seed, self.cfg, np.random.default_rng([seed, 99]), frame=self.kind != "mask")
                 self._val.append(_sample_from(s, np.random.default_rng(seed), self.cfg, 1.0))
         for m in self.models.values():
             m.eval()
