@@ -66,3 +66,17 @@ def test_edge_sharpness():
 def test_shape_mismatch_raises():
     with pytest.raises(InputError):
         M.nrmse(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), np.ones((2, 2, 2)))
+
+
+def test_surface_distance_of_concentric_spheres_is_the_radius_gap():
+    from pedq_deploy.metrics import surface_distance
+
+    g = np.stack(np.meshgrid(*[np.arange(60) - 30.0] * 3, indexing="ij"))
+    r = np.sqrt((g**2).sum(0))
+    d = surface_distance(r < 20, r < 16, voxel_size=(0.5, 0.5, 0.5))
+    assert d["mean_mm"] == pytest.approx(2.0, abs=0.35)  # 4 voxels of 0.5 mm
+    assert d["hd95_mm"] == pytest.approx(2.0, abs=0.5)
+    same = surface_distance(r < 20, r < 20)
+    assert same["mean_mm"] == 0.0 and same["hd95_mm"] == 0.0
+    with pytest.raises(InputError):
+        surface_distance(r < 0, r < 20)

@@ -91,6 +91,16 @@ def test_pedq_train_cli_resumes_and_rejects_bad_config(tmp_path, capsys):
         assert not exc.value.code
         assert len((out / "train_log.csv").read_text().strip().splitlines()) == expect_rows + 1
     assert (out / "checkpoint.pt").is_file() and (out / "val_log.csv").is_file()
+    # a time budget stops the run with a checkpoint; the checkpoint says how long and where it trained
+    with pytest.raises(SystemExit) as exc:
+        main(["recon", "--config", str(cfg), "--out", str(out), "--steps", "50", "--time-limit", "0.0001", "-q"])
+        raise SystemExit(0)
+    assert not exc.value.code
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] < 50 and state["train_seconds"] > 0 and state["hardware"][0].startswith("cpu: ")
+    with pytest.raises(SystemExit) as exc:
+        main(["recon", "--config", str(cfg), "--out", str(out), "--time-limit", "-1"])
+    assert exc.value.code == 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"learning_rate": 1}))
     with pytest.raises(SystemExit) as exc:

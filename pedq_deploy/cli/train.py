@@ -14,8 +14,9 @@ from ._common import echo_err, entry_point
 @click.option("--out", "outdir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoint, logs; resumed if present.")
 @click.option("--steps", type=int, help="Override the config's number of steps.")
 @click.option("--device", type=str, help="cpu, cuda or auto (default: the config's).")
+@click.option("--time-limit", type=float, help="Stop (with a checkpoint) after this many minutes; rerun to go on.")
 @click.option("-q", "--quiet", is_flag=True)
-def command(kind, config_path, outdir, steps, device, quiet):
+def command(kind, config_path, outdir, steps, device, time_limit, quiet):
     """Train KIND: mask (UNETR), recon (U-Net, model loss), joint (recon + segmentation UNETR), tv (nnU-Net_TV ablation).
 
     Data are drawn on the fly from the phantom; checkpoints every few steps; rerunning with the
@@ -31,8 +32,12 @@ def command(kind, config_path, outdir, steps, device, quiet):
     from ..training.config import load_config
     from ..training.trainer import train
 
+    if time_limit is not None and time_limit <= 0:
+        from ..errors import InputError
+
+        raise InputError(f"--time-limit must be positive minutes, got {time_limit}")
     cfg = load_config(config_path, steps=steps, device=device)
-    summary = train(kind, cfg, outdir, quiet=quiet)
+    summary = train(kind, cfg, outdir, quiet=quiet, time_limit_s=None if time_limit is None else time_limit * 60.0)
     echo_err("pedq-train: " + json.dumps(summary))
 
 

@@ -48,6 +48,8 @@ class Trainer:
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame=kind != "mask")
         self.step = 0
+        self.train_seconds = 0.0  # wall time of all training steps, over every resume
+        self.hardware: list[str] = []  # where the steps ran (one entry per resume on other hardware)
         self._seg_loss = self._mask_loss = None
         if kind in ("joint", "mask"):
             from monai.losses import DiceCELoss
@@ -139,7 +141,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         state = {"kind": self.kind, "config": json.loads(self.cfg.to_json()), "step": self.step,
                  "models": {k: m.state_dict() for k, m in self.models.items()}, "optimizer": self.opt.state_dict(),
-                 "stream": self.stream.state(), "torch_rng": torch.get_rng_state()}
+                 "stream": self.stream.state(), "torch_rng": torch.get_rng_state(),
+                 "train_seconds": self.train_seconds, "hardware": self.hardware}
         tmp = self.out / (CHECKPOINT + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.out / CHECKPOINT)
@@ -162,7 +165,17 @@ class Trainer:
         self.stream.restore(state["stream"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.hardware = list(state.get("hardware", []))
         return True
+
+
+def _hardware(device: torch.device) -> str:
+    import platform
+
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def _progress(step: int, total: int, parts: dict, sec: float, quiet: bool) -> None:
@@ -175,8 +188,9 @@ def _progress(step: int, total: int, parts: dict, sec: float, quiet: bool) -> No
     sys.stderr.flush()
 
 
-def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = False) -> dict:
-    """Train (or resume) until ``cfg.steps``; returns a summary with the last losses and validation."""
+def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = False, time_limit_s: float | None = None) -> dict:
+    """Train (or resume) until ``cfg.steps`` (or ``time_limit_s`` of this call, then checkpoint);
+    returns a summary with the last losses and validation."""
     tr = Trainer(kind, cfg, outdir)
     resumed = tr.load()
     out = Path(outdir)
@@ -186,10 +200,18 @@ def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = Fals
     if resumed and not quiet:
         sys.stderr.write(f"pedq-train: resuming {kind} from step {tr.step}\n")
     last, last_val, times = {}, {}, []
+    start = time.monotonic()
+    here = _hardware(tr.device)
+    if here not in tr.hardware:
+        tr.hardware.append(here)
     while tr.step < cfg.steps:
+        if time_limit_s is not None and time.monotonic() - start > time_limit_s:
+            tr.save()
+            break
         t0 = time.perf_counter()
         last = tr.train_step()
         times.append(time.perf_counter() - t0)
+        tr.train_seconds += times[-1]
         new = not log_path.exists()
         with open(log_path, "a", newline="") as fh:
             w = csv.writer(fh)
@@ -209,5 +231,5 @@ def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = Fals
             tr.save()
     if not quiet:
         sys.stderr.write("\n")
-    return {"kind": kind, "step": tr.step, "resumed": resumed, "last_losses": last, "validation": last_val,
+    return {"kind": kind, "step": tr.step, "resumed": resumed, "finished": tr.step >= cfg.steps, "last_losses": last, "validation": last_val,
             "seconds_per_step": float(np.median(times)) if times else None, "device": str(tr.device)}
