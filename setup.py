@@ -18,6 +18,6 @@ extensions = [
 setup(
     packages=find_packages(include=["pedq_deploy", "pedq_deploy.*"]) + ["pedq_deploy._models"],
     package_dir={"pedq_deploy._models": "export"},
-    package_data={"pedq_deploy._models": ["*.onnx", "*.json", "*.md"]},
+    package_data={"pedq_deploy._models": ["*.onnx", "*.json", "*.md", "nnunet_tv/*.onnx", "nnunet_tv/*.json"]},
     ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True}),
 )

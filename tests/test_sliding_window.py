@@ -40,6 +40,31 @@ def test_windows_cover_the_volume_and_every_window_is_called():
     assert sum(calls) == 3 * 3 * 1 and max(calls) == 2
 
 
+def test_region_of_interest_skips_empty_windows_and_keeps_its_voxels_exact():
+    """A window-dependent predictor (adds the window's own mean): roi voxels must get exactly what
+    the full run gives, and fewer windows run."""
+    x = np.random.default_rng(2).normal(size=(1, 64, 64, 32)).astype(np.float32)
+    roi = np.zeros(x.shape[1:], bool)
+    roi[5:20, 8:30, 4:12] = True
+    calls = []
+
+    def fn(b):
+        calls.append(b.shape[0])
+        return b + b.mean(axis=(1, 2, 3, 4), keepdims=True)
+
+    full = sliding_window_inference(x, (32, 32, 16), fn, overlap=0.5)
+    n_full = sum(calls)
+    calls.clear()
+    part = sliding_window_inference(x, (32, 32, 16), fn, overlap=0.5, roi=roi)
+    assert sum(calls) < n_full
+    assert_allclose(part[0][roi], full[0][roi], rtol=1e-6, atol=1e-6)
+    assert np.all(np.isfinite(part)) and part[0, 60, 60, 30] == 0.0  # far corner: no window ran there
+    with pytest.raises(InputError, match="region of interest"):
+        sliding_window_inference(x, (32, 32, 16), fn, roi=np.zeros((3, 3, 3), bool))
+    with pytest.raises(InputError, match="empty"):
+        sliding_window_inference(x, (32, 32, 16), fn, roi=np.zeros(x.shape[1:], bool))
+
+
 def test_gaussian_importance():
     g = gaussian_importance((16, 16, 16))
     assert g.max() == 1.0 and g.min() > 0

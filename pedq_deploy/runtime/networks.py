@@ -88,10 +88,10 @@ class PedqModels:
             r.deactivate()
         self._runners.clear()
 
-    def _run(self, role, volume_c: np.ndarray) -> np.ndarray:
+    def _run(self, role, volume_c: np.ndarray, roi: np.ndarray | None = None) -> np.ndarray:
         m = self.manifests[role]
         return sliding_window_inference(volume_c, m.patch, self._runner(role).predictor(), overlap=self.overlap,
-                                        batch_size=self.batch_size)
+                                        batch_size=self.batch_size, roi=roi)
 
     def has(self, role: str) -> bool:
         return role in self.manifests
@@ -115,7 +115,8 @@ class PedqModels:
         m = self.manifests["recon"]
         frame = B0Frame.build(local_field.shape, voxel_size, b0, m.voxel_size[0], box=mask_box(mask, voxel_size))
         f = frame.to_frame(np.where(mask, local_field, 0.0))
-        chi = frame.from_frame(self._run("recon", f[None])[0])
+        roi = frame.to_frame(mask.astype(np.float32)) > 0  # windows without brain are not run
+        chi = frame.from_frame(self._run("recon", f[None], roi)[0])
         return np.where(mask, chi - chi[mask].mean(), 0.0).astype(np.float32)
 
     def segment(self, chi: np.ndarray, mask: np.ndarray, voxel_size) -> np.ndarray:
@@ -126,7 +127,8 @@ class PedqModels:
         idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
         box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
         x = resample_to(chi[box], voxel_size, m.voxel_size)
-        logits = self._run("seg", x[None])
+        roi = resample_to(mask[box].astype(np.float32), voxel_size, m.voxel_size) > 0
+        logits = self._run("seg", x[None], roi)
         cls = np.argmax(logits, axis=0).astype(np.uint8)
         cls = resample_back(cls, chi[box].shape, order=0)
         out = np.zeros(chi.shape, np.uint8)

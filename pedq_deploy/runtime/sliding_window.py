@@ -3,7 +3,9 @@
 As nnU-Net and MONAI: windows at a step of ``(1 - overlap) * patch``, a Gaussian importance map
 (sigma = patch / 8) so window centres count more than their edges, zero padding where the
 volume is smaller than the patch, several windows per predictor call, float32 accumulation
-into preallocated arrays.
+into preallocated arrays. Given a region of interest (the brain mask), windows that hold none of
+it are not run at all: voxels of the region get exactly the output they would get otherwise
+(every window that covers them still runs), and voxels no run window covers are 0.
 """
 from __future__ import annotations
 
@@ -49,11 +51,12 @@ def sliding_window_inference(
     batch_size: int = 1,
     out_channels: int | None = None,
     importance: str = "gaussian",
+    roi: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run ``predictor`` over ``volume`` (C, X, Y, Z) window by window and stitch the outputs.
 
     Returns (C_out, X, Y, Z) float32. ``importance="constant"`` averages overlapping windows
-    with equal weight.
+    with equal weight. ``roi`` (X, Y, Z, bool): run only the windows that hold some of it.
     """
     v = np.asarray(volume, np.float32)
     if v.ndim != 4:
@@ -68,12 +71,27 @@ def sliding_window_inference(
     spatial = v.shape[1:]
     pad = [max(0, p - s) for p, s in zip(patch, spatial)]
     before = [p // 2 for p in pad]
+    if roi is not None:
+        roi = np.asarray(roi, bool)
+        if roi.shape != spatial:
+            raise InputError(f"region of interest shape {roi.shape} differs from the volume's {spatial}")
     if any(pad):
         v = np.pad(v, [(0, 0)] + [(b, p - b) for b, p in zip(before, pad)])
+        roi = None if roi is None else np.pad(roi, [(b, p - b) for b, p in zip(before, pad)])
     padded = v.shape[1:]
     weight = gaussian_importance(patch) if importance == "gaussian" else np.ones(patch, np.float32)
     starts = [(i, j, k) for i in window_starts(padded[0], patch[0], overlap)
               for j in window_starts(padded[1], patch[1], overlap) for k in window_starts(padded[2], patch[2], overlap)]
+    if roi is not None:
+        # windows holding any roi voxel: a summed-area table answers each window in O(1)
+        sat = np.pad(roi.astype(np.int64).cumsum(0).cumsum(1).cumsum(2), [(1, 0)] * 3)
+        def holds(i, j, k):
+            a, b, c = i + patch[0], j + patch[1], k + patch[2]
+            return (sat[a, b, c] - sat[i, b, c] - sat[a, j, c] - sat[a, b, k] + sat[i, j, c] + sat[i, b, k] + sat[a, j, k]
+                    - sat[i, j, k]) > 0
+        starts = [st for st in starts if holds(*st)]
+        if not starts:
+            raise InputError("the region of interest is empty: no window to run")
     acc = None
     norm = np.zeros(padded, np.float32)
     batch = np.empty((batch_size, v.shape[0], *patch), np.float32)
@@ -91,6 +109,9 @@ def sliding_window_inference(
             sl = (slice(i, i + patch[0]), slice(j, j + patch[1]), slice(k, k + patch[2]))
             acc[(slice(None), *sl)] += out[n] * weight
             norm[sl] += weight
-    acc /= norm
+    if roi is None:
+        acc /= norm
+    else:
+        np.divide(acc, norm, out=acc, where=norm > 0)  # uncovered voxels stay 0
     crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
     return np.ascontiguousarray(acc[(slice(None), *crop)])
