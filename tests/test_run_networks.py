@@ -137,3 +137,21 @@ def test_pip_install_without_torch_finds_the_shipped_models(phantom_dir, tiny_mo
     prov = json.loads((tmp_path / "o" / "provenance.json").read_text())
     assert prov["parameters"]["inversion"] == "pedq"
     assert "site-packages" in prov["models"]["recon"]["manifest"]
+
+
+def test_dicom_in_with_networks_writes_a_dicom_seg(tiny_models, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    from test_dicom import STUDY, _dciodvfy_errors, write_series
+
+    from pedq_deploy.phantom import make_subject
+
+    s = make_subject(seed=12, shape=(48, 48, 20), voxel_size=(4.0, 4.0, 5.0), tilt_deg=10.0, snr=200.0)
+    write_series(tmp_path / "scan", s.magnitude, s.affine, "M")
+    write_series(tmp_path / "scan", s.phase, s.affine, "P", series_number=2)
+    r = run([tmp_path / "scan", "-o", tmp_path / "out", "--models", tiny_models, "--dicom-out", tmp_path / "dcm", "-q"])
+    assert r.returncode == 0, r.stderr
+    segs = [pydicom.dcmread(f) for f in (tmp_path / "dcm").glob("*.dcm") if pydicom.dcmread(f).Modality == "SEG"]
+    assert len(segs) == 1 and segs[0].StudyInstanceUID == STUDY
+    errors = _dciodvfy_errors(next(f for f in (tmp_path / "dcm").glob("DGM_seg.dcm")))
+    assert errors in (None, []), errors

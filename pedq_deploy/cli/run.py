@@ -5,7 +5,10 @@ import click
 
 from ._common import StageProgress, echo_err, entry_point
 
-_HELP = """Reconstruct a QSM map from a GRE MAGNITUDE and PHASE NIfTI pair into OUTDIR.
+_HELP = """Reconstruct a QSM map from a GRE MAGNITUDE and PHASE pair into OUTDIR.
+
+Each input is a NIfTI file or a DICOM folder; one DICOM folder holding both series (ImageType
+M and P) may be given alone. TE and field strength then come from the DICOM headers.
 
 Echo time and field strength come from the options or from BIDS JSON sidecars next to the
 inputs. Phase may be in radians or in scanner integers (-4096..4095, 0..4095), rescaled
@@ -18,8 +21,8 @@ segmentation.nii.gz (FreeSurfer labels) and regions.csv.
 
 
 @click.command(help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("magnitude", type=click.Path(dir_okay=False))
-@click.argument("phase", type=click.Path(dir_okay=False))
+@click.argument("magnitude", type=click.Path())
+@click.argument("phase", type=click.Path(), required=False)
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--echo-time", type=float, help="Echo time in seconds (default: BIDS sidecar EchoTime).")
 @click.option("--field-strength", type=float, help="Field strength in tesla (default: sidecar MagneticFieldStrength).")
@@ -36,9 +39,12 @@ segmentation.nii.gz (FreeSurfer labels) and regions.csv.
 @click.option("--tv-lambda", type=float, default=3e-4, show_default=True)
 @click.option("--tv-iterations", type=int, default=60, show_default=True)
 @click.option("--vsharp-radii", type=str, help="Comma-separated SMV radii in mm (default: 12 mm down to 2x the thickest voxel).")
+@click.option("--dicom-out", type=click.Path(file_okay=False), help="Also write the QSM (and the segmentation, as DICOM SEG) here.")
+@click.option("--dicom-format", type=click.Choice(["mr", "parametric-map"]), default="mr", show_default=True,
+              help="mr: integer MR images with RescaleSlope to ppm (shown by every viewer); parametric-map: float values in ppm.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, inversion, masker, models_dir, backend,
-            unwrap, tkd_threshold, tv_lambda, tv_iterations, vsharp_radii, quiet):
+            unwrap, tkd_threshold, tv_lambda, tv_iterations, vsharp_radii, dicom_out, dicom_format, quiet):
     from ..errors import InputError
     from ..runtime.pipeline import STAGES, run_case_files
 
@@ -59,7 +65,7 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         tv_iterations=tv_iterations,
     )
     prov = run_case_files(
-        magnitude, phase, outdir, overrides,
+        magnitude, phase, outdir, overrides, dicom_out=dicom_out, dicom_format=dicom_format,
         echo_time=echo_time, field_strength=field_strength, mask_path=mask_path, models_dir=models_dir, backend=backend,
         progress=StageProgress(STAGES, quiet), log=(lambda m: None) if quiet else (lambda m: echo_err(f"pedq-run: {m}")),
     )

@@ -40,6 +40,16 @@ class StagedOutput:
         """The output names requested so far."""
         return list(self._names)
 
+    def folder(self) -> Path:
+        """The staging folder, for writers that name their own files; register them with :meth:`adopt`."""
+        if self._stage is None:
+            raise RuntimeError("StagedOutput used outside its with-block")
+        return self._stage
+
+    def adopt(self, path: str | os.PathLike) -> None:
+        """Register a file a writer put directly into :meth:`folder`."""
+        self.path(Path(path).name)
+
     def path(self, name: str) -> Path:
         """Where to write output ``name`` (a plain file name, no folders)."""
         if self._stage is None:

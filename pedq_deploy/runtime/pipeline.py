@@ -181,6 +181,26 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _write_dicom(folder, fmt: str, result, props, dicom: dict) -> dict:
+    """QSM (MR images or a Parametric Map) and, with a segmentation, a DICOM SEG into ``folder`` (staged)."""
+    from ..io import StagedOutput
+    from ..io.dicom import write_mr_series, write_parametric_map, write_seg
+    from ..metrics import FS_DGM_NAMES
+
+    src = (dicom.get("M") or dicom.get("P"))
+    source = src.datasets if src is not None else None
+    with StagedOutput(folder) as out:
+        if fmt == "parametric-map":
+            files = [write_parametric_map(out.folder(), result.qsm, source)]
+        else:
+            files = write_mr_series(out.folder(), result.qsm, props.affine, source=source)
+        if result.segmentation is not None and source:
+            files.append(write_seg(out.folder(), result.segmentation, source, FS_DGM_NAMES))
+        for f in files:
+            out.adopt(f)
+    return {"folder": str(Path(folder).resolve()), "format": fmt, "files": len(files)}
+
+
 def resolve_acquisition(magnitude_path: str, phase_path: str, echo_time: float | None, field_strength: float | None) -> tuple[float, float, str]:
     """Echo time and field strength from the arguments, else from the BIDS sidecars."""
     from ..io.sidecar import echo_time_from_sidecar, field_strength_from_sidecar, read_sidecar
@@ -206,13 +226,37 @@ def resolve_acquisition(magnitude_path: str, phase_path: str, echo_time: float |
     return float(echo_time), float(field_strength), source
 
 
-def load_inputs(magnitude_path: str, phase_path: str, mask_path: str | None = None):
-    """Load magnitude, phase (rescaled to radians) and an optional mask; check they share a grid."""
+def load_inputs(magnitude_path: str, phase_path: str | None, mask_path: str | None = None):
+    """Load magnitude, phase (rescaled to radians) and an optional mask; check they share a grid.
+
+    Either input may be a NIfTI file or a DICOM folder; with ``phase_path`` None the magnitude
+    folder must hold both series (told apart by ImageType M / P). Returns the arrays, the
+    magnitude's ImageProps, the phase-format note and the DICOM series (or None) of each input.
+    """
     from ..io import load_image
+    from ..io.dicom import is_dicom_dir, read_dicom_folder
     from ..preprocess import detect_and_scale_phase
 
-    mag, mprops = load_image(magnitude_path, name="magnitude")
-    ph, pprops = load_image(phase_path, name="phase")
+    dicom = {}
+    if phase_path is None:
+        if not is_dicom_dir(magnitude_path):
+            raise InputError(f"one input given ({magnitude_path}): that works for a DICOM folder holding both magnitude and phase")
+        dicom = read_dicom_folder(magnitude_path)
+        for kind, name in (("M", "magnitude"), ("P", "phase")):
+            if kind not in dicom:
+                raise InputError(f"{magnitude_path}: no {name} series (ImageType {kind}) in the folder")
+    else:
+        for kind, path in (("M", magnitude_path), ("P", phase_path)):
+            if is_dicom_dir(path):
+                dicom[kind] = read_dicom_folder(path, want=kind)[kind]
+    if "M" in dicom:
+        mag, mprops = dicom["M"].data, dicom["M"].props
+    else:
+        mag, mprops = load_image(magnitude_path, name="magnitude")
+    if "P" in dicom:
+        ph, pprops = dicom["P"].data, dicom["P"].props
+    else:
+        ph, pprops = load_image(phase_path, name="phase")
     if ph.shape != mag.shape:
         raise InputError(f"phase shape {ph.shape} differs from magnitude shape {mag.shape}")
     if not np.allclose(mprops.affine, pprops.affine, atol=1e-3):
@@ -225,7 +269,7 @@ def load_inputs(magnitude_path: str, phase_path: str, mask_path: str | None = No
         mask, kprops = load_image(mask_path, name="mask")
         if mask.shape != mag.shape or not np.allclose(kprops.affine, mprops.affine, atol=1e-3):
             raise InputError("mask is not on the magnitude's grid (shape or affine differ)")
-    return mag, phase_rad, mask, mprops, phase_note
+    return mag, phase_rad, mask, mprops, phase_note, dicom
 
 
 def run_case_files(
@@ -241,6 +285,8 @@ def run_case_files(
     log: Callable[[str], None] | None = None,
     models_dir: str | None = None,
     backend: str = "auto",
+    dicom_out: str | None = None,
+    dicom_format: str = "mr",
 ) -> dict:
     """Load, run and write one case; returns the provenance dict that is also written.
 
@@ -259,12 +305,35 @@ def run_case_files(
     if config_overrides.get("inversion", "auto") == "auto":
         config_overrides["inversion"] = "pedq" if models is not None else "tkd"
         log(f"inversion: {config_overrides['inversion']} ({'models in ' + str(found) if models is not None else 'no PedQ-NET models found'})")
+    if dicom_format not in ("mr", "parametric-map"):
+        raise InputError(f"unknown DICOM output format {dicom_format!r} (mr, parametric-map)")
     t0 = time.perf_counter()
-    te, b0, acq_source = resolve_acquisition(magnitude_path, phase_path, echo_time, field_strength)
+    from ..io.dicom import is_dicom_dir
+
+    if phase_path is None or is_dicom_dir(magnitude_path) or is_dicom_dir(phase_path):
+        mag, phase_rad, mask, props, phase_note, dicom = load_inputs(magnitude_path, phase_path, mask_path)
+        src = dicom.get("P") or dicom.get("M")
+        te = echo_time if echo_time is not None else next((d.echo_time for d in dicom.values() if d.echo_time), None)
+        b0 = field_strength if field_strength is not None else next((d.field_strength for d in dicom.values() if d.field_strength), None)
+        if (te is None or b0 is None) and len(dicom) < 2:  # a NIfTI partner may have a sidecar
+            te_s, b0_s, _ = resolve_acquisition(magnitude_path if "M" not in dicom else phase_path,
+                                                magnitude_path if "M" not in dicom else phase_path, te, b0)
+            te, b0 = te_s, b0_s
+        if te is None:
+            raise InputError(f"echo time unknown: the DICOM headers of {src.props.path} give no EchoTime; give --echo-time (seconds)")
+        if b0 is None:
+            raise InputError("field strength unknown: no MagneticFieldStrength in the DICOM headers; give --field-strength (tesla)")
+        acq_source = "arguments and DICOM headers"
+    else:
+        te, b0, acq_source = resolve_acquisition(magnitude_path, phase_path, echo_time, field_strength)
+        dicom = {}
     config = PipelineConfig(echo_time=te, field_strength=b0, **config_overrides)
     config.validate()
-    mag, phase_rad, mask, props, phase_note = load_inputs(magnitude_path, phase_path, mask_path)
+    if not dicom:
+        mag, phase_rad, mask, props, phase_note, dicom = load_inputs(magnitude_path, phase_path, mask_path)
     log(phase_note)
+    if dicom_format == "parametric-map" and dicom_out and "M" not in dicom and "P" not in dicom:
+        raise InputError("--dicom-format parametric-map needs DICOM input (it references the source images)")
     t_load = time.perf_counter() - t0
     try:
         result = run_case(mag, phase_rad, props.affine, props.voxel_size, config, mask=mask, progress=progress, models=models)
@@ -272,12 +341,15 @@ def run_case_files(
         if models is not None:
             models.close()
     t1 = time.perf_counter()
+    from ..io.dicom import dicom_dir_sha256
+
+    digest = lambda p: dicom_dir_sha256(p) if Path(p).is_dir() else sha256_file(p)  # noqa: E731
     provenance = {
         "tool": "pedq-run",
         "versions": _versions(),
         "inputs": {
-            "magnitude": {"path": str(Path(magnitude_path).resolve()), "sha256": sha256_file(magnitude_path)},
-            "phase": {"path": str(Path(phase_path).resolve()), "sha256": sha256_file(phase_path)},
+            "magnitude": {"path": str(Path(magnitude_path).resolve()), "sha256": digest(magnitude_path)},
+            "phase": {"path": str(Path(phase_path or magnitude_path).resolve()), "sha256": digest(phase_path or magnitude_path)},
             **({"mask": {"path": str(Path(mask_path).resolve())}} if mask_path else {}),
         },
         "acquisition": {"echo_time_s": te, "field_strength_t": b0, "source": acq_source, "phase_format": phase_note},
@@ -302,6 +374,8 @@ def run_case_files(
                 f"{r['label']},{r['name']},{r['voxels']},{r['volume_ml']:.4f},{r['mean_ppm']:.6f},{r['std_ppm']:.6f}" for r in rows]
             out.path("regions.csv").write_text("\n".join(lines) + "\n")
         quicklook(out.path("quicklook.png"), mag, result.mask, result.qsm, result.segmentation)
+        if dicom_out:
+            provenance["dicom_out"] = _write_dicom(dicom_out, dicom_format, result, props, dicom)
         provenance["timings_s"]["load"] = round(t_load, 4)
         provenance["timings_s"]["write"] = round(time.perf_counter() - t1, 4)
         provenance["timings_s"]["total"] = round(time.perf_counter() - t0, 4)
