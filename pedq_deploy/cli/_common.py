@@ -39,6 +39,10 @@ def entry_point(command: click.Command, prog: str):
         except MemoryError:
             echo_err(f"{prog}: error: out of memory")
             sys.exit(2)
+        except OSError as exc:  # disk full, permissions, a vanished file: the system's reason, one line
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            echo_err(f"{prog}: error: {exc.strerror or exc}{where}")
+            sys.exit(2)
         except KeyboardInterrupt:
             echo_err(f"{prog}: interrupted")
             sys.exit(130)

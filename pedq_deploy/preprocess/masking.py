@@ -14,6 +14,10 @@ __all__ = ["classic_mask"]
 
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    values = np.asarray(values, np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo <= 1e-6 * max(abs(hi), 1e-30):  # one level only: everything in the support is foreground
+        return lo - 1e-6 * max(abs(lo), 1e-30)
     hist, edges = np.histogram(values, bins=bins)
     centers = 0.5 * (edges[1:] + edges[:-1])
     w0 = np.cumsum(hist)
