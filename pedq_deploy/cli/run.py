@@ -74,3 +74,7 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
 
 
 main = entry_point(command, "pedq-run")
+
+
+if __name__ == "__main__":
+    main()

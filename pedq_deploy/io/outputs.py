@@ -2,7 +2,9 @@
 
 Files are written into a hidden staging folder next to OUTDIR (same file system) and renamed
 into OUTDIR only once every output of the run is complete. On failure the staging folder is
-removed and OUTDIR is left as it was.
+removed and OUTDIR is left as it was. A run killed outright (SIGKILL, power loss) cannot clean
+up: its staging folder carries its process id, and the next run for the same OUTDIR removes
+staging folders whose process is gone.
 """
 from __future__ import annotations
 
@@ -14,6 +16,25 @@ from pathlib import Path
 from ..errors import InputError
 
 __all__ = ["StagedOutput"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_orphans(parent: Path, name: str) -> None:
+    """Staging folders of earlier runs for ``name`` whose process no longer exists."""
+    prefix = f".{name}.partial-"
+    for d in parent.glob(prefix + "*"):
+        pid = d.name[len(prefix):].split("-", 1)[0]
+        if d.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class StagedOutput:
@@ -30,7 +51,8 @@ class StagedOutput:
             raise InputError(f"output path exists and is not a folder: {self.outdir}")
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self._stage = Path(tempfile.mkdtemp(prefix=f".{self.outdir.name}.partial-", dir=parent))
+            _remove_orphans(parent, self.outdir.name)
+            self._stage = Path(tempfile.mkdtemp(prefix=f".{self.outdir.name}.partial-{os.getpid()}-", dir=parent))
         except OSError as exc:
             raise InputError(f"cannot create the output folder {self.outdir}: {exc.strerror}") from None
         return self
