@@ -17,7 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from pedq_deploy.cli.run import main  # noqa: E402
 
-SHAPE = (20, 20, 10)
+SHAPE = (48, 48, 24)
 
 
 def _base():

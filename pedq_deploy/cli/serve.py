@@ -34,3 +34,7 @@ def command(host, port, workers, models_dir, backend, no_models):
 
 
 main = entry_point(command, "pedq-serve")
+
+
+if __name__ == "__main__":
+    main()

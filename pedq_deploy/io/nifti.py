@@ -40,10 +40,21 @@ def load_image(path: str | os.PathLike, *, name: str = "image") -> tuple[np.ndar
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{name} file not found: {p}")
+    import logging
+
+    nib_log = logging.getLogger("nibabel.global")
+    level = nib_log.level
+    nib_log.setLevel(logging.ERROR)  # its header fix-up notes would break our one-line messages; we check the header ourselves
     try:
         img = nib.load(str(p))
     except Exception as exc:  # nibabel raises many types for a bad file
         raise InputError(f"cannot read {name} {p}: {exc}".splitlines()[0]) from None
+    finally:
+        nib_log.setLevel(level)
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "biuf" or dtype.names is not None:
+        raise InputError(f"{name} {p.name} has data type {dtype} ({'complex' if dtype.kind == 'c' else 'unsupported'}): "
+                         "give real-valued magnitude and phase images")
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
