@@ -72,3 +72,16 @@ def test_box_limits_the_grid_and_bad_input_raises():
         rotation_to_z((0, 0, 0))
     with pytest.raises(InputError):
         fr.to_frame(np.zeros((3, 3, 3)))
+
+
+@pytest.mark.parametrize("seed,age,tilt", [(21, "neonate", 0.0), (22, "infant", 30.0)])
+def test_deep_grey_matter_box_holds_every_structure(seed, age, tilt):
+    from pedq_deploy.phantom import make_subject
+    from pedq_deploy.runtime.networks import dgm_box
+
+    s = make_subject(seed=seed, age=age, tilt_deg=tilt, shape=(128, 128, 40), voxel_size=(1.56, 1.56, 4.0))
+    box = dgm_box(s.brain_mask)
+    inside = np.zeros(s.labels.shape, bool)
+    inside[box] = True
+    assert (s.labels > 0).any() and not ((s.labels > 0) & ~inside).any()
+    assert inside.sum() < 0.5 * np.prod([b.stop - b.start for b in mask_box(s.brain_mask, s.voxel_size, 0.0)])
