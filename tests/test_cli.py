@@ -28,7 +28,7 @@ def test_pedq_run_end_to_end_without_torch(phantom_dir, tmp_path, capsys):
     assert code == 0, err
     if not torch_before:  # test_console_scripts_run_in_a_fresh_process checks this in a clean process
         assert "torch" not in sys.modules
-    assert "[4/4] inversion" in err and "assumed radians" in err
+    assert "inversion" in err and "assumed radians" in err
     ref = nib.load(str(phantom_dir / "magnitude.nii.gz"))
     for name, dtype in [("mask", np.uint8), ("phase_unwrapped", np.float32), ("local_field", np.float32), ("qsm", np.float32)]:
         img = nib.load(str(out / f"{name}.nii.gz"))

@@ -103,7 +103,7 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
 
 def test_pedq_run_model_errors_exit_2(phantom_dir, tiny_models, tmp_path):
     base = [phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz"]
-    env = {k: v for k, v in os.environ.items() if k != "PEDQ_MODELS"}
+    env = {**os.environ, "PEDQ_MODELS": "none"}  # no models at all, not even the shipped ones
     r = run(base + ["-o", tmp_path / "a", "--inversion", "pedq"], env=env)
     assert r.returncode == 2 and "needs the PedQ-NET models" in r.stderr and "Traceback" not in r.stderr
     r = run(base + ["-o", tmp_path / "b", "--models", tmp_path / "nowhere"])

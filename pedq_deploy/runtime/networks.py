@@ -27,11 +27,14 @@ ENV = "PEDQ_MODELS"
 
 
 def find_models(models_dir: str | Path | None = None) -> Path | None:
-    """Where the models are: the argument, else $PEDQ_MODELS, else the models shipped in the package."""
+    """Where the models are: the argument, else $PEDQ_MODELS, else the models shipped in the package.
+
+    ``none`` (as the argument or in $PEDQ_MODELS) means no models: the conventional pipeline only.
+    """
     if models_dir is not None:
-        return Path(models_dir)
+        return None if str(models_dir) == "none" else Path(models_dir)
     if os.environ.get(ENV):
-        return Path(os.environ[ENV])
+        return None if os.environ[ENV] == "none" else Path(os.environ[ENV])
     try:
         shipped = Path(str(resources.files("pedq_deploy._models")))
     except ModuleNotFoundError:
