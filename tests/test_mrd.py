@@ -217,3 +217,52 @@ def test_one_3d_image_gives_the_same_grid_as_its_slices(scan):
     sl = slices_of(s.magnitude, s.affine, s.voxel_size, 1, np.float32)
     with pytest.raises(InputError, match="evenly spaced"):
         assemble(sl[:5] + sl[6:])  # a missing slice
+
+
+def test_pedq_send_round_trip_from_a_nifti_pair(server, tmp_path, capsys):
+    import nibabel as nib
+
+    from pedq_deploy.cli.send import main as send_main
+    from pedq_deploy.phantom import make_subject, write_subject
+
+    s = make_subject(seed=8, shape=(64, 64, 24), voxel_size=(3.0, 3.0, 4.0), tilt_deg=20.0, snr=200.0)
+    write_subject(s, tmp_path / "scan")
+    with pytest.raises(SystemExit) as e:
+        send_main([str(tmp_path / "scan" / "magnitude.nii.gz"), str(tmp_path / "scan" / "phase.nii.gz"), "-o", str(tmp_path / "out"),
+                   "--port", str(server.address[1]), "--config", "pedq-tkd"])
+        raise SystemExit(0)
+    assert not e.value.code, capsys.readouterr().err
+    img = nib.load(str(tmp_path / "out" / "qsm.nii.gz"))
+    np.testing.assert_allclose(img.affine, s.affine, atol=1e-4)
+    ref = run_case(s.magnitude, s.phase, s.affine, s.voxel_size,
+                   PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="tkd", masker="classic"))
+    np.testing.assert_allclose(np.asarray(img.dataobj), ref.qsm, atol=0.5e-3 + 1e-6)
+    # a server that is not there: one line, exit 2, nothing written
+    with pytest.raises(SystemExit) as e:
+        send_main([str(tmp_path / "scan" / "magnitude.nii.gz"), str(tmp_path / "scan" / "phase.nii.gz"), "-o", str(tmp_path / "x"),
+                   "--port", "1"])
+    assert e.value.code == 2 and "cannot reach pedq-serve" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_mixed_sizes_and_missing_phase_are_refused(server, scan):
+    s, phase_int = scan
+    c = Client(server.address)
+    c.send(1, b"pedq-tkd".ljust(1024, b"\0"))
+    c.text(3, header_xml())
+    for im in slices_of(s.magnitude, s.affine, s.voxel_size, 1, np.float32):
+        c.image(im)
+    c.send(4)
+    texts, images = c.replies()
+    c.close()
+    assert images == [] and "both MAGNITUDE and PHASE" in texts[0]
+    c = Client(server.address)
+    c.send(1, b"pedq-tkd".ljust(1024, b"\0"))
+    c.text(3, header_xml())
+    mags = slices_of(s.magnitude, s.affine, s.voxel_size, 1, np.float32)
+    odd = slices_of(s.magnitude[:32], s.affine, s.voxel_size, 1, np.float32)[0]
+    for im in mags[:-1] + [odd] + slices_of(phase_int, s.affine, s.voxel_size, 2, np.uint16):
+        c.image(im)
+    c.send(4)
+    texts, images = c.replies()
+    c.close()
+    assert images == [] and "differ in matrix size" in texts[0]
