@@ -134,8 +134,6 @@ def main() -> None:
 
     t_sk, sk = median_time(lambda: sk_unwrap(np.ma.masked_array(phase, ~mask)), 1)
     t_np, _ = median_time(lambda: numpy_laplacian_unwrap(phase, v), 1)
-    from pedq_deploy.preprocess import default_radii
-
     t_npv, (np_local, _) = median_time(lambda: numpy_vsharp(field, mask, v, default_radii(v)), 1)
     t_vs_ours, (our_local, our_eroded) = median_time(lambda: vsharp(field, mask, v), 3)
     vs_diff = float(np.abs(np_local - our_local)[our_eroded].max() / np.abs(our_local[our_eroded]).max())

@@ -123,7 +123,12 @@ class PedqModels:
     def mask(self, magnitude: np.ndarray, voxel_size) -> np.ndarray:
         m = self.manifests["mask"]
         x = resample_to(normalise_magnitude(magnitude), voxel_size, m.voxel_size)
-        logits = self._run("mask", x[None])
+        # windows of air alone are not run (the brain lies inside the head's signal); their voxels read background
+        head = ndi.binary_dilation(x > 0.1, iterations=2)
+        if not head.any():
+            raise InputError("the magnitude has no signal above the noise: check the magnitude image")
+        logits = self._run("mask", x[None], head)
+        logits[0][~head] = np.maximum(logits[0][~head], logits[1][~head] + 10.0)  # uncovered / air: background
         prob = np.exp(logits[1] - np.logaddexp(logits[0], logits[1]))
         brain = resample_back(prob, magnitude.shape) > 0.5
         lab, n = ndi.label(brain)
