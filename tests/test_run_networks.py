@@ -155,3 +155,29 @@ def test_dicom_in_with_networks_writes_a_dicom_seg(tiny_models, tmp_path):
     assert len(segs) == 1 and segs[0].StudyInstanceUID == STUDY
     errors = _dciodvfy_errors(next(f for f in (tmp_path / "dcm").glob("DGM_seg.dcm")))
     assert errors in (None, []), errors
+
+
+def test_pedq_serve_with_models_sends_the_segmentation_on_request(tiny_models):
+    pytest.importorskip("ismrmrd")
+    import threading
+
+    from test_mrd import Client, send_scan
+
+    from pedq_deploy.mrd.server import MrdServer
+    from pedq_deploy.phantom import make_subject
+
+    srv = MrdServer("127.0.0.1", 0, workers=1, models_dir=tiny_models, log=lambda m: None)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        s = make_subject(seed=13, shape=(48, 48, 20), voxel_size=(4.0, 4.0, 5.0), tilt_deg=10.0, snr=200.0)
+        phase_int = np.clip(np.round((s.phase + np.pi) * 2048 / np.pi), 0, 4095)
+        c = Client(srv.address)
+        send_scan(c, s, phase_int, config="pedq", extra_text='{"config": "pedq", "segmentation": true}')
+        texts, images = c.replies()
+        c.close()
+        series = sorted({int(im.image_series_index) for im in images})
+        assert series == [98, 99], texts
+        assert sum(int(im.image_series_index) == 98 for im in images) == s.magnitude.shape[2]
+        assert any("(pedq)" in t for t in texts)
+    finally:
+        srv.shutdown()
