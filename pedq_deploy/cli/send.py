@@ -30,17 +30,11 @@ def command(magnitude, phase, outdir, host, port, config, segmentation, echo_tim
     import numpy as np
 
     from ..io import StagedOutput, save_image
-    from ..io.dicom import is_dicom_dir
     from ..mrd.client import send_series
-    from ..runtime.pipeline import load_inputs, resolve_acquisition
+    from ..runtime.pipeline import acquisition_of, load_inputs
 
-    mag, phase_rad, _, props, note, dicom = load_inputs(magnitude, phase)
-    te, b0 = echo_time, field_strength
-    if dicom:
-        te = te if te is not None else next((d.echo_time for d in dicom.values() if d.echo_time), None)
-        b0 = b0 if b0 is not None else next((d.field_strength for d in dicom.values() if d.field_strength), None)
-    if te is None or b0 is None or not (phase is None or is_dicom_dir(magnitude) or is_dicom_dir(phase)):
-        te, b0, _ = resolve_acquisition(magnitude, phase or magnitude, te, b0)
+    mag, phase_rad, _, props, _, dicom = load_inputs(magnitude, phase)
+    te, b0, _ = acquisition_of(magnitude, phase, dicom, echo_time, field_strength)
     t0 = time.perf_counter()
     qsm, labels, texts = send_series(host, port, mag, phase_rad, props.affine, te, b0, config=config, segmentation=segmentation)
     for t in texts:

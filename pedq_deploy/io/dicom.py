@@ -20,11 +20,11 @@ import numpy as np
 
 from ..errors import InputError
 from .nifti import ImageProps
+from .orientation import lps_to_ras, ras_to_lps, slice_spacing
 
 __all__ = ["is_dicom_dir", "DicomSeries", "read_dicom_folder", "write_mr_series", "write_parametric_map", "write_seg",
            "dicom_dir_sha256"]
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
@@ -141,14 +141,7 @@ def _assemble(dsets: list, kind: str, root: Path) -> DicomSeries:
             raise InputError(f"{root}: slices with different orientations in one series")
     dsets = sorted(dsets, key=lambda d: float(np.array([float(x) for x in d.ImagePositionPatient]) @ normal))
     pos = np.array([[float(x) for x in d.ImagePositionPatient] for d in dsets])
-    offs = pos @ normal
-    if len(dsets) > 1:
-        gaps = np.diff(offs)
-        if np.any(gaps <= 1e-3) or np.ptp(gaps) > 1e-2 * gaps.mean():
-            raise InputError(f"{root}: slices are not evenly spaced (missing or duplicate slices?)")
-        dz = round(float(gaps.mean()), 4)
-    else:
-        dz = _float(dsets[0], "SliceThickness") or 1.0
+    dz = slice_spacing(pos @ normal, _float(dsets[0], "SliceThickness") or 1.0, str(root))
     ps = [float(x) for x in dsets[0].PixelSpacing]  # (between rows, between columns)
     rows, cols = int(dsets[0].Rows), int(dsets[0].Columns)
     vol = np.empty((cols, rows, len(dsets)), np.float32)
@@ -161,9 +154,7 @@ def _assemble(dsets: list, kind: str, root: Path) -> DicomSeries:
     lps = np.eye(4)
     lps[:3, :3] = np.column_stack([row * ps[1], col * ps[0], normal * dz])
     lps[:3, 3] = pos[0]
-    ras = np.eye(4)
-    ras[:3, :3] = LPS_TO_RAS
-    affine = ras @ lps
+    affine = lps_to_ras(lps)
     te = _float(dsets[0], "EchoTime")
     props = ImageProps(affine, (ps[1], ps[0], dz), vol.shape, str(root), {"format": "dicom"})
     return DicomSeries(vol, props, kind, None if te is None else te / 1000.0, _float(dsets[0], "MagneticFieldStrength"), dsets)
@@ -175,7 +166,7 @@ def _safe(text: str, limit: int = 64) -> str:
 
 
 def _slices_geometry(affine: np.ndarray, shape):
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    lps = ras_to_lps(affine)
     a = lps[:3, :3]
     spacing = np.linalg.norm(a, axis=0)
     row, col, normal = (a[:, i] / spacing[i] for i in range(3))
@@ -274,7 +265,6 @@ def write_parametric_map(folder, chi_ppm: np.ndarray, source: list) -> Path:
     """QSM as a DICOM Parametric Map (float32 values, real-world value mapping in ppm), via highdicom."""
     try:
         import highdicom as hd
-        from pydicom.sr.codedict import codes  # noqa: F401
     except ImportError as exc:
         raise InputError(f"--dicom-format parametric-map needs highdicom: {exc}") from None
     from pydicom.uid import generate_uid

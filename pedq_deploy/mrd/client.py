@@ -6,13 +6,12 @@ import socket
 import numpy as np
 
 from ..errors import InputError, PedqError
+from ..io.orientation import LPS_TO_RAS as LPS
 from ..physics import GAMMA_MHZ_PER_T
 from .geometry import IMTYPE_MAGNITUDE, IMTYPE_PHASE, assemble
 from .protocol import MRD_CLOSE, MRD_IMAGE, MRD_TEXT, Connection, ConnectionClosed
 
 __all__ = ["volume_to_slices", "header_xml", "send_series"]
-
-LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 def header_xml(echo_time: float, field_strength: float) -> str:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..io.orientation import lps_to_ras, slice_spacing
 
 __all__ = ["SeriesVolume", "assemble", "volume_to_images", "IMTYPE_MAGNITUDE", "IMTYPE_PHASE"]
 
 IMTYPE_MAGNITUDE = 1
 IMTYPE_PHASE = 2
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 @dataclass
@@ -72,21 +72,14 @@ def assemble(images: list) -> SeriesVolume:
                                                                           and np.allclose(_vec(im.phase_dir), pd, atol=1e-4)):
                 raise InputError("the slices of one series differ in matrix size or orientation")
         ordered = sorted(images, key=lambda im: float(_vec(im.position) @ sd))
-        offs = np.array([float(_vec(im.position) @ sd) for im in ordered])
-        gaps = np.diff(offs)
-        if len(ordered) > 1 and (np.any(gaps <= 1e-3) or np.ptp(gaps) > 1e-2 * max(gaps.mean(), 1e-6)):
-            raise InputError("slice positions are not evenly spaced along slice_dir (missing or duplicate slices?)")
-        # positions travel as float32: round the spacing to 0.1 um so 4 mm stays 4 mm
-        dz = round(float(gaps.mean()), 4) if len(ordered) > 1 else float(fov[2])
+        dz = slice_spacing(np.array([float(_vec(im.position) @ sd) for im in ordered]), float(fov[2]), "MRD series")
         vol = np.stack([_image_volume(im)[:, :, 0] for im in ordered], axis=2)
         corner = _vec(ordered[0].position) - rd * (fov[0] - dx) / 2 - pd * (fov[1] - dy) / 2
         is_3d = False
     lps = np.eye(4)
     lps[:3, :3] = np.column_stack([rd * dx, pd * dy, sd * dz])
     lps[:3, 3] = corner
-    flip = np.eye(4)
-    flip[:3, :3] = LPS_TO_RAS
-    return SeriesVolume(vol, flip @ lps, (float(dx), float(dy), float(dz)), ordered, is_3d)
+    return SeriesVolume(vol, lps_to_ras(lps), (float(dx), float(dy), float(dz)), ordered, is_3d)
 
 
 def volume_to_images(volume: np.ndarray, like: SeriesVolume, *, image_type: int, series_index: int, scale: float,

@@ -170,8 +170,6 @@ class MrdServer:
             elif mid == MRD_IMAGE:
                 if s.config is None:
                     s.config = "pedq"
-                if s.config not in PIPELINES:
-                    raise InputError(f"unknown config {s.config!r} (known: {', '.join(PIPELINES)})")
                 if int(payload.image_type) == IMTYPE_MAGNITUDE:
                     s.magnitude.append(payload)
                 elif int(payload.image_type) == IMTYPE_PHASE:

@@ -226,6 +226,25 @@ def resolve_acquisition(magnitude_path: str, phase_path: str, echo_time: float |
     return float(echo_time), float(field_strength), source
 
 
+def acquisition_of(magnitude_path: str, phase_path: str | None, dicom: dict, echo_time: float | None,
+                   field_strength: float | None) -> tuple[float, float, str]:
+    """Echo time and field strength: the arguments, else the DICOM headers of DICOM inputs, else the
+    BIDS sidecars of NIfTI inputs. ``dicom`` is what :func:`load_inputs` returned."""
+    if not dicom:
+        return resolve_acquisition(magnitude_path, phase_path, echo_time, field_strength)
+    te = echo_time if echo_time is not None else next((d.echo_time for d in dicom.values() if d.echo_time), None)
+    b0 = field_strength if field_strength is not None else next((d.field_strength for d in dicom.values() if d.field_strength), None)
+    if (te is None or b0 is None) and len(dicom) < 2:  # the NIfTI partner may have a sidecar
+        nifti = magnitude_path if "M" not in dicom else phase_path
+        te, b0, _ = resolve_acquisition(nifti, nifti, te, b0)
+    src = dicom.get("P") or dicom.get("M")
+    if te is None:
+        raise InputError(f"echo time unknown: the DICOM headers of {src.props.path} give no EchoTime; give --echo-time (seconds)")
+    if b0 is None:
+        raise InputError("field strength unknown: no MagneticFieldStrength in the DICOM headers; give --field-strength (tesla)")
+    return float(te), float(b0), "arguments and DICOM headers"
+
+
 def load_inputs(magnitude_path: str, phase_path: str | None, mask_path: str | None = None):
     """Load magnitude, phase (rescaled to radians) and an optional mask; check they share a grid.
 
@@ -312,18 +331,7 @@ def run_case_files(
 
     if phase_path is None or is_dicom_dir(magnitude_path) or is_dicom_dir(phase_path):
         mag, phase_rad, mask, props, phase_note, dicom = load_inputs(magnitude_path, phase_path, mask_path)
-        src = dicom.get("P") or dicom.get("M")
-        te = echo_time if echo_time is not None else next((d.echo_time for d in dicom.values() if d.echo_time), None)
-        b0 = field_strength if field_strength is not None else next((d.field_strength for d in dicom.values() if d.field_strength), None)
-        if (te is None or b0 is None) and len(dicom) < 2:  # a NIfTI partner may have a sidecar
-            te_s, b0_s, _ = resolve_acquisition(magnitude_path if "M" not in dicom else phase_path,
-                                                magnitude_path if "M" not in dicom else phase_path, te, b0)
-            te, b0 = te_s, b0_s
-        if te is None:
-            raise InputError(f"echo time unknown: the DICOM headers of {src.props.path} give no EchoTime; give --echo-time (seconds)")
-        if b0 is None:
-            raise InputError("field strength unknown: no MagneticFieldStrength in the DICOM headers; give --field-strength (tesla)")
-        acq_source = "arguments and DICOM headers"
+        te, b0, acq_source = acquisition_of(magnitude_path, phase_path, dicom, echo_time, field_strength)
     else:
         te, b0, acq_source = resolve_acquisition(magnitude_path, phase_path, echo_time, field_strength)
         dicom = {}
