@@ -155,12 +155,19 @@ def _rot_z(deg):
     return np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1]])
 
 
-def build_head(rng: np.random.Generator, shape, voxel_size, age: str) -> HeadVolumes:
-    """Paint one random head. All randomness comes from ``rng`` in a fixed order."""
+def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_voxel_size=None) -> HeadVolumes:
+    """Paint one random head. All randomness comes from ``rng`` in a fixed order.
+
+    ``anatomy_voxel_size`` (default ``voxel_size``) is the grid the anatomy is designed for: the
+    few sizes tied to the voxel (a fissure at least a voxel wide, the head's margin to the field of
+    view) follow it, so a head painted on a finer grid of the same field of view (the simulator's
+    supersampled forward model) is the same head, only with sharper edges.
+    """
     ai = 0 if age == "neonate" else 1
-    v = np.asarray(voxel_size, np.float64)
-    fov = np.asarray(shape) * v
-    P = _Painter(shape, v, ai)
+    pv = np.asarray(voxel_size, np.float64)
+    v = pv if anatomy_voxel_size is None else np.asarray(anatomy_voxel_size, np.float64)
+    fov = np.asarray(shape) * pv
+    P = _Painter(shape, pv, ai)
     j = lambda lo, hi, size=None: rng.uniform(lo, hi, size)  # noqa: E731
 
     # --- head size and layers (mm) -------------------------------------------------------
