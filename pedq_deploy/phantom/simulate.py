@@ -23,8 +23,8 @@ SOURCE_PROTOCOL = dict(shape=(256, 256, 80), voxel_size=(0.78, 0.78, 2.0), echo_
 class Subject:
     """One simulated scan and its truth. Arrays share the grid described by ``affine``."""
 
-    magnitude: np.ndarray
-    phase: np.ndarray  # radians, or Siemens integers when phase_format == "siemens"
+    magnitude: np.ndarray  # (X, Y, Z), or (X, Y, Z, echoes) for several echo times
+    phase: np.ndarray  # radians, or Siemens integers when phase_format == "siemens"; shaped as magnitude
     chi: np.ndarray  # ppm, referenced to the mean over the brain mask, zero outside
     local_field: np.ndarray  # ppm, the field of chi inside the brain mask
     total_field: np.ndarray  # ppm, the field of all sources (air, bone, tissue)
@@ -32,7 +32,7 @@ class Subject:
     labels: np.ndarray  # FreeSurfer numbers of the 8 deep grey matter structures
     affine: np.ndarray
     voxel_size: tuple[float, float, float]
-    echo_time: float
+    echo_time: float | tuple[float, ...]  # seconds; a tuple for several echoes
     field_strength: float
     b0_direction: np.ndarray  # voxel frame
     params: dict = field(default_factory=dict)
@@ -129,8 +129,12 @@ def make_subject(
     age : "neonate" or "infant"
     tilt_deg : float, optional
         Angle between B0 and the head's superior axis; default uniform in [0, 30] degrees.
+    echo_time : float or sequence of floats
+        Seconds. Several echo times give a multi-echo scan of the same head: ``magnitude`` and
+        ``phase`` are then (X, Y, Z, echoes), with independent noise at each echo.
     snr : float
-        Mean brain magnitude over the noise standard deviation (per channel); ``inf`` for none.
+        Mean brain magnitude (of the first echo) over the noise standard deviation (per channel);
+        ``inf`` for none.
     phase_format : "radians" or "siemens" (integers -4096..4095)
     supersample : 3 ints, optional
         Sub-voxels per voxel along each axis for the background field and the signal (computed on
@@ -144,7 +148,9 @@ def make_subject(
     if len(shape) != 3 or min(shape) < 8:
         raise InputError(f"phantom shape must be three sizes of at least 8, got {shape}")
     v = check_voxel_size(voxel_size)
-    if not (echo_time > 0 and field_strength > 0 and snr > 0):
+    multi = np.ndim(echo_time) > 0
+    tes = tuple(float(t) for t in np.atleast_1d(echo_time))
+    if not (tes and all(t > 0 for t in tes) and field_strength > 0 and snr > 0):
         raise InputError("echo time, field strength and SNR must be positive")
     rng = np.random.default_rng(seed)
     tilt = float(rng.uniform(0.0, 30.0)) if tilt_deg is None else float(tilt_deg)
@@ -192,19 +198,24 @@ def make_subject(
     total = _block_mean(field_f, f).astype(np.float32)
 
     shading = _coil_shading(rng, shape, v, head.head_center, head.head_radii, brain)
-    fat_phase = 2 * np.pi * GAMMA_MHZ_PER_T * field_strength * FAT_SHIFT_PPM * echo_time  # rad
     phi0 = rng.uniform(-np.pi, np.pi)
     grad = rng.normal(0, 0.004, 3)  # rad/mm receiver phase ramp (harmonic: removed by V-SHARP)
     c = (np.asarray(shape) - 1) / 2.0
     ramp = sum(g * ((np.arange(n) - ci) * vi).reshape([-1 if a == i else 1 for i in range(3)])
                for a, (g, n, ci, vi) in enumerate(zip(grad, shape, c, v)))
-    mag_f = head_f.pd * np.exp(-echo_time * 1e3 * head_f.r2s)
-    signal = _block_mean(mag_f * ((1 - head_f.fat) + head_f.fat * np.exp(1j * fat_phase)) * np.exp(1j * ppm_to_phase(field_f, echo_time, field_strength)), f)
+    phase_offset = (np.float32(phi0) + ramp.astype(np.float32))
+    signals = []
+    for te in tes:  # the same head and field at every echo; T2* decay, field and fat shift grow with TE
+        fat_phase = 2 * np.pi * GAMMA_MHZ_PER_T * field_strength * FAT_SHIFT_PPM * te  # rad
+        mag_f = head_f.pd * np.exp(-te * 1e3 * head_f.r2s)
+        sig = _block_mean(mag_f * ((1 - head_f.fat) + head_f.fat * np.exp(1j * fat_phase)) * np.exp(1j * ppm_to_phase(field_f, te, field_strength)), f)
+        signals.append((sig * shading * np.exp(1j * phase_offset)).astype(np.complex64))
     del mag_f, field_f
-    signal = (signal * shading * np.exp(1j * (np.float32(phi0) + ramp.astype(np.float32)))).astype(np.complex64)
-    sigma = float(np.abs(signal)[brain].mean()) / snr if np.isfinite(snr) else 0.0
+    # SNR is that of the first echo; thermal noise is the same at every echo
+    sigma = float(np.abs(signals[0])[brain].mean()) / snr if np.isfinite(snr) else 0.0
     if sigma > 0:
-        signal = signal + sigma * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+        signals = [sig + sigma * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) for sig in signals]
+    signal = np.stack(signals, axis=-1) if multi else signals[0]
     magnitude = np.abs(signal).astype(np.float32)
     phase = np.angle(signal).astype(np.float32)
     if phase_format == "siemens":
@@ -216,14 +227,14 @@ def make_subject(
     fs_labels[~brain] = 0
 
     params = dict(seed=int(seed), age=age, shape=list(shape), voxel_size=[float(x) for x in v], tilt_deg=tilt,
-                  tilt_axis_angle_deg=axis_angle, echo_time=echo_time, field_strength=field_strength,
+                  tilt_axis_angle_deg=axis_angle, echo_time=list(tes) if multi else tes[0], field_strength=field_strength,
                   snr=float(snr), phase_format=phase_format, receiver_phase_offset_rad=float(phi0),
                   receiver_phase_ramp_rad_per_mm=[float(g) for g in grad], noise_sigma=sigma, supersample=list(f),
                   b0_direction_voxel_frame=[float(x) for x in b0], chi_reference="mean over brain_mask",
                   tissue_chi_ppm={k: float(head.chi[labels_int == LABEL_IDS[k]].mean()) if np.any(labels_int == LABEL_IDS[k]) else None
                                   for k in ("wm", "gm", *DGM_LABELS)})
     return Subject(magnitude, phase, chi, local, total, brain, fs_labels, affine, tuple(float(x) for x in v),
-                   echo_time, field_strength, b0, params)
+                   tes if multi else tes[0], field_strength, b0, params)
 
 
 def write_subject(subject: Subject, outdir: str | Path) -> list[str]:

@@ -1,12 +1,15 @@
-"""Preprocessing: phase scaling, brain masking, phase unwrapping, background field removal."""
+"""Preprocessing: phase scaling, brain masking, phase unwrapping, echo combination, background field removal."""
 from __future__ import annotations
 
+from .echoes import check_echo_times, combine_echoes
 from .masking import classic_mask, normalise_magnitude
 from .phase import detect_and_scale_phase
 from .unwrap import laplacian_unwrap, quality_unwrap, unwrap_phase
 from .vsharp import default_radii, vsharp
 
 __all__ = [
+    "check_echo_times",
+    "combine_echoes",
     "classic_mask",
     "normalise_magnitude",
     "detect_and_scale_phase",
