@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
+from pedq_deploy.errors import InputError  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.training.config import TrainConfig, load_config  # noqa: E402
 from pedq_deploy.training.data import PhantomStream  # noqa: E402
@@ -109,3 +110,29 @@ def test_pedq_train_cli_resumes_and_rejects_bad_config(tmp_path, capsys):
     assert "unknown config keys: learning_rate" in capsys.readouterr().err
     with pytest.raises(Exception):
         load_config(tmp_path / "missing.json")
+
+
+def test_a_run_starts_from_exported_models_with_their_exact_weights(tmp_path):
+    """Fine-tuning: ONNX weights (named convolutions, anonymous transposed MatMuls of the ViT) go
+    back into fresh networks, which then compute what the exported ones do."""
+    from pedq_deploy.export import export_network
+    from pedq_deploy.training.networks import MaskNet, ReconNet
+    from pedq_deploy.training.warmstart import load_onnx_weights
+
+    cfg = TrainConfig(patch=(32, 32, 32), voxel_size=(3.0, 3.0, 3.0), frame_voxel=3.0, recon_filters=4, recon_levels=3, unetr_feature_size=8,
+                      unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4, seg_region=(32, 32, 32))
+    x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    for role, make in (("mask", MaskNet), ("recon", ReconNet)):
+        torch.manual_seed(0)
+        trained = make(cfg)
+        export_network(trained, role, 1, (32, 32, 32), tmp_path, voxel_size=cfg.voxel_size)
+        torch.manual_seed(1)
+        fresh = make(cfg)
+        with torch.no_grad():
+            assert not torch.allclose(fresh.eval()(x), trained.eval()(x))
+        load_onnx_weights(fresh, tmp_path / f"{role}.onnx", x)
+        with torch.no_grad():
+            torch.testing.assert_close(fresh.eval()(x), trained.eval()(x), rtol=1e-5, atol=1e-6)
+    other = MaskNet(TrainConfig(**{**cfg.__dict__, "unetr_hidden_size": 96, "unetr_mlp_dim": 192}))
+    with pytest.raises(InputError, match="another configuration"):
+        load_onnx_weights(other, tmp_path / "mask.onnx", x)

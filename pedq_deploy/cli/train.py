@@ -15,8 +15,9 @@ from ._common import echo_err, entry_point
 @click.option("--steps", type=int, help="Override the config's number of steps.")
 @click.option("--device", type=str, help="cpu, cuda or auto (default: the config's).")
 @click.option("--time-limit", type=float, help="Stop (with a checkpoint) after this many minutes; rerun to go on.")
+@click.option("--init-from", type=click.Path(file_okay=False), help="Start a new run from exported models (e.g. export/): fine-tuning.")
 @click.option("-q", "--quiet", is_flag=True)
-def command(kind, config_path, outdir, steps, device, time_limit, quiet):
+def command(kind, config_path, outdir, steps, device, time_limit, init_from, quiet):
     """Train KIND: mask (UNETR), recon (U-Net, model loss), joint (recon + segmentation UNETR), tv (nnU-Net_TV ablation).
 
     Data are drawn on the fly from the phantom; checkpoints every few steps; rerunning with the
@@ -37,7 +38,7 @@ def command(kind, config_path, outdir, steps, device, time_limit, quiet):
 
         raise InputError(f"--time-limit must be positive minutes, got {time_limit}")
     cfg = load_config(config_path, steps=steps, device=device)
-    summary = train(kind, cfg, outdir, quiet=quiet, time_limit_s=None if time_limit is None else time_limit * 60.0)
+    summary = train(kind, cfg, outdir, quiet=quiet, time_limit_s=None if time_limit is None else time_limit * 60.0, init_from=init_from)
     echo_err("pedq-train: " + json.dumps(summary))
 
 

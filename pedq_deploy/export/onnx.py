@@ -120,7 +120,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
                   "train_seeds": list(cfg.train_seeds), "val_seeds": list(cfg.val_seeds),
                   "validation_log": val_log.read_text() if val_log.is_file() else None,
                   "checkpoint_sha256": sha256_file(p), "train_seconds": state.get("train_seconds"),
-                  "hardware": state.get("hardware")}
+                  "hardware": state.get("hardware"), "init_from": state.get("init_from") or None}
     patches = {"recon": tuple(cfg.recon_window) if state["kind"] == "joint" else tuple(cfg.patch), "seg": tuple(cfg.seg_region), "mask": tuple(cfg.patch)}
     # the recon and seg networks work in the B0-aligned isotropic frame, the mask network on the phantom's grid
     voxels = {"recon": (cfg.frame_voxel,) * 3, "seg": (cfg.frame_voxel,) * 3, "mask": tuple(cfg.voxel_size)}

@@ -58,6 +58,33 @@ class Trainer:
             self._seg_loss = loss if kind == "joint" else None
             self._mask_loss = loss if kind == "mask" else None
         self._val = None
+        self.init_from: dict = {}  # the exported models this run started from (fine-tuning), if any
+
+    def init_from_models(self, folder: str | Path) -> dict:
+        """Start from exported models (``ROLE.onnx`` + ``ROLE.json`` in ``folder``) instead of random weights.
+
+        Their manifests' training provenance is kept, so the run's own steps and time add to theirs."""
+        from .warmstart import load_onnx_weights
+
+        folder = Path(folder)
+        done = {}
+        for role, net in self.models.items():
+            manifest = folder / f"{role}.json"
+            if not manifest.is_file():
+                raise InputError(f"--init-from {folder}: no {role}.json (the {self.kind} run needs {', '.join(self.models)})")
+            try:
+                meta = json.loads(manifest.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputError(f"cannot read {manifest}: {exc}") from None
+            patch = tuple(meta.get("patch") or ())
+            want = tuple(self.cfg.recon_window if (role == "recon" and self.kind == "joint") else self.cfg.seg_region if role == "seg" else self.cfg.patch)
+            if patch != want:
+                raise InputError(f"{manifest}: patch {list(patch)} differs from this config's {list(want)}")
+            example = torch.zeros(1, 1, *patch, device=self.device)
+            summary = load_onnx_weights(net, folder / meta.get("file", f"{role}.onnx"), example)
+            done[role] = {"file": summary["file"], "sha256": meta.get("sha256"), "training": meta.get("training", {})}
+        self.init_from = done
+        return done
 
     # ---- batches ---------------------------------------------------------------------------
     def _tensors(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
@@ -142,7 +169,7 @@ class Trainer:
         state = {"kind": self.kind, "config": json.loads(self.cfg.to_json()), "step": self.step,
                  "models": {k: m.state_dict() for k, m in self.models.items()}, "optimizer": self.opt.state_dict(),
                  "stream": self.stream.state(), "torch_rng": torch.get_rng_state(),
-                 "train_seconds": self.train_seconds, "hardware": self.hardware}
+                 "train_seconds": self.train_seconds, "hardware": self.hardware, "init_from": self.init_from}
         tmp = self.out / (CHECKPOINT + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.out / CHECKPOINT)
@@ -167,6 +194,7 @@ class Trainer:
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.hardware = list(state.get("hardware", []))
+        self.init_from = dict(state.get("init_from") or {})
         return True
 
 
@@ -188,11 +216,15 @@ def _progress(step: int, total: int, parts: dict, sec: float, quiet: bool) -> No
     sys.stderr.flush()
 
 
-def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = False, time_limit_s: float | None = None) -> dict:
+def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = False, time_limit_s: float | None = None,
+          init_from: str | Path | None = None) -> dict:
     """Train (or resume) until ``cfg.steps`` (or ``time_limit_s`` of this call, then checkpoint);
-    returns a summary with the last losses and validation."""
+    returns a summary with the last losses and validation. ``init_from``: a folder of exported
+    models to start a new run from (ignored when the run resumes from its checkpoint)."""
     tr = Trainer(kind, cfg, outdir)
     resumed = tr.load()
+    if init_from is not None and not resumed:
+        tr.init_from_models(init_from)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.to_json())
