@@ -27,6 +27,7 @@ __all__ = [
     "forward_field",
     "phase_to_ppm",
     "ppm_to_phase",
+    "phase_per_ppm",
     "fft_workers",
     "padded_shape",
 ]
@@ -35,14 +36,15 @@ GAMMA_MHZ_PER_T = 42.577478  # proton gyromagnetic ratio / 2 pi
 
 
 def fft_workers() -> int:
-    """Threads for scipy.fft: every core this process may use."""
-    try:
-        import os
+    """Threads for scipy.fft: $PEDQ_THREADS when set (a cohort's workers share the cores), else every
+    core this process may use."""
+    import os
 
+    if os.environ.get("PEDQ_THREADS", "").isdigit() and int(os.environ["PEDQ_THREADS"]) > 0:
+        return int(os.environ["PEDQ_THREADS"])
+    try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        import os
-
         return max(1, os.cpu_count() or 1)
 
 
@@ -222,6 +224,11 @@ def phase_to_ppm(phase: np.ndarray, echo_time: float, field_strength: float) -> 
     _check_te_b0(echo_time, field_strength)
     scale = 1e6 / (2.0 * np.pi * GAMMA_MHZ_PER_T * 1e6 * field_strength * echo_time)
     return (np.asarray(phase, dtype=np.float32) * np.float32(scale)).astype(np.float32)
+
+
+def phase_per_ppm(echo_time: float, field_strength: float) -> float:
+    """Radians of phase per ppm of field at ``echo_time`` (s) and ``field_strength`` (T): 2 pi gamma B0 TE."""
+    return 2.0 * np.pi * GAMMA_MHZ_PER_T * field_strength * echo_time
 
 
 def ppm_to_phase(field_ppm: np.ndarray, echo_time: float, field_strength: float) -> np.ndarray:

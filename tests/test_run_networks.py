@@ -89,7 +89,7 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
     out = tmp_path / "out"
     r = run([phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz", "-o", out, "--models", tiny_models])
     assert r.returncode == 0, r.stderr
-    assert "[5/5] segmentation" in r.stderr
+    assert "[5/6] qc" in r.stderr and "[6/6] segmentation" in r.stderr
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["parameters"]["inversion"] == "pedq" and prov["mask_source"] == "network"
     assert set(prov["models"]) == {"recon", "seg", "mask"}

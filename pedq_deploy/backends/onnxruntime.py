@@ -1,8 +1,6 @@
 """onnxruntime backend: CPU, and the CUDA / TensorRT execution providers when installed."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..errors import InputError
@@ -23,7 +21,9 @@ class OnnxRuntimeRunner(Runner):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads or len(os.sched_getaffinity(0))
+        from ..physics import fft_workers  # $PEDQ_THREADS, else every core of this process
+
+        opts.intra_op_num_threads = self.threads or fft_workers()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         available = ort.get_available_providers()
         providers = self.providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

@@ -15,8 +15,13 @@ inputs. Phase may be in radians or in scanner integers (-4096..4095, 0..4095), r
 automatically. The B0 direction is read from the affine (B0 = scanner z) unless given.
 
 Writes mask.nii.gz, phase_unwrapped.nii.gz (rad), local_field.nii.gz (ppm), qsm.nii.gz (ppm),
-quicklook.png and provenance.json, all on the input grid; with a segmentation model also
-segmentation.nii.gz (FreeSurfer labels) and regions.csv.
+consistency.nii.gz (QC), quicklook.png and provenance.json, all on the input grid; with a
+segmentation model also segmentation.nii.gz (FreeSurfer labels) and regions.csv.
+
+With --bids, MAGNITUDE is a BIDS dataset: every GRE/MEGRE run (part-mag / part-phase, echoes as
+echo-N, EchoTime and MagneticFieldStrength from the sidecars) is processed into OUTDIR as BIDS
+derivatives (_Chimap, masks, _dseg, QC maps), with regions.tsv and report.html for the study.
+Runs are independent Dask tasks; a rerun skips runs that are complete and unchanged.
 """
 
 
@@ -42,9 +47,16 @@ segmentation.nii.gz (FreeSurfer labels) and regions.csv.
 @click.option("--dicom-out", type=click.Path(file_okay=False), help="Also write the QSM (and the segmentation, as DICOM SEG) here.")
 @click.option("--dicom-format", type=click.Choice(["mr", "parametric-map"]), default="mr", show_default=True,
               help="mr: integer MR images with RescaleSlope to ppm (shown by every viewer); parametric-map: float values in ppm.")
+@click.option("--bids", is_flag=True, help="MAGNITUDE is a BIDS dataset: process every GRE/MEGRE run into OUTDIR (derivatives).")
+@click.option("--participant-label", multiple=True, help="With --bids: only these participants (repeatable; with or without sub-).")
+@click.option("--session", multiple=True, help="With --bids: only these sessions (repeatable; with or without ses-).")
+@click.option("--scheduler", default="auto", show_default=True,
+              help="With --bids: auto (a local Dask cluster when Dask is installed), local, none (in this process), or a Dask scheduler address.")
+@click.option("--workers", type=int, help="With --bids and a local cluster: number of worker processes (default: what cores and memory allow).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, inversion, masker, models_dir, backend,
-            unwrap, tkd_threshold, tv_lambda, tv_iterations, vsharp_radii, dicom_out, dicom_format, quiet):
+            unwrap, tkd_threshold, tv_lambda, tv_iterations, vsharp_radii, dicom_out, dicom_format, bids, participant_label, session,
+            scheduler, workers, quiet):
     from ..errors import InputError
     from ..runtime.pipeline import STAGES, run_case_files
 
@@ -64,6 +76,11 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         tv_lambda=tv_lambda,
         tv_iterations=tv_iterations,
     )
+    if bids:
+        return _study(magnitude, phase, outdir, overrides, echo_time, field_strength, mask_path, dicom_out, participant_label, session,
+                      scheduler, workers, models_dir, backend, quiet)
+    if participant_label or session or workers is not None or scheduler != "auto":
+        raise InputError("--participant-label, --session, --scheduler and --workers go with --bids")
     prov = run_case_files(
         magnitude, phase, outdir, overrides, dicom_out=dicom_out, dicom_format=dicom_format,
         echo_time=echo_time, field_strength=field_strength, mask_path=mask_path, models_dir=models_dir, backend=backend,
@@ -71,6 +88,33 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
     )
     if not quiet:
         echo_err(f"pedq-run: wrote {outdir} in {prov['timings_s']['total']:.1f} s (coverage {prov['coverage']:.1%} of the brain mask)")
+
+
+def _study(bids_dir, phase, outdir, overrides, echo_time, field_strength, mask_path, dicom_out, participant_label, session,
+           scheduler, workers, models_dir, backend, quiet):
+    import sys
+
+    from ..cohort import run_study
+    from ..errors import InputError
+
+    if phase is not None:
+        raise InputError("--bids takes one folder (the BIDS dataset), not a magnitude and a phase")
+    if echo_time is not None or field_strength is not None or mask_path or dicom_out or overrides.get("b0_direction"):
+        raise InputError("with --bids, echo times and field strength come from the sidecars, B0 from each image; "
+                         "--mask, --dicom-out and --b0-direction are per scan")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    summary = run_study(bids_dir, outdir, overrides, participant_labels=participant_label, sessions=session, models_dir=models_dir,
+                        backend=backend, scheduler=scheduler, workers=workers, quiet=quiet,
+                        log=(lambda m: None) if quiet else (lambda m: echo_err(f"pedq-run: {m}")))
+    c = summary["counts"]
+    echo_err(f"pedq-run: study in {outdir}: {c['done']} done, {c['skipped']} up to date, {c['failed']} failed, "
+             f"{c['not run']} not processable ({summary['wall_seconds']:.0f} s); report: {outdir}/report.html")
+    for r in summary["runs"]:
+        if r["status"] in ("failed", "not run"):
+            echo_err(f"pedq-run:   {r['run']}_{r['suffix']}: {r['status']}: {r['reason']}")
+    if c["failed"]:
+        sys.exit(1)
 
 
 main = entry_point(command, "pedq-run")

@@ -14,7 +14,7 @@ from ..physics import GAMMA_MHZ_PER_T, check_voxel_size, forward_field, ppm_to_p
 from .head import BRAIN_LABELS, DGM_LABELS, LABEL_IDS, build_head
 from .tissues import AGES, CHI_AIR, FAT_SHIFT_PPM
 
-__all__ = ["Subject", "make_subject", "write_subject", "tilt_affine", "supersample_factors", "SOURCE_PROTOCOL"]
+__all__ = ["Subject", "make_subject", "write_subject", "write_bids", "tilt_affine", "supersample_factors", "SOURCE_PROTOCOL"]
 
 SOURCE_PROTOCOL = dict(shape=(256, 256, 80), voxel_size=(0.78, 0.78, 2.0), echo_time=4.92e-3, field_strength=3.0)
 
@@ -257,3 +257,36 @@ def write_subject(subject: Subject, outdir: str | Path) -> list[str]:
         out.path("phantom.json").write_text(json.dumps(subject.params, indent=2))
         names = out.names
     return names
+
+
+def write_bids(subject: Subject, root: str | Path, sub: str, ses: str | None = None, *, acq: str | None = None, run: int | None = None,
+               parts: tuple[str, ...] = ("mag", "phase")) -> list[Path]:
+    """Write a subject into a BIDS dataset as a raw GRE run: ``_T2starw`` for one echo, ``_MEGRE`` with
+    ``echo-N`` for several, ``part-mag`` / ``part-phase``, each with its JSON sidecar (EchoTime in s,
+    MagneticFieldStrength in T). ``parts`` leaves a part out (a run with a missing phase, for tests).
+    Creates ``dataset_description.json`` when the dataset has none. Returns the image paths."""
+    from ..io import save_image
+    from ..io.bids import BIDS_VERSION, write_json_atomic
+
+    root = Path(root)
+    if not (root / "dataset_description.json").is_file():
+        write_json_atomic(root / "dataset_description.json", {"Name": "pedq-deploy phantom study", "BIDSVersion": BIDS_VERSION,
+                                                              "DatasetType": "raw", "GeneratedBy": [{"Name": "pedq-deploy phantom"}]})
+    folder = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
+    folder.mkdir(parents=True, exist_ok=True)
+    tes = list(np.atleast_1d(subject.echo_time))
+    multi = len(tes) > 1
+    stem = "_".join([f"sub-{sub}"] + ([f"ses-{ses}"] if ses else []) + ([f"acq-{acq}"] if acq else []) + ([f"run-{run}"] if run else []))
+    written = []
+    for e, te in enumerate(tes):
+        for part in parts:
+            name = stem + (f"_echo-{e + 1}" if multi else "") + f"_part-{part}_" + ("MEGRE" if multi else "T2starw")
+            data = (subject.magnitude if part == "mag" else subject.phase)
+            data = data[..., e] if multi else data
+            dtype = np.int16 if (part == "phase" and subject.params.get("phase_format") == "siemens") else np.float32
+            save_image(folder / f"{name}.nii.gz", data, subject.affine, dtype=dtype)
+            write_json_atomic(folder / f"{name}.json", {"EchoTime": float(te), "MagneticFieldStrength": subject.field_strength,
+                                                         "Manufacturer": "pedq-deploy phantom", "EchoNumber": e + 1,
+                                                         "ImageType": ["ORIGINAL", "PRIMARY", "M" if part == "mag" else "P"]})
+            written.append(folder / f"{name}.nii.gz")
+    return written

@@ -17,11 +17,11 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError
-from ..physics import b0_direction_from_affine, check_direction, phase_to_ppm
+from ..physics import b0_direction_from_affine, check_direction, phase_per_ppm, phase_to_ppm
 
 __all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "STAGES"]
 
-STAGES = ("mask", "unwrap", "background", "inversion", "segmentation")
+STAGES = ("mask", "unwrap", "background", "inversion", "qc", "segmentation")
 INVERSIONS = ("tkd", "tv", "pedq")
 MASKERS = ("auto", "classic", "network")
 UNWRAPPERS = ("laplacian", "quality")
@@ -31,7 +31,7 @@ UNWRAPPERS = ("laplacian", "quality")
 class PipelineConfig:
     """Parameters of one run. Times in seconds, field strength in tesla, lengths in mm."""
 
-    echo_time: float
+    echo_time: float | tuple[float, ...]  # seconds; one per echo for a multi-echo scan
     field_strength: float
     b0_direction: tuple[float, float, float] | None = None  # voxel frame; None: from the affine
     unwrap: str = "laplacian"
@@ -43,11 +43,18 @@ class PipelineConfig:
     tv_iterations: int = 60
     masker: str = "auto"  # network when a mask model is loaded, else classic
 
+    @property
+    def echo_times(self) -> tuple[float, ...]:
+        return tuple(float(t) for t in np.atleast_1d(self.echo_time))
+
     def validate(self) -> None:
-        if not np.isfinite(self.echo_time) or self.echo_time <= 0:
-            raise InputError(f"echo time must be positive (seconds), got {self.echo_time}")
-        if self.echo_time > 1.0:
-            raise InputError(f"echo time {self.echo_time} s is implausible: give it in seconds")
+        for te in self.echo_times:
+            if not np.isfinite(te) or te <= 0:
+                raise InputError(f"echo time must be positive (seconds), got {te}")
+            if te > 1.0:
+                raise InputError(f"echo time {te} s is implausible: give it in seconds")
+        if not self.echo_times:
+            raise InputError("no echo time given")
         if not np.isfinite(self.field_strength) or self.field_strength <= 0:
             raise InputError(f"field strength must be positive (tesla), got {self.field_strength}")
         if self.inversion not in INVERSIONS:
@@ -66,14 +73,18 @@ class PipelineResult:
     qsm: np.ndarray
     info: dict = field(default_factory=dict)
     segmentation: np.ndarray | None = None  # FreeSurfer labels, when a segmentation model ran
+    qc_map: np.ndarray | None = None  # data consistency |W m (exp(i k D*chi) - exp(i k y))| (postprocess.qc)
+    total_field: np.ndarray | None = None  # ppm, before background removal
 
 
 Progress = Callable[[str, str], None]  # (stage, event): ("plan", "a,b,c") first, then "start" / "done <seconds>"
 
 
-def _check_arrays(magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | None) -> None:
-    if magnitude.ndim != 3:
+def _check_arrays(magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | None, n_echoes: int) -> None:
+    if n_echoes == 1 and magnitude.ndim != 3:
         raise InputError(f"magnitude must be 3D, got shape {magnitude.shape}")
+    if n_echoes > 1 and (magnitude.ndim != 4 or magnitude.shape[3] != n_echoes):
+        raise InputError(f"{n_echoes} echo times need a (X, Y, Z, {n_echoes}) magnitude, got shape {magnitude.shape}")
     if phase.shape != magnitude.shape:
         raise InputError(f"phase shape {phase.shape} differs from magnitude shape {magnitude.shape}")
     if not np.all(np.isfinite(magnitude)):
@@ -81,7 +92,7 @@ def _check_arrays(magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | N
     if not np.all(np.isfinite(phase)):
         raise InputError("phase contains NaN or infinite values")
     if mask is not None:
-        if mask.shape != magnitude.shape:
+        if mask.shape != magnitude.shape[:3]:
             raise InputError(f"mask shape {mask.shape} differs from magnitude shape {magnitude.shape}")
         if not np.any(mask > 0):
             raise InputError("the given brain mask is empty")
@@ -100,6 +111,11 @@ def run_case(
 ) -> PipelineResult:
     """Run the pipeline on arrays. ``phase`` is in radians (see ``detect_and_scale_phase``).
 
+    A multi-echo scan comes as (X, Y, Z, echoes) magnitude and phase with one echo time each in
+    ``config.echo_time``: the echoes are combined into one field map (``combine_echoes``: the
+    first echo unwrapped in space, the others in time, a weighted fit over TE); masking uses the
+    first echo.
+
     ``models`` (a :class:`~pedq_deploy.runtime.networks.PedqModels`) is needed for
     ``inversion="pedq"`` and ``masker="network"``; with it, a segmentation model (if present)
     labels the deep grey matter.
@@ -108,10 +124,13 @@ def run_case(
     referenced to the mean over the V-SHARP-eroded mask), all on the input grid.
     """
     from ..inversion import tkd, tv_admm
-    from ..preprocess import classic_mask, unwrap_phase, vsharp
+    from ..postprocess import consistency
+    from ..preprocess import classic_mask, combine_echoes, unwrap_phase, vsharp
 
     config.validate()
-    _check_arrays(magnitude, phase, mask)
+    tes = config.echo_times
+    _check_arrays(magnitude, phase, mask, len(tes))
+    first = magnitude[..., 0] if len(tes) > 1 else magnitude
     b0 = check_direction(config.b0_direction) if config.b0_direction is not None else b0_direction_from_affine(affine)
     timings: dict[str, float] = {}
     notify = progress or (lambda stage, event: None)
@@ -132,16 +151,21 @@ def run_case(
     if mask is None and use_network_mask:
         if models is None or not models.has("mask"):
             raise InputError("--masker network needs a mask model (mask.json) in the models folder")
-        brain = stage("mask", models.mask, magnitude, voxel_size)
+        brain = stage("mask", models.mask, first, voxel_size)
         mask_source = "network"
     elif mask is None:
-        brain = stage("mask", classic_mask, magnitude, voxel_size)
+        brain = stage("mask", classic_mask, first, voxel_size)
         mask_source = "classic"
     else:
         brain = stage("mask", lambda m: np.asarray(m) > 0, mask)
         mask_source = "given"
-    unwrapped = stage("unwrap", unwrap_phase, phase, voxel_size, config.unwrap, mask=brain, magnitude=magnitude)
-    total_field = phase_to_ppm(unwrapped, config.echo_time, config.field_strength)
+    sensitivity = None
+    if len(tes) > 1:
+        total_field, sensitivity, single = stage("unwrap", combine_echoes, phase, magnitude, tes, config.field_strength, voxel_size, mask=brain)
+        unwrapped = None
+    else:
+        unwrapped = stage("unwrap", unwrap_phase, phase, voxel_size, config.unwrap, mask=brain, magnitude=magnitude)
+        total_field = phase_to_ppm(unwrapped, tes[0], config.field_strength)
     local, eroded = stage(
         "background", vsharp, total_field, brain, voxel_size, config.vsharp_radii, config.vsharp_threshold
     )
@@ -151,6 +175,13 @@ def run_case(
         chi = stage("inversion", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations)
     else:
         chi = stage("inversion", models.reconstruct, local, eroded, voxel_size, b0)
+    coverage = float(eroded.sum() / max(int(brain.sum()), 1))
+    te_qc = float(np.mean(tes))  # the map's radians are those of the mean echo time
+    qc_map, qc = stage("qc", consistency, chi, local, eroded, voxel_size, b0, phase_per_ppm(te_qc, config.field_strength), first,
+                       sensitivity=sensitivity, coverage=coverage)
+    qc["echo_time_s"] = te_qc
+    if len(tes) > 1:
+        qc["single_echo_fraction"] = float(single[brain].mean())
     segmentation = None
     if with_seg:
         segmentation = stage("segmentation", models.segment, chi, eroded, voxel_size)
@@ -159,11 +190,13 @@ def run_case(
         "b0_direction_source": "given" if config.b0_direction is not None else "affine",
         "mask_source": mask_source,
         "brain_voxels": int(brain.sum()),
-        "coverage": float(eroded.sum() / max(int(brain.sum()), 1)),
+        "coverage": coverage,
+        "echoes": len(tes),
         "chi_reference": "mean over the V-SHARP-eroded brain mask",
+        "qc": qc,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
-    return PipelineResult(brain, unwrapped, local, chi, info, segmentation)
+    return PipelineResult(brain, unwrapped, local, chi, info, segmentation, qc_map, total_field)
 
 
 def _versions() -> dict[str, str]:
@@ -373,6 +406,7 @@ def run_case_files(
         save_image(out.path("phase_unwrapped.nii.gz"), result.phase_unwrapped, props.affine)
         save_image(out.path("local_field.nii.gz"), result.local_field, props.affine)
         save_image(out.path("qsm.nii.gz"), result.qsm, props.affine)
+        save_image(out.path("consistency.nii.gz"), result.qc_map, props.affine)
         if result.segmentation is not None:
             from ..metrics import region_stats
 

@@ -7,19 +7,12 @@ wrap around, ``W`` a magnitude weight and ``m`` the brain mask.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from ..physics import GAMMA_MHZ_PER_T, padded_shape
+from ..physics import padded_shape, phase_per_ppm
 
 __all__ = ["dipole_kernels", "model_loss", "tv_loss", "phase_per_ppm"]
-
-
-def phase_per_ppm(echo_time: float, field_strength: float) -> float:
-    """Radians of phase per ppm of field: 2 pi gamma B0 TE * 1e-6 * 1e6."""
-    return 2.0 * math.pi * GAMMA_MHZ_PER_T * field_strength * echo_time
 
 
 def dipole_kernels(shape, voxel_size, directions: torch.Tensor, device=None) -> torch.Tensor:
