@@ -28,7 +28,7 @@ __all__ = ["consistency", "estimate_noise_sigma", "b0_direction_check", "QC_THRE
 
 # flags (see consistency()): set on held-out phantoms with right and wrong parameters, benchmarks/bench_qc.py
 QC_THRESHOLDS = {"misfit_noise_ratio": 3.0, "misfit_fraction_above_3": 0.5, "coverage": 0.6,
-                 "b0_cone_energy_ratio": 1.5, "b0_angle_deg": 12.0, "single_echo_fraction": 0.10}
+                 "b0_cone_energy_ratio": 2.5, "b0_angle_deg": 15.0, "single_echo_fraction": 0.10}
 
 
 def _fibonacci_cap(centre: np.ndarray, max_deg: float, spacing_deg: float) -> np.ndarray:
@@ -50,9 +50,11 @@ def b0_direction_check(local_field: np.ndarray, mask: np.ndarray, voxel_size: Se
     A dipole field has almost no energy on its kernel's zero cone (``|k.b|^2 / |k|^2 = 1/3``), so the
     direction whose cone holds the least of the field's spectral energy (within ``max_deg`` of the
     given one) is the field's own B0. Returns its angle to the given direction and the cone energy
-    at the given direction over the least (1 = the given direction is the best). On phantoms it
-    found B0 within 5-8 degrees for infants; for neonates, whose local field is mostly noise at TE
-    4.92 ms, it cannot tell (``benchmarks/bench_qc.py``).
+    at the given direction over the least (1 = the given direction is the best). It needs a strong,
+    clean local field: on phantoms it found B0 within 3-13 degrees for some infants, but masking,
+    residual background and noise also put energy on cones (ratios up to 1.75 with the right B0),
+    and for neonates it cannot tell; hence the flag's high bar (``QC_THRESHOLDS``,
+    ``benchmarks/bench_qc.py``).
     """
     m = np.asarray(mask, bool)
     v = check_voxel_size(voxel_size)

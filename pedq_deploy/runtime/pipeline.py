@@ -124,7 +124,7 @@ def run_case(
     referenced to the mean over the V-SHARP-eroded mask), all on the input grid.
     """
     from ..inversion import tkd, tv_admm
-    from ..postprocess import consistency
+    from ..postprocess import QC_THRESHOLDS, consistency
     from ..preprocess import classic_mask, combine_echoes, unwrap_phase, vsharp
 
     config.validate()
@@ -182,6 +182,9 @@ def run_case(
     qc["echo_time_s"] = te_qc
     if len(tes) > 1:
         qc["single_echo_fraction"] = float(single[brain].mean())
+        if qc["single_echo_fraction"] > QC_THRESHOLDS["single_echo_fraction"]:
+            qc["flags"].append(f"phase not linear in TE over {qc['single_echo_fraction']:.0%} of the brain (first echo used there): "
+                               "echo times wrong, or motion between echoes")
     segmentation = None
     if with_seg:
         segmentation = stage("segmentation", models.segment, chi, eroded, voxel_size)
