@@ -28,7 +28,7 @@ from pedq_deploy.export import export_checkpoint  # noqa: E402
 from pedq_deploy.inversion import tkd, tv_admm  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.physics import forward_field, phase_to_ppm  # noqa: E402
-from pedq_deploy.preprocess import laplacian_unwrap, vsharp  # noqa: E402
+from pedq_deploy.preprocess import combine_echoes, laplacian_unwrap, vsharp  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels  # noqa: E402
 
 SUBJECTS = [(1000, "neonate"), (1001, "infant"), (1002, "neonate"), (1003, "infant")]
@@ -38,7 +38,8 @@ TILTS = (0.0, 10.0, 20.0, 30.0)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", help="pedq-train run folder")
-    ap.add_argument("--echo-time", type=float, default=4.92e-3, help="seconds (default: the source protocol's)")
+    ap.add_argument("--echo-time", type=str, default="4.92e-3",
+                    help="seconds (default: the source protocol's); several, comma-separated, for a multi-echo scan (combined by combine_echoes)")
     ap.add_argument("--snr", type=float, default=100.0)
     ap.add_argument("--subjects", type=int, default=len(SUBJECTS))
     ap.add_argument("--tilts", type=str, default=",".join(f"{t:g}" for t in TILTS))
@@ -46,6 +47,8 @@ def main() -> None:
     args = ap.parse_args()
     subjects = SUBJECTS[: args.subjects]
     tilts = tuple(float(t) for t in args.tilts.split(","))
+    tes = tuple(float(t) for t in args.echo_time.split(","))
+    te_text = "/".join(f"{t * 1e3:.2f}" for t in tes) + " ms" + (f" ({len(tes)} echoes, combined)" if len(tes) > 1 else "")
     note = machine()
     models_dir = Path(tempfile.mkdtemp(prefix="pedq-tilt-"))
     export_checkpoint(args.run, models_dir)
@@ -54,8 +57,11 @@ def main() -> None:
     res = {t: {"TKD": [], "TV (iterative)": [], "network, B0 frame": [], "network, B0 = z assumed": []} for t in tilts}
     for seed, age in subjects:
         for tilt in tilts:
-            s = make_subject(seed=seed, age=age, tilt_deg=tilt, echo_time=args.echo_time, snr=args.snr)
-            total = phase_to_ppm(laplacian_unwrap(s.phase, s.voxel_size), s.echo_time, s.field_strength)
+            s = make_subject(seed=seed, age=age, tilt_deg=tilt, echo_time=tes if len(tes) > 1 else tes[0], snr=args.snr)
+            if len(tes) > 1:
+                total = combine_echoes(s.phase, s.magnitude, tes, s.field_strength, s.voxel_size, mask=s.brain_mask)[0]
+            else:
+                total = phase_to_ppm(laplacian_unwrap(s.phase, s.voxel_size), s.echo_time, s.field_strength)
             local, eroded = vsharp(total, s.brain_mask, s.voxel_size)
             outs = {"TKD": tkd(local, eroded, s.voxel_size, s.b0_direction),
                     "TV (iterative)": tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60),
@@ -74,10 +80,10 @@ def main() -> None:
             print(seed, age, tilt, {k: round(v[-1][0], 3) for k, v in res[tilt].items()}, flush=True)
     models.close()
     val = list(csv.reader(open(Path(args.run) / "val_log.csv"))) if (Path(args.run) / "val_log.csv").is_file() else []
-    lines = [f"## Tilted heads: the reconstruction network in the B0-aligned frame (issue 4), TE {args.echo_time * 1e3:.2f} ms, SNR {args.snr:g}", "",
+    lines = [f"## Tilted heads: the reconstruction network in the B0-aligned frame (issue 4), TE {te_text}, SNR {args.snr:g}", "",
              f"Run `{args.run}` ({steps} steps; config in its config.json), exported with pedq-export and run through the deployed "
              f"onnxruntime path. {len(subjects)} held-out subjects (seeds {subjects[0][0]}-{subjects[-1][0]}, neonates and infants) at each tilt, "
-             f"source protocol grid, TE {args.echo_time * 1e3:.2f} ms, SNR {args.snr:g}; same V-SHARP local field (true brain mask) for every method. Mean over subjects; whole-mask scores. "
+             f"source protocol grid, TE {te_text}, SNR {args.snr:g}; same V-SHARP local field (true brain mask) for every method. Mean over subjects; whole-mask scores. "
              f"Machine: {note}. Script: `benchmarks/bench_tilt.py`.", "",
              "Field residual: the field of the output (true B0) against the noise-free local field inside the eroded mask, relative "
              "(0 = the output explains the field exactly); it isolates whether the dipole model was right, which is what the tilt changes.", "",

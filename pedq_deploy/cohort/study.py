@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..io.bids import (BIDS_VERSION, BidsRun, DerivativeNames, find_runs, participant_ages, write_json_atomic,
                        write_text_atomic)
 
-__all__ = ["run_study", "process_run", "run_hash", "plan_workers"]
+__all__ = ["run_study", "process_run", "run_hash", "model_manifests", "plan_workers"]
 
 REGION_COLUMNS = ("participant_id", "session_id", "run", "age_years", "label", "name", "voxels", "volume_ml", "mean_ppm", "std_ppm",
                   "reference")
@@ -53,20 +53,25 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def run_hash(run: BidsRun, overrides: dict, models_dir, backend: str) -> str:
-    """What a run's outputs depend on: its input files, echo times and field strength, the parameters,
-    the models (their manifests' checksums) and this version."""
+def model_manifests(models_dir) -> dict[str, dict]:
+    """The manifests (role -> dict) of the models a study would use ({} for none)."""
     from ..runtime.networks import find_models
 
     found = find_models(models_dir)
-    models = {}
+    out = {}
     if found is not None:
         for role in ("mask", "recon", "seg"):
             m = Path(found) / f"{role}.json"
             if m.is_file():
-                models[role] = json.loads(m.read_text()).get("sha256")
+                out[role] = json.loads(m.read_text())
+    return out
+
+
+def run_hash(run: BidsRun, overrides: dict, manifests: dict[str, dict], backend: str) -> str:
+    """What a run's outputs depend on: its input files, echo times and field strength, the parameters,
+    the models (their manifests' checksums, see :func:`model_manifests`) and this version."""
     what = {"version": __version__, "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())},
-            "models": models, "backend": backend,
+            "models": {role: m.get("sha256") for role, m in manifests.items()}, "backend": backend,
             "echoes": [{"magnitude": _sha256(e.magnitude), "phase": _sha256(e.phase), "echo_time": e.echo_time, "field_strength": e.field_strength}
                        for e in run.echoes]}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
@@ -305,6 +310,7 @@ def run_study(
     if not runs:
         raise InputError(f"no GRE runs (part-mag / part-phase, _T2starw or _MEGRE) in {bids}")
     ages = participant_ages(bids)
+    manifests = model_manifests(models_dir)
     records: list[dict] = []
     todo: list[tuple[BidsRun, str]] = []
     for run in runs:
@@ -313,7 +319,7 @@ def run_study(
             records.append(_record(run, {}, "not run", run.problem))
             continue
         try:
-            digest = run_hash(run, overrides, models_dir, backend)
+            digest = run_hash(run, overrides, manifests, backend)
         except OSError as exc:
             records.append(_record(run, {}, "failed", f"cannot read its inputs: {exc.strerror or exc}"))
             continue
@@ -322,7 +328,7 @@ def run_study(
             records.append(_record(run, meta, "skipped", "up to date"))
         else:
             todo.append((run, digest))
-    _write_dataset_files(out_root, bids, overrides, models_dir)
+    _write_dataset_files(out_root, bids, overrides, manifests)
     log(f"{len(runs)} run(s): {len(todo)} to process, {sum(r['status'] == 'skipped' for r in records)} up to date, "
         f"{sum(r['status'] == 'not run' for r in records)} not processable")
     done, cluster = _execute(todo, out_root, overrides, models_dir, backend, scheduler, workers, log, quiet)
@@ -342,18 +348,10 @@ def run_study(
     return summary
 
 
-def _write_dataset_files(out_root: Path, bids: Path, overrides: dict, models_dir) -> None:
+def _write_dataset_files(out_root: Path, bids: Path, overrides: dict, manifests: dict[str, dict]) -> None:
     from ..metrics import FS_DGM_NAMES
-    from ..runtime.networks import find_models
 
-    found = find_models(models_dir)
-    models = {}
-    if found is not None:
-        for role in ("mask", "recon", "seg"):
-            m = Path(found) / f"{role}.json"
-            if m.is_file():
-                meta = json.loads(m.read_text())
-                models[role] = {"sha256": meta.get("sha256"), "training_steps": (meta.get("training") or {}).get("steps")}
+    models = {role: {"sha256": m.get("sha256"), "training_steps": (m.get("training") or {}).get("steps")} for role, m in manifests.items()}
     desc = {
         "Name": "pedq-deploy QSM derivatives",
         "BIDSVersion": BIDS_VERSION,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from .sidecar import echo_time_from_sidecar, field_strength_from_sidecar
+from .sidecar import echo_time_from_sidecar, field_strength_from_sidecar, read_json_object
 
 __all__ = ["BidsEcho", "BidsRun", "find_runs", "inherited_metadata", "participant_ages", "DerivativeNames",
            "write_json_atomic", "write_text_atomic", "BIDS_VERSION"]
@@ -108,14 +108,7 @@ def inherited_metadata(image: Path, root: Path) -> dict:
             if all(ents.get(k) == v for k, v in p[0].items()):
                 candidates.append((len(p[0]), js))
         for _, js in sorted(candidates):  # fewer entities (more general) first
-            try:
-                data = json.loads(js.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InputError(f"cannot parse sidecar {js}: {exc}") from None
-            if not isinstance(data, dict):
-                raise InputError(f"sidecar {js} is not a JSON object")
-            meta.update(data)
-            meta["_path"] = str(js)
+            meta.update(read_json_object(js))
     return meta
 
 

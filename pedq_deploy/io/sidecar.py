@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["sidecar_path", "read_sidecar", "echo_time_from_sidecar", "field_strength_from_sidecar"]
+__all__ = ["sidecar_path", "read_sidecar", "read_json_object", "echo_time_from_sidecar", "field_strength_from_sidecar"]
 
 
 def sidecar_path(image_path: str | Path) -> Path:
@@ -20,19 +20,22 @@ def sidecar_path(image_path: str | Path) -> Path:
     return p.with_suffix(".json")
 
 
+def read_json_object(path: str | Path) -> dict:
+    """A sidecar's JSON object, with its path under ``_path``; a one-line InputError otherwise."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot parse sidecar {path}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"sidecar {path} is not a JSON object")
+    meta["_path"] = str(path)
+    return meta
+
+
 def read_sidecar(image_path: str | Path) -> dict:
     """The JSON sidecar next to an image as a dict ({} when there is none)."""
     sc = sidecar_path(image_path)
-    if not sc.is_file():
-        return {}
-    try:
-        meta = json.loads(sc.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot parse sidecar {sc}: {exc}") from None
-    if not isinstance(meta, dict):
-        raise InputError(f"sidecar {sc} is not a JSON object")
-    meta["_path"] = str(sc)
-    return meta
+    return read_json_object(sc) if sc.is_file() else {}
 
 
 def _number(meta: dict, key: str) -> float | None:
