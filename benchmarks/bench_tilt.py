@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -37,7 +38,7 @@ TILTS = (0.0, 10.0, 20.0, 30.0)
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("run", help="pedq-train run folder")
+    ap.add_argument("run", help="pedq-train run folder, or a folder of exported models (recon.json + recon.onnx)")
     ap.add_argument("--echo-time", type=str, default="4.92e-3",
                     help="seconds (default: the source protocol's); several, comma-separated, for a multi-echo scan (combined by combine_echoes)")
     ap.add_argument("--snr", type=float, default=100.0)
@@ -50,10 +51,17 @@ def main() -> None:
     tes = tuple(float(t) for t in args.echo_time.split(","))
     te_text = "/".join(f"{t * 1e3:.2f}" for t in tes) + " ms" + (f" ({len(tes)} echoes, combined)" if len(tes) > 1 else "")
     note = machine()
-    models_dir = Path(tempfile.mkdtemp(prefix="pedq-tilt-"))
-    export_checkpoint(args.run, models_dir)
+    if (Path(args.run) / "recon.json").is_file():  # exported models: their manifest says how they were trained
+        models_dir = Path(args.run)
+        training = json.loads((models_dir / "recon.json").read_text()).get("training") or {}
+        steps = training.get("steps")
+        before = (training.get("init_from") or {}).get("recon", {}).get("training", {}).get("steps")
+        steps = f"{steps}" + (f" after {before} of the model it started from" if before else "")
+    else:
+        models_dir = Path(tempfile.mkdtemp(prefix="pedq-tilt-"))
+        export_checkpoint(args.run, models_dir)
+        steps = sum(1 for _ in open(Path(args.run) / "train_log.csv")) - 1
     models = PedqModels(models_dir, backend="onnxruntime")
-    steps = sum(1 for _ in open(Path(args.run) / "train_log.csv")) - 1
     res = {t: {"TKD": [], "TV (iterative)": [], "network, B0 frame": [], "network, B0 = z assumed": []} for t in tilts}
     for seed, age in subjects:
         for tilt in tilts:
@@ -79,7 +87,8 @@ def main() -> None:
                                         M.xsim(chi, s.chi, s.brain_mask), resid))
             print(seed, age, tilt, {k: round(v[-1][0], 3) for k, v in res[tilt].items()}, flush=True)
     models.close()
-    val = list(csv.reader(open(Path(args.run) / "val_log.csv"))) if (Path(args.run) / "val_log.csv").is_file() else []
+    val_path = Path(args.run) / "val_log.csv"
+    val = list(csv.reader(open(val_path))) if val_path.is_file() else []
     lines = [f"## Tilted heads: the reconstruction network in the B0-aligned frame (issue 4), TE {te_text}, SNR {args.snr:g}", "",
              f"Run `{args.run}` ({steps} steps; config in its config.json), exported with pedq-export and run through the deployed "
              f"onnxruntime path. {len(subjects)} held-out subjects (seeds {subjects[0][0]}-{subjects[-1][0]}, neonates and infants) at each tilt, "

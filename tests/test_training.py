@@ -136,3 +136,28 @@ def test_a_run_starts_from_exported_models_with_their_exact_weights(tmp_path):
     other = MaskNet(TrainConfig(**{**cfg.__dict__, "unetr_hidden_size": 96, "unetr_mlp_dim": 192}))
     with pytest.raises(InputError, match="another configuration"):
         load_onnx_weights(other, tmp_path / "mask.onnx", x)
+
+
+def test_pedq_train_init_from_fine_tunes_and_the_export_keeps_both_records(tmp_path):
+    """--init-from: a new run starts from exported weights; its export records the starting models' training."""
+    from pedq_deploy.cli.train import main
+    from pedq_deploy.export import export_checkpoint
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({**TINY, "validate_every": 100, "checkpoint_every": 1}))
+    first, second = tmp_path / "first", tmp_path / "second"
+    for out, extra in ((first, []), (second, ["--init-from", str(tmp_path / "exported")])):
+        with pytest.raises(SystemExit) as exc:
+            main(["tv", "--config", str(cfg), "--out", str(out), "--steps", "1", "-q", *extra])
+            raise SystemExit(0)
+        assert not exc.value.code
+        if out is first:
+            export_checkpoint(first, tmp_path / "exported")
+    manifest = json.loads((tmp_path / "exported" / "recon.json").read_text())
+    export_checkpoint(second, tmp_path / "tuned")
+    tuned = json.loads((tmp_path / "tuned" / "recon.json").read_text())["training"]
+    assert tuned["steps"] == 1 and tuned["init_from"]["recon"]["sha256"] == manifest["sha256"]
+    assert tuned["init_from"]["recon"]["training"]["steps"] == 1
+    with pytest.raises(SystemExit) as exc:  # a folder without the models this kind needs
+        main(["joint", "--config", str(cfg), "--out", str(tmp_path / "third"), "--steps", "1", "-q", "--init-from", str(tmp_path / "exported")])
+    assert exc.value.code == 2
