@@ -51,8 +51,9 @@ def test_outside_sources_make_a_background_field_that_vsharp_removes(small_subje
     s = small_subject_noise_free
     background = s.total_field - s.local_field
     m = s.brain_mask
-    # air, bone and the scalp make a background field far larger than the local field
-    assert np.std(background[m]) > 10 * np.std(s.local_field[m])
+    # air, bone and the scalp make a background field far larger than the local field, even after the
+    # phantom's 2nd-order shim took out the lowest orders
+    assert np.std(background[m]) > 5 * np.std(s.local_field[m])
     residual, eroded = vsharp(background, m, s.voxel_size)
     assert np.sqrt((residual[eroded] ** 2).mean()) < 0.02 * np.std(background[eroded])
 
@@ -97,10 +98,19 @@ def test_random_crop_matches_the_subject_and_pads(small_subject):
     assert_allclose(big.chi.sum(), small_subject.chi.sum(), atol=1e-3)
 
 
+def test_the_shim_centres_the_brain_on_resonance_without_touching_the_local_field():
+    """The phantom's 2nd-order shim: the brain's field is near 0 ppm on average, as on a shimmed
+    scanner; the background stays harmonic inside the brain (V-SHARP removes it as before)."""
+    s = make_subject(seed=4, age="neonate", shape=(64, 64, 40), voxel_size=(3.0, 3.0, 3.0), snr=float("inf"), tilt_deg=20.0)
+    m = s.brain_mask
+    assert abs(float(np.median(s.total_field[m]))) < 0.05
+    assert np.percentile(np.abs(s.total_field[m]), 95) < 0.6
+
+
 def test_supersampled_background_leaves_vsharp_less_than_a_neonates_local_field():
-    """Thick slices (1.2x1.2x3 mm, the source protocol's 2.6:1): point sources on the output grid
-    make a background field too rough for V-SHARP next to the brain; the default forward model
-    (2 sub-slices, complex signal averaged) leaves a residual well under the neonate's local field."""
+    """Thick slices (1.2x1.2x3 mm, the source protocol's 2.6:1): the default forward model (2
+    sub-slices, complex signal averaged, then the shim) leaves V-SHARP a residual background well
+    under the neonate's local field, and no more than point sources on the output grid do."""
     from pedq_deploy.phantom import supersample_factors
 
     assert supersample_factors((0.78, 0.78, 2.0)) == (1, 1, 2) and supersample_factors((1.2, 1.2, 1.2)) == (1, 1, 1)
@@ -112,4 +122,4 @@ def test_supersampled_background_leaves_vsharp_less_than_a_neonates_local_field(
         local = s.local_field[eroded] - s.local_field[eroded].mean()
         residual[factors] = np.std(res[eroded]) / np.sqrt(np.mean(local**2))
     assert residual[None] < 0.3
-    assert residual[None] < 0.5 * residual[(1, 1, 1)]
+    assert residual[None] <= residual[(1, 1, 1)]
