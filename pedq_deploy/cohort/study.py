@@ -127,9 +127,9 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
         for row in rows:  # JSON has no NaN: a structure the network did not find has no values
             for k in ("mean_ppm", "std_ppm"):
                 row[k] = None if not np.isfinite(row[k]) else row[k]
-    files = [names.folder / names.file(k) for k in ("chimap", "mask", "qcmap", "chimap_json")]
+    files = [names.folder / names.file(k) for k in ("chimap", "mask", "mask_json", "qcmap", "chimap_json")]
     if result.segmentation is not None:
-        files.insert(2, names.folder / names.file("dseg"))
+        files.insert(3, names.folder / names.file("dseg"))
     figure = names.figures / names.file("figure")
     with StagedOutput(out_root / names.figures) as fig:
         quicklook(fig.path(figure.name), magnitude[..., 0] if multi else magnitude, result.mask, result.qsm, result.segmentation, n_slices=1)
