@@ -68,13 +68,12 @@ class PipelineConfig:
 @dataclass
 class PipelineResult:
     mask: np.ndarray
-    phase_unwrapped: np.ndarray
+    phase_unwrapped: np.ndarray | None  # rad; None for a multi-echo scan (its echoes are combined into a field)
     local_field: np.ndarray
     qsm: np.ndarray
     info: dict = field(default_factory=dict)
     segmentation: np.ndarray | None = None  # FreeSurfer labels, when a segmentation model ran
     qc_map: np.ndarray | None = None  # data consistency |W m (exp(i k D*chi) - exp(i k y))| (postprocess.qc)
-    total_field: np.ndarray | None = None  # ppm, before background removal
 
 
 Progress = Callable[[str, str], None]  # (stage, event): ("plan", "a,b,c") first, then "start" / "done <seconds>"
@@ -199,7 +198,7 @@ def run_case(
         "qc": qc,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
-    return PipelineResult(brain, unwrapped, local, chi, info, segmentation, qc_map, total_field)
+    return PipelineResult(brain, unwrapped, local, chi, info, segmentation, qc_map)
 
 
 def _versions() -> dict[str, str]:
