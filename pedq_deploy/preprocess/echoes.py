@@ -111,24 +111,27 @@ def _intercept(phase, wts, u1, omega0, te, out):  # pragma: no cover - compiled
         out[v] = (swtt * swu - swt * swtu) / det if det > 0 else 0.0
 
 
-def _poly_basis(idx: tuple[np.ndarray, ...], shape, voxel_size: np.ndarray) -> np.ndarray:
-    """Quadratic polynomial basis (10 columns) at the voxels ``idx``, coordinates in dm about the centre."""
-    x, y, z = [(i - (n - 1) / 2.0) * h / 100.0 for i, n, h in zip(idx, shape, voxel_size)]
-    return np.stack([np.ones_like(x), x, y, z, x * x, y * y, z * z, x * y, x * z, y * z], axis=1)
+def _poly_terms(x, y, z) -> list:
+    """The 10 terms of a quadratic in three coordinates (any broadcastable arrays)."""
+    return [np.ones_like(x + y + z), x, y, z, x * x, y * y, z * z, x * y, x * z, y * z]
 
 
 def _smooth_offset(intercept: np.ndarray, weight: np.ndarray, brain: np.ndarray, voxel_size: np.ndarray, sigma_mm: float) -> np.ndarray:
     """The phase offset at TE = 0 is smooth: a weighted quadratic fit over the brain, plus the
     Gaussian-smoothed rest (a normalised Gaussian alone bends a sloped offset near the brain's edge,
-    and that bend is not harmonic: V-SHARP would keep it)."""
+    and that bend is not harmonic: V-SHARP would keep it). Coordinates in dm about the centre."""
     idx = np.nonzero(brain)
     if idx[0].size < 20:
         return intercept
-    a = _poly_basis(idx, brain.shape, voxel_size)
+    centre = [(n - 1) / 2.0 for n in brain.shape]
+    a = np.stack(_poly_terms(*[(i - c) * h / 100.0 for i, c, h in zip(idx, centre, voxel_size)]), axis=1)
     w = weight[idx]
     coef, *_ = np.linalg.lstsq(a * w[:, None], intercept[idx] * w, rcond=None)
-    full = _poly_basis(np.indices(brain.shape).reshape(3, -1), brain.shape, voxel_size) @ coef
-    poly = full.reshape(brain.shape)
+    del a
+    axes = np.meshgrid(*[(np.arange(n) - c) * h / 100.0 for n, c, h in zip(brain.shape, centre, voxel_size)], indexing="ij", sparse=True)
+    poly = np.zeros(brain.shape, np.float64)
+    for c, term in zip(coef, _poly_terms(*axes)):
+        poly += c * term
     if sigma_mm <= 0:
         return poly
     rest = np.where(brain, np.angle(np.exp(1j * (intercept - poly))), 0.0) * weight
@@ -205,9 +208,8 @@ def combine_echoes(
         omega0 = quality_unwrap(accrued, mask=brain, magnitude=m[..., 1]).astype(np.float64) / (te[1] - te[0])
     else:
         omega0 = np.zeros(shape)
-    flat_p = np.ascontiguousarray(p.reshape(-1, p.shape[3]), dtype=np.float64)
-    flat_m = np.ascontiguousarray(m.reshape(-1, m.shape[3]), dtype=np.float64)
-    wts = flat_m**2  # inverse phase-noise variance of each echo
+    flat_p = np.ascontiguousarray(p.reshape(-1, p.shape[3]), dtype=np.float32)
+    wts = np.ascontiguousarray(m.reshape(-1, m.shape[3]), dtype=np.float32) ** 2  # inverse phase-noise variance of each echo
     u1f = np.ascontiguousarray(u1.reshape(-1))
     w0 = np.ascontiguousarray(omega0.reshape(-1))
     if p.shape[3] > 1:
