@@ -141,10 +141,12 @@ def main() -> None:
     agree = float(np.mean(np.abs(d - np.median(d)) < 1e-3))
 
     # end to end through the CLI, in fresh processes
-    # each run in a fresh process that reports its own peak RSS
-    wrapper = ("import resource, sys\nfrom pedq_deploy.cli.run import main\ntry:\n    main(sys.argv[2:])\nexcept SystemExit as e:\n"
-               "    code = e.code or 0\nelse:\n    code = 0\nopen(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
-               "sys.exit(code)\n")
+    # each run in a fresh process that reports its own peak RSS: VmHWM of its address space (ru_maxrss would
+    # carry over the forking benchmark's own peak across exec)
+    wrapper = ("import sys\nfrom pedq_deploy.cli.run import main\ntry:\n    main(sys.argv[2:])\nexcept SystemExit as e:\n"
+               "    code = e.code or 0\nelse:\n    code = 0\n"
+               "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+               "open(sys.argv[1], 'w').write(hwm)\nsys.exit(code)\n")
     from pedq_deploy.runtime.networks import find_models
 
     e2e, rss_runs = {}, {}
@@ -185,7 +187,7 @@ def main() -> None:
     for inv, (t, tim, used) in e2e.items():
         lines.append(f"- `--inversion {inv}`{' (' + used + ')' if used != inv else ''}: {t:.1f} s wall, peak RSS {rss_runs[inv]:.0f} MB "
                      "(inside: " + ", ".join(f"{k} {tim[k]:.2f}" for k in
-                     ("load", "mask", "unwrap", "background", "inversion", "segmentation", "write") if k in tim) + " s)")
+                     ("load", "mask", "unwrap", "background", "inversion", "qc", "segmentation", "write") if k in tim) + " s)")
     lines += ["", "Peak memory (tracemalloc, NumPy allocations of the stage): " + ", ".join(f"{k} {p:.0f} MB" for k, p in peaks.items())
               + f"; peak RSS of the benchmark process {rss:.0f} MB."]
     update_section("stages", "\n".join(lines))
