@@ -121,9 +121,55 @@ def test_tensorrt_backend_skips_cleanly_without_tensorrt(exported):
 
         with pytest.raises(InputError, match="tensorrt"):
             build_engine(str(m.file), str(out / "x.engine"), m.patch, 4)
-        assert make_runner(m, "auto").__class__.__name__ == "OnnxRuntimeRunner"
+        from pedq_deploy.backends import resolve_auto
+
+        assert make_runner(m, "auto").name == resolve_auto(m) != "tensorrt"
         pytest.skip("tensorrt is not installed: engine build and inference not exercised")
     pytest.skip("a TensorRT engine test needs a CUDA GPU; not available in CI")
+
+
+@pytest.mark.parametrize("role", ["recon", "seg", "mask"])
+def test_openvino_backend_matches_onnxruntime(exported, role):
+    """Same ONNX file, same windows: OpenVINO (fp32) agrees with onnxruntime, for batch 1 and 3."""
+    pytest.importorskip("openvino")
+    out, paths = exported
+    m = load_manifest(paths[role])
+    x = np.random.default_rng(1).normal(0, 0.01 if role == "recon" else 0.5, (3, 1, 32, 32, 32)).astype(np.float32)
+    with make_runner(m, "onnxruntime", threads=1) as ort_runner, make_runner(m, "openvino", threads=1) as ov_runner:
+        assert ov_runner.name == "openvino"
+        ref = ort_runner.infer({"input": x})["output"]
+        for batch in (x[:1], x):
+            got = ov_runner.infer({"input": batch})["output"]
+            assert got.shape == (len(batch), m.out_channels, 32, 32, 32)
+            scale = float(np.abs(ref).max())
+            np.testing.assert_allclose(got, ref[: len(batch)], rtol=0, atol=1e-4 * scale + 1e-6)
+        with pytest.raises(InputError, match="takes"):
+            ov_runner.infer({"input": np.zeros((1, 1, 16, 32, 32), np.float32)})
+    from pedq_deploy.backends import resolve_auto
+
+    assert resolve_auto(m) in ("openvino", "onnxruntime")  # onnxruntime only where its CUDA provider is present
+
+
+def test_openvino_backend_refuses_bad_files(exported, tmp_path):
+    pytest.importorskip("openvino")
+    out, paths = exported
+    work = tmp_path / "m"
+    shutil.copytree(out, work)
+    data = (work / "recon.onnx").read_bytes()[:1000]
+    (work / "recon.onnx").write_bytes(data)
+    man = json.loads((work / "recon.json").read_text())
+    from pedq_deploy.io import sha256_file
+
+    man["sha256"] = sha256_file(work / "recon.onnx")
+    (work / "recon.json").write_text(json.dumps(man))
+    with pytest.raises(InputError, match="cannot load model"):
+        make_runner(load_manifest(work / "recon.json"), "openvino").activate()
+    man = json.loads((work / "seg.json").read_text())
+    man["patch"] = [64, 64, 64]
+    man["inputs"][0]["shape"] = ["batch", 1, 64, 64, 64]
+    (work / "seg.json").write_text(json.dumps(man))
+    with pytest.raises(InputError, match="manifest says"):
+        make_runner(load_manifest(work / "seg.json"), "openvino").activate()
 
 
 def test_export_fails_and_leaves_nothing_when_parity_does_not_hold(tmp_path):

@@ -98,6 +98,23 @@ def test_random_crop_matches_the_subject_and_pads(small_subject):
     assert_allclose(big.chi.sum(), small_subject.chi.sum(), atol=1e-3)
 
 
+def test_foreground_oversampling_centres_crops_on_the_deep_grey_matter(small_subject):
+    from pedq_deploy.errors import InputError
+    from pedq_deploy.phantom import random_crop
+
+    if not small_subject.labels.any():
+        pytest.skip("this small phantom has no labelled structure")
+    for seed in range(5):  # every crop's centre voxel is labelled
+        c = random_crop(small_subject, (8, 8, 8), np.random.default_rng(seed), foreground_fraction=1.0)
+        assert c.labels[4, 4, 4] > 0
+    # off (the default): the crops of earlier runs, draw for draw
+    a = random_crop(small_subject, (16, 16, 8), np.random.default_rng(3))
+    b = random_crop(small_subject, (16, 16, 8), np.random.default_rng(3), foreground_fraction=0.0)
+    assert a.origin == b.origin
+    with pytest.raises(InputError, match="foreground_fraction"):
+        random_crop(small_subject, (8, 8, 8), np.random.default_rng(0), foreground_fraction=1.5)
+
+
 def test_the_shim_centres_the_brain_on_resonance_without_touching_the_local_field():
     """The phantom's 2nd-order shim: the brain's field is near 0 ppm on average, as on a shimmed
     scanner; the background stays harmonic inside the brain (V-SHARP removes it as before)."""

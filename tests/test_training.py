@@ -73,6 +73,15 @@ def test_checkpoint_resumes_to_the_same_state(tmp_path):
         torch.testing.assert_close(pb, pc, rtol=1e-5, atol=1e-6)
 
 
+def test_joint_run_oversamples_structures_and_gives_the_unetr_its_own_step():
+    tr = Trainer("joint", tiny(foreground_fraction=1.0, seg_lr=1e-4), "unused")
+    lrs = sorted(g["lr"] for g in tr.opt.param_groups)
+    assert lrs == [1e-4, 2e-3]
+    for _ in range(3):  # (the centre may shift: crops are clamped into this tiny volume)
+        assert tr.stream.next_sample().labels.any()
+    assert Trainer("recon", tiny(foreground_fraction=1.0), "unused").stream.foreground_fraction == 0.0
+
+
 def test_stream_is_deterministic():
     s1, s2 = PhantomStream(tiny()), PhantomStream(tiny())
     for _ in range(3):

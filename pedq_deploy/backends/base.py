@@ -11,6 +11,8 @@ __all__ = ["Runner"]
 class Runner:
     """``with runner: out = runner.infer({"input": x})``. Subclasses implement the ``*_impl`` methods."""
 
+    name = "base"  # the backend's name, as --backend spells it
+
     def __init__(self, manifest: ModelManifest):
         self.manifest = manifest
         self.active = False

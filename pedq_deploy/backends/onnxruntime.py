@@ -11,6 +11,8 @@ __all__ = ["OnnxRuntimeRunner"]
 
 
 class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
     def __init__(self, manifest: ModelManifest, threads: int | None = None, providers: list[str] | None = None):
         super().__init__(manifest)
         self.threads = threads

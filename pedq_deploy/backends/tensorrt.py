@@ -92,6 +92,8 @@ def build_engine(onnx_path: str, engine_path: str, patch, in_channels: int, *, f
 
 
 class TensorRTRunner(Runner):
+    name = "tensorrt"
+
     def __init__(self, manifest: ModelManifest):
         super().__init__(manifest)
         if manifest.engine_file is None:

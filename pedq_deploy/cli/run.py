@@ -38,7 +38,7 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("--masker", type=click.Choice(["auto", "network", "classic"]), default="auto", show_default=True,
               help="auto: the masking network when a mask model is found, else classic.")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), help="Folder of exported models (default: $PEDQ_MODELS, else the shipped ones; 'none': no networks).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]), default="auto", show_default=True)
 @click.option("--unwrap", type=click.Choice(["laplacian", "quality"]), default="laplacian", show_default=True)
 @click.option("--tkd-threshold", type=float, default=0.19, show_default=True)
 @click.option("--tv-lambda", type=float, default=3e-4, show_default=True)

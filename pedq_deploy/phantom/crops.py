@@ -25,8 +25,13 @@ class Crop:
     origin: tuple[int, int, int]  # index of the crop's first voxel in the subject (may be negative: padded)
 
 
-def random_crop(subject: Subject, size=(96, 96, 96), rng: np.random.Generator | None = None, *, brain_fraction: float = 0.9) -> Crop:
+def random_crop(subject: Subject, size=(96, 96, 96), rng: np.random.Generator | None = None, *, brain_fraction: float = 0.9,
+                foreground_fraction: float = 0.0) -> Crop:
     """A random ``size`` patch whose centre lies in the brain (with probability ``brain_fraction``).
+
+    ``foreground_fraction``: the share of patches centred on a labelled deep grey matter voxel
+    instead (nnU-Net's foreground oversampling: eight small structures are otherwise in few
+    patches, and a segmentation network learns to answer "background").
 
     Volumes smaller than the patch along an axis are zero-padded. Copies only the patch: cheap
     next to drawing a subject, so a loader draws several crops per subject.
@@ -36,7 +41,13 @@ def random_crop(subject: Subject, size=(96, 96, 96), rng: np.random.Generator | 
     if len(size) != 3 or min(size) < 1:
         raise InputError(f"crop size must be three positive integers, got {size}")
     shape = subject.brain_mask.shape
-    if rng.random() < brain_fraction and subject.brain_mask.any():
+    if not 0.0 <= foreground_fraction <= 1.0:
+        raise InputError(f"foreground_fraction must lie in [0, 1], got {foreground_fraction}")
+    # no extra draw when oversampling is off, so the patches of older runs are unchanged
+    if foreground_fraction > 0 and rng.random() < foreground_fraction and subject.labels.any():
+        idx = np.flatnonzero(subject.labels)
+        centre = np.unravel_index(idx[rng.integers(idx.size)], shape)
+    elif rng.random() < brain_fraction and subject.brain_mask.any():
         idx = np.flatnonzero(subject.brain_mask)
         centre = np.unravel_index(idx[rng.integers(idx.size)], shape)
     else:

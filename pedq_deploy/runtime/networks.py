@@ -107,6 +107,10 @@ class PedqModels:
             self._runners[role] = r
         return self._runners[role]
 
+    def backends_used(self) -> dict[str, str]:
+        """The backend each network ran on (``auto`` resolved), for the provenance."""
+        return {role: r.name for role, r in self._runners.items()}
+
     def close(self) -> None:
         for r in self._runners.values():
             r.deactivate()

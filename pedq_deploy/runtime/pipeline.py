@@ -378,10 +378,12 @@ def run_case_files(
     if dicom_format == "parametric-map" and dicom_out and "M" not in dicom and "P" not in dicom:
         raise InputError("--dicom-format parametric-map needs DICOM input (it references the source images)")
     t_load = time.perf_counter() - t0
+    used = None
     try:
         result = run_case(mag, phase_rad, props.affine, props.voxel_size, config, mask=mask, progress=progress, models=models)
     finally:
         if models is not None:
+            used = models.backends_used()
             models.close()
     t1 = time.perf_counter()
     from ..io.dicom import dicom_dir_sha256
@@ -401,6 +403,7 @@ def run_case_files(
         "units": {"phase_unwrapped": "rad", "local_field": "ppm", "qsm": "ppm"},
         "models": {r: {"manifest": str(m.path), "sha256": m.sha256} for r, m in models.manifests.items()} if models else None,
         "backend": backend if models else None,
+        "backend_used": used or None,  # per network, auto resolved
         **result.info,
     }
     with StagedOutput(outdir) as out:

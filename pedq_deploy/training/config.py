@@ -26,6 +26,7 @@ class TrainConfig:
     echo_time_range: tuple[float, float] = (4.92e-3, 25e-3)
     field_strength: float = 3.0
     crops_per_subject: int = 4
+    foreground_fraction: float = 0.0  # joint: share of crops centred on a deep grey matter structure
     train_seeds: tuple[int, int] = (0, 1000)  # subjects drawn from seeds in [a, b)
     val_seeds: tuple[int, ...] = (2000, 2001)  # held out; the accuracy benchmark uses 1000-1009
     # networks
@@ -45,6 +46,7 @@ class TrainConfig:
     # optimisation
     steps: int = 1000
     lr: float = 1e-3
+    seg_lr: float | None = None  # joint: the segmentation UNETR's own learning rate (None: lr)
     weight_decay: float = 1e-5
     seed: int = 0
     checkpoint_every: int = 50

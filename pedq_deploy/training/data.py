@@ -66,9 +66,9 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, fr
     return to_b0_frame(s, cfg.frame_voxel) if frame else s
 
 
-def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float) -> Sample:
+def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foreground_fraction: float = 0.0) -> Sample:
     # crop the preprocessed arrays together (random_crop copies the subject's arrays)
-    c = random_crop(s, cfg.patch, crop_rng, brain_fraction=brain_fraction)
+    c = random_crop(s, cfg.patch, crop_rng, brain_fraction=brain_fraction, foreground_fraction=foreground_fraction)
     o = c.origin
 
     loss_mask = crop_array(s.params["loss_mask"], o, cfg.patch, np.float32)
@@ -80,8 +80,9 @@ def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float) -> Sample
 class PhantomStream:
     """Batches of crops; ``state()`` / ``restore()`` make it resumable."""
 
-    def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9, *, frame: bool = False):
+    def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9, *, frame: bool = False, foreground_fraction: float = 0.0):
         self.cfg = cfg
+        self.foreground_fraction = foreground_fraction
         self.frame = frame
         self.brain_fraction = brain_fraction
         self.subject_index = 0
@@ -104,12 +105,12 @@ class PhantomStream:
         self._subject = prepare_subject(seed, self.cfg, rng, frame=self.frame)
         self._crop_rng = np.random.default_rng([self.cfg.seed, self.subject_index, 1])
         for _ in range(self.crop_index):  # replay crops already used (resume mid-subject)
-            _sample_from(self._subject, self._crop_rng, self.cfg, self.brain_fraction)
+            _sample_from(self._subject, self._crop_rng, self.cfg, self.brain_fraction, self.foreground_fraction)
 
     def next_sample(self) -> Sample:
         if self._subject is None:
             self._load_subject()
-        sample = _sample_from(self._subject, self._crop_rng, self.cfg, self.brain_fraction)
+        sample = _sample_from(self._subject, self._crop_rng, self.cfg, self.brain_fraction, self.foreground_fraction)
         self.crop_index += 1
         if self.crop_index >= self.cfg.crops_per_subject:
             self.subject_index += 1

@@ -44,9 +44,13 @@ class Trainer:
         self.device = _device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.models = {k: m.to(self.device) for k, m in build(kind, cfg).items()}
-        params = [p for m in self.models.values() for p in m.parameters()]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame=kind != "mask")
+        # one parameter group per network: a transformer (the segmentation UNETR) wants a smaller
+        # step than the convolutional reconstruction U-Net
+        groups = [{"params": list(m.parameters()), "lr": cfg.seg_lr if (k == "seg" and cfg.seg_lr is not None) else cfg.lr}
+                  for k, m in self.models.items()]
+        self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame=kind != "mask",
+                                    foreground_fraction=cfg.foreground_fraction if kind == "joint" else 0.0)
         self.step = 0
         self.train_seconds = 0.0  # wall time of all training steps, over every resume
         self.hardware: list[str] = []  # where the steps ran (one entry per resume on other hardware)
@@ -142,7 +146,8 @@ class Trainer:
             self._val = []
             for seed in self.cfg.val_seeds:
                 s = prepare_subject(seed, self.cfg, np.random.default_rng([seed, 99]), frame=self.kind != "mask")
-                self._val.append(_sample_from(s, np.random.default_rng(seed), self.cfg, 1.0))
+                # joint: a crop on the deep grey matter, so the segmentation Dice is defined
+                self._val.append(_sample_from(s, np.random.default_rng(seed), self.cfg, 1.0, 1.0 if self.kind == "joint" else 0.0))
         for m in self.models.values():
             m.eval()
         rows = []
