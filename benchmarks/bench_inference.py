@@ -8,7 +8,8 @@ Speed does not depend on the weights: networks of the shipped models' sizes (the
 pedq-run feeds them on a source-protocol scan (256x256x80, 0.78x0.78x2 mm, a 20-degree tilt): the
 local field rotated into the B0-aligned frame over the brain's box (recon), and chi resampled to
 the network grid over the brain's box (seg). "Our runtime, brain windows" skips the windows that
-hold no brain voxel (what pedq-run does; brain voxels get identical values).
+hold no brain voxel (what pedq-run does; brain voxels get identical values). Our runtime is timed on
+every CPU backend installed (onnxruntime always; OpenVINO with the ``openvino`` extra), same ONNX file.
 ``.venv/bin/python benchmarks/bench_inference.py``; writes the "inference" section of RESULTS.md.
 """
 from __future__ import annotations

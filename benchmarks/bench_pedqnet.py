@@ -135,7 +135,8 @@ def main() -> None:
         rec["seconds"]["mask classic"] = time.perf_counter() - t0
         if pedq.has("mask"):
             t0 = time.perf_counter()
-            masks["network"] = pedq.mask(s.magnitude, s.voxel_size)
+            # as pedq-run: mirrored along the voxel axis nearest the world's left-right
+            masks["network"] = pedq.mask(s.magnitude, s.voxel_size, mirror_axis=int(np.argmax(np.abs(s.affine[0, :3]))))
             rec["seconds"]["mask network"] = time.perf_counter() - t0
         if i < args.bet_subjects:
             t0 = time.perf_counter()

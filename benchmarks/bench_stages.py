@@ -149,20 +149,28 @@ def main() -> None:
                "open(sys.argv[1], 'w').write(hwm)\nsys.exit(code)\n")
     from pedq_deploy.runtime.networks import find_models
 
+    from pedq_deploy.backends.openvino import openvino_available
+
     e2e, rss_runs = {}, {}
-    variants = ["tkd", "tv"] + (["auto"] if find_models() is not None else [])
-    for inv in variants:
+    # (label, --inversion, --backend): the default models on each CPU backend installed
+    variants = [("tkd", "tkd", None), ("tv", "tv", None)]
+    if find_models() is not None:
+        variants.append(("auto", "auto", None))
+        if openvino_available():  # auto picks OpenVINO; time onnxruntime too
+            variants.append(("auto, onnxruntime", "auto", "onnxruntime"))
+    for label, inv, backend in variants:
         def run():
-            dst = work / f"cli_{inv}"
+            dst = work / "cli_run"
             shutil.rmtree(dst, ignore_errors=True)
             subprocess.run([sys.executable, "-c", wrapper, str(work / "rss.txt"), str(work / "scan/magnitude.nii.gz"),
                             str(work / "scan/phase.nii.gz"), "-o", str(dst), "-q", "--inversion", inv]
-                           + (["--masker", "classic"] if inv != "auto" else []), check=True)
-            rss_runs[inv] = max(rss_runs.get(inv, 0), int((work / "rss.txt").read_text()) / 1024)
+                           + (["--masker", "classic"] if inv != "auto" else []) + (["--backend", backend] if backend else []), check=True)
+            rss_runs[label] = max(rss_runs.get(label, 0), int((work / "rss.txt").read_text()) / 1024)
             prov = json.loads((dst / "provenance.json").read_text())
-            return prov["timings_s"], prov["parameters"]["inversion"]
+            used = sorted(set((prov.get("backend_used") or {}).values()))
+            return prov["timings_s"], prov["parameters"]["inversion"] + (f"; {', '.join(used)}" if used else "")
         t, (tim, used) = median_time(run, 3)
-        e2e[inv] = (t, tim, used)
+        e2e[label] = (t, tim, used)
     peaks = {"Laplacian unwrap": peak_mb(lambda: laplacian_unwrap(phase, v)), "V-SHARP": peak_mb(lambda: vsharp(field, mask, v)),
              "TV-ADMM": peak_mb(lambda: tv_admm(local, eroded, v, subject.b0_direction, iterations=5))}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -182,10 +190,11 @@ def main() -> None:
               f"- V-SHARP in plain NumPy (same radii and spheres, numpy.fft): {t_npv:.2f} s; ours (fused Numba + scipy.fft): {t_vs_ours:.2f} s "
               f"(**{t_npv / t_vs_ours:.1f}x**); largest difference {vs_diff:.1e} of the local field's range.",
               "", "End to end, `pedq-run` in a fresh process (Laplacian unwrapping, V-SHARP; classic mask for TKD and TV; "
-              "`auto` = the default: the shipped models, network mask, PedQ-NET inversion and segmentation), median of 3, "
+              "`auto` = the default: the shipped models, network mask, PedQ-NET inversion and segmentation, on the backend `auto` "
+              "picks, in brackets with the inversion used; `auto, onnxruntime` the same with `--backend onnxruntime`), median of 3, "
               "with the process's peak RSS:", ""]
-    for inv, (t, tim, used) in e2e.items():
-        lines.append(f"- `--inversion {inv}`{' (' + used + ')' if used != inv else ''}: {t:.1f} s wall, peak RSS {rss_runs[inv]:.0f} MB "
+    for label, (t, tim, used) in e2e.items():
+        lines.append(f"- `{label}`{' (' + used + ')' if used != label else ''}: {t:.1f} s wall, peak RSS {rss_runs[label]:.0f} MB "
                      "(inside: " + ", ".join(f"{k} {tim[k]:.2f}" for k in
                      ("load", "mask", "unwrap", "background", "inversion", "qc", "segmentation", "write") if k in tim) + " s)")
     lines += ["", "Peak memory (tracemalloc, NumPy allocations of the stage): " + ", ".join(f"{k} {p:.0f} MB" for k, p in peaks.items())

@@ -1,11 +1,14 @@
 """The training runs behind the shipped models: steps, time per step, loss curve, validation.
 
-``.venv/bin/python benchmarks/report_runs.py [RUN_DIR ...]`` (default: runs/tv_cpu runs/joint_cpu
-runs/mask_cpu, made by scripts/train_cpu.sh); writes the "runs" section of RESULTS.md.
+Two tables: the lineage of every shipped model, read from the manifests in ``export/`` (each
+fine-tuning run records the run it started from, so the chain survives when the run folders are
+gone), and the loss curves of the run folders given (or found: runs/*/train_log.csv).
+``.venv/bin/python benchmarks/report_runs.py [RUN_DIR ...]``; writes the "runs" section of RESULTS.md.
 """
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -18,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    runs = [Path(a) for a in sys.argv[1:]] or [REPO / "runs" / n for n in ("tv_cpu", "joint_cpu", "mask_cpu")]
-    lines = ["## The training runs behind the shipped models", "",
-             "Each run's `train_log.csv` (loss per step, mean over windows of 10% of the run) and `val_log.csv` (held-out crops, seeds "
+    runs = [Path(a) for a in sys.argv[1:]] or sorted(p.parent for p in (REPO / "runs").glob("*/train_log.csv"))
+    lines = ["## The training runs behind the shipped models", ""] + lineage() + [
+             "Loss curves of the run folders on this machine: each run's `train_log.csv` (loss per step, mean over windows of 10% of the run) and `val_log.csv` (held-out crops, seeds "
              "2000-2001). Script: `benchmarks/report_runs.py`.", "",
              "| run | losses | steps | median s/step | wall time (h) | loss at 0-10% / 45-55% / 90-100% of the run | last validation |",
              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
@@ -39,6 +42,39 @@ def main() -> None:
                      f"{', '.join(f'{k} {float(v):.3g}' for k, v in val[-1].items()) if val else 'none (run shorter than validate_every)'} |")
     update_section("runs", "\n".join(lines))
     print("\n".join(lines))
+
+
+def _chain(training: dict) -> list[dict]:
+    """The runs behind one model, oldest first (each run's ``init_from`` holds the one before)."""
+    chain, t = [], training
+    while t:
+        chain.append(t)
+        before = t.get("init_from") or {}
+        t = next(iter(before.values()), {}).get("training") if before else None
+    return chain[::-1]
+
+
+def lineage() -> list[str]:
+    rows = ["Lineage of the shipped models (from the manifests in `export/`; runs oldest first, each starting from the one "
+            "before):", "", "| model | runs: kind, steps, hours | total steps | total hours | hardware | last validation of the last run |",
+            "| --- | --- | ---: | ---: | --- | --- |"]
+    for manifest in sorted((REPO / "export").glob("**/*.json")):
+        try:
+            meta = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if meta.get("format") != "pedq-model/1" or not meta.get("training"):
+            continue
+        chain = _chain(meta["training"])
+        steps = sum(int(t.get("steps") or 0) for t in chain)
+        hours = sum(float(t.get("train_seconds") or 0) for t in chain) / 3600
+        hw = sorted({h for t in chain for h in (t.get("hardware") or [])})
+        val = (chain[-1].get("validation_log") or "").strip().splitlines()
+        last = ", ".join(f"{k} {float(v):.3g}" for k, v in zip(val[0].split(",")[1:], val[-1].split(",")[1:])) if len(val) > 1 else "none"
+        last = f"step {val[-1].split(',')[0]}: {last}" if len(val) > 1 else last
+        runs = "; ".join(f"{t.get('kind')} {t.get('steps')}, {float(t.get('train_seconds') or 0) / 3600:.2f} h" for t in chain)
+        rows.append(f"| `{manifest.relative_to(REPO / 'export')}` | {runs} | {steps} | {hours:.2f} | {'; '.join(hw)} | {last} |")
+    return rows + [""]
 
 
 if __name__ == "__main__":

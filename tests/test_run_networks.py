@@ -68,6 +68,38 @@ def test_reconstruct_rotates_into_the_b0_frame_and_back(tmp_path):
     assert np.abs(chi[brain].mean()) < 1e-6
 
 
+def test_mirrored_masking_is_exactly_mirror_equivariant(tmp_path):
+    """Test-time mirroring averages the network on the image and its mirror image, so mirroring the
+    input mirrors the probability exactly; one pass of an (untrained) network is not equivariant."""
+    from dataclasses import replace
+
+    import torch
+
+    from pedq_deploy.errors import InputError
+    from pedq_deploy.export import export_network
+    from pedq_deploy.phantom import make_subject
+    from pedq_deploy.runtime.networks import PedqModels
+    from pedq_deploy.training.config import TrainConfig
+    from pedq_deploy.training.networks import MaskNet, ReconNet
+
+    cfg = TrainConfig(patch=(32, 32, 32), voxel_size=(3.0, 3.0, 3.0), unetr_feature_size=8, unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4)
+    torch.manual_seed(1)
+    export_network(MaskNet(cfg), "mask", 1, (32, 32, 32), tmp_path, voxel_size=cfg.voxel_size)
+    # PedqModels needs a reconstruction model next to the mask model
+    export_network(ReconNet(replace(cfg, recon_filters=4, recon_levels=3)), "recon", 1, (32, 32, 32), tmp_path, voxel_size=(3.0, 3.0, 3.0))
+    s = make_subject(seed=3, shape=(56, 48, 36), voxel_size=(2.0, 2.0, 3.0), snr=float("inf"))
+    models = PedqModels(tmp_path, backend="onnxruntime")
+    mag, flipped = s.magnitude, np.ascontiguousarray(s.magnitude[::-1])
+    p = models.mask_probability(mag, s.voxel_size, mirror_axis=0)
+    pf = models.mask_probability(flipped, s.voxel_size, mirror_axis=0)
+    np.testing.assert_allclose(pf, p[::-1], atol=1e-6)
+    single = models.mask_probability(mag, s.voxel_size)
+    assert np.abs(models.mask_probability(flipped, s.voxel_size) - single[::-1]).max() > 1e-3
+    with pytest.raises(InputError, match="mirror_axis"):
+        models.mask_probability(mag, s.voxel_size, mirror_axis=3)
+    models.close()
+
+
 def test_old_recon_model_without_b0_frame_is_refused(tiny_models, tmp_path):
     from pedq_deploy.errors import InputError
     from pedq_deploy.runtime.networks import PedqModels

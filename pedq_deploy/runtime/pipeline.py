@@ -150,7 +150,9 @@ def run_case(
     if mask is None and use_network_mask:
         if models is None or not models.has("mask"):
             raise InputError("--masker network needs a mask model (mask.json) in the models folder")
-        brain = stage("mask", models.mask, first, voxel_size)
+        # mirrored along the head's left-right axis (the voxel axis nearest the world x axis) as well
+        lr_axis = int(np.argmax(np.abs(np.asarray(affine, float)[0, :3])))
+        brain = stage("mask", models.mask, first, voxel_size, mirror_axis=lr_axis)
         mask_source = "network"
     elif mask is None:
         brain = stage("mask", classic_mask, first, voxel_size)
