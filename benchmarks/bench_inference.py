@@ -113,7 +113,7 @@ def int8_check(work: Path, x: np.ndarray, patch) -> str:
             f"quantization of its convolutions, per channel, "
             f"calibrated on 6 of its {len(windows)} windows): {t32:.2f} s fp32 against {t8:.2f} s int8 for the same windows "
             f"(**{t32 / t8:.2f}x**), labels unchanged in {agree:.2%} of voxels. "
-            + ("No gain: onnxruntime's CPU provider runs these 3D convolutions no faster in int8, so int8 does not close the gap."
+            + ("No gain: onnxruntime's CPU provider runs these 3D convolutions no faster in int8."
                if t32 / t8 < 1.2 else "A gain worth shipping as an option once its accuracy is checked on the benchmark heads."))
 
 

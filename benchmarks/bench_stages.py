@@ -54,14 +54,14 @@ def numpy_vsharp(field, mask, voxel_size, radii, threshold=0.05):
     out, done, d_max = np.zeros(field.shape), np.zeros(field.shape, bool), None
     for r in sorted(radii, reverse=True):
         s = np.fft.rfftn(sphere_kernel(field.shape, r, voxel_size)).real
-        smv_mask = np.fft.irfftn(m_spec * s, s=field.shape)
-        hp = np.fft.irfftn(f_spec * (1 - s), s=field.shape)
+        smv_mask = np.fft.irfftn(m_spec * s, s=field.shape, axes=(0, 1, 2))
+        hp = np.fft.irfftn(f_spec * (1 - s), s=field.shape, axes=(0, 1, 2))
         new = (~done) & (smv_mask > 0.999)
         out[new], done[new] = hp[new], True
         d_max = 1 - s if d_max is None else d_max
     spec = np.fft.rfftn(out)
     spec = np.where(np.abs(d_max) > threshold, spec / np.where(np.abs(d_max) > threshold, d_max, 1), 0)
-    local = np.fft.irfftn(spec, s=field.shape)
+    local = np.fft.irfftn(spec, s=field.shape, axes=(0, 1, 2))
     return np.where(done, local, 0).astype(np.float32), done
 
 

@@ -37,6 +37,8 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
               help="auto: pedq when PedQ-NET models are found, else tkd.")
 @click.option("--masker", type=click.Choice(["auto", "network", "classic"]), default="auto", show_default=True,
               help="auto: the masking network when a mask model is found, else classic.")
+@click.option("--mask-mirror/--no-mask-mirror", default=True, show_default=True,
+              help="Run the masking network on the left-right mirror image too and average (Dice +0.003-0.005; twice the masking time).")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), help="Folder of exported models (default: $PEDQ_MODELS, else the shipped ones; 'none': no networks).")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]), default="auto", show_default=True)
 @click.option("--unwrap", type=click.Choice(["laplacian", "quality"]), default="laplacian", show_default=True)
@@ -54,7 +56,7 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
               help="With --bids: auto (a local Dask cluster when Dask is installed), local, none (in this process), or a Dask scheduler address.")
 @click.option("--workers", type=int, help="With --bids and a local cluster: number of worker processes (default: what cores and memory allow).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, inversion, masker, models_dir, backend,
+def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, inversion, masker, mask_mirror, models_dir, backend,
             unwrap, tkd_threshold, tv_lambda, tv_iterations, vsharp_radii, dicom_out, dicom_format, bids, participant_label, session,
             scheduler, workers, quiet):
     from ..errors import InputError
@@ -71,6 +73,7 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         unwrap=unwrap,
         inversion=inversion,
         masker=masker,
+        mask_mirror=mask_mirror,
         vsharp_radii=radii,
         tkd_threshold=tkd_threshold,
         tv_lambda=tv_lambda,

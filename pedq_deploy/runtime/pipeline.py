@@ -42,6 +42,7 @@ class PipelineConfig:
     tv_lambda: float = 3e-4
     tv_iterations: int = 60
     masker: str = "auto"  # network when a mask model is loaded, else classic
+    mask_mirror: bool = True  # the masking network also on the left-right mirror image (test-time mirroring)
 
     @property
     def echo_times(self) -> tuple[float, ...]:
@@ -152,7 +153,7 @@ def run_case(
             raise InputError("--masker network needs a mask model (mask.json) in the models folder")
         # mirrored along the head's left-right axis (the voxel axis nearest the world x axis) as well
         lr_axis = int(np.argmax(np.abs(np.asarray(affine, float)[0, :3])))
-        brain = stage("mask", models.mask, first, voxel_size, mirror_axis=lr_axis)
+        brain = stage("mask", models.mask, first, voxel_size, mirror_axis=lr_axis if config.mask_mirror else None)
         mask_source = "network"
     elif mask is None:
         brain = stage("mask", classic_mask, first, voxel_size)
