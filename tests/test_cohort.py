@@ -215,3 +215,17 @@ def test_report_renders_in_a_real_browser(bids_root, tmp_path):
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(png) > 30_000  # a blank 1400x900 page compresses to a few kB: text, table and thumbnails drew
+
+
+def test_plan_workers_gives_each_worker_two_cores_and_its_share_of_the_memory():
+    from pedq_deploy.cohort import plan_workers
+
+    runs = [object()] * 10  # unreadable headers: the 1 GB floor of the estimate applies
+    gb = 1 << 30
+    assert plan_workers(runs, cores=2, memory=20 * gb)[:2] == (1, 2)
+    assert plan_workers(runs, cores=16, memory=64 * gb)[:2] == (8, 2)
+    assert plan_workers(runs, cores=16, memory=4 * gb)[:2] == (3, 5)  # memory-bound: 0.8 * 4 GB / 1 GB
+    assert plan_workers(runs, cores=1, memory=20 * gb)[:2] == (1, 1)
+    assert plan_workers(runs[:2], cores=16, memory=64 * gb)[:2] == (2, 8)  # no more workers than runs
+    n, _, mem = plan_workers(runs, cores=4, memory=10 * gb)
+    assert n == 2 and mem == int(0.9 * 10 * gb / 2)

@@ -198,8 +198,11 @@ def plan_workers(runs: list[BidsRun], cores: int | None = None, memory: int | No
     """Workers, threads per worker and memory per worker (bytes) for a local cluster.
 
     A run needs about 200 bytes per voxel plus 24 per voxel and echo, plus 0.5 GB for the models and
-    the worker (measured peaks: 1.1 GB RSS on 256x256x80 with one echo, 1.4 GB with four); workers
-    are as many as the cores and 80% of the available memory allow, each limited to its share."""
+    the worker (measured peaks: 1.1 GB RSS on 256x256x80 with one echo, 1.4 GB with four). Each
+    worker gets two threads (a run's FFTs, Numba kernels and network passes use them well: on 2
+    cores one worker x 2 threads finished a 20-run study in 0.88x the time of 2 workers x 1 thread,
+    ``benchmarks/bench_cohort.py``); workers are as many as the cores (in pairs) and 80% of the
+    available memory allow, each limited to its share of the memory."""
     import nibabel as nib
 
     cores = cores or len(os.sched_getaffinity(0))
@@ -211,7 +214,8 @@ def plan_workers(runs: list[BidsRun], cores: int | None = None, memory: int | No
         except Exception:
             continue
         need = max(need, 200 * vox + 24 * vox * len(run.echoes) + (512 << 20))
-    workers = max(1, min(cores, len(runs) or 1, int(0.8 * memory // need)))
+    threads = 2 if cores >= 2 else 1
+    workers = max(1, min(cores // threads, len(runs) or 1, int(0.8 * memory // need)))
     # Dask restarts a worker that passes 95% of its limit: give each its share of the memory, not the estimate
     return workers, max(1, cores // workers), max(int(0.9 * memory / workers), need)
 
