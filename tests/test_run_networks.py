@@ -124,7 +124,7 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
     assert "[5/6] qc" in r.stderr and "[6/6] segmentation" in r.stderr
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["parameters"]["inversion"] == "pedq" and prov["mask_source"] == "network"
-    assert prov["parameters"]["mask_mirror"] is True and set(prov["backend_used"]) == {"recon", "seg", "mask"}
+    assert prov["parameters"]["mask_mirror"] is False and set(prov["backend_used"]) == {"recon", "seg", "mask"}
     assert set(prov["models"]) == {"recon", "seg", "mask"}
     seg = nib.load(str(out / "segmentation.nii.gz"))
     ref = nib.load(str(phantom_dir / "magnitude.nii.gz"))

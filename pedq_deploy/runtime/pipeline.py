@@ -42,7 +42,7 @@ class PipelineConfig:
     tv_lambda: float = 3e-4
     tv_iterations: int = 60
     masker: str = "auto"  # network when a mask model is loaded, else classic
-    mask_mirror: bool = True  # the masking network also on the left-right mirror image (test-time mirroring)
+    mask_mirror: bool = False  # the masking network also on the left-right mirror image (test-time mirroring)
 
     @property
     def echo_times(self) -> tuple[float, ...]:
