@@ -39,7 +39,7 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
               help="auto: the masking network when a mask model is found, else classic.")
 @click.option("--mask-mirror/--no-mask-mirror", default=False, show_default=True,
               help="Run the masking network on the left-right mirror image too and average the probabilities (twice the masking time; "
-                   "mixed results on held-out heads, see benchmarks/RESULTS.md).")
+                   "no clear gain on held-out heads, see benchmarks/RESULTS.md).")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), help="Folder of exported models (default: $PEDQ_MODELS, else the shipped ones; 'none': no networks).")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]), default="auto", show_default=True)
 @click.option("--unwrap", type=click.Choice(["laplacian", "quality"]), default="laplacian", show_default=True)
