@@ -119,9 +119,9 @@ def main() -> None:
     from pedq_deploy.cohort import plan_workers
     from pedq_deploy.io.bids import find_runs
 
-    n, threads, mem = plan_workers(find_runs(bids))
+    planned = plan_workers(find_runs(bids))  # (workers, threads per worker, memory per worker)
     # against one worker: the plan's workers, or (where the plan is one worker) two single-threaded ones
-    n = n if n > 1 else 2
+    n = planned[0] if planned[0] > 1 else 2
     results = {}
     for label, workers in (("1 worker", 1), (f"{n} workers", n)):
         out = work / f"deriv-{workers}"
@@ -148,7 +148,6 @@ def main() -> None:
         done = r["counts"]["done"] or r["counts"]["skipped"]
         rate = f"{60 * done / r['wall_s']:.2f}" if r["counts"]["done"] else ""
         lines.append(f"| {label} | {wt} | {r['wall_s']:.1f} | {r['run_s_median'] or 0:.1f} | {rate} | {r['peak_rss_gb']:.2f} |")
-    planned = plan_workers(find_runs(bids))
     lines += ["", f"Speed-up of {n} workers over one: **{one['wall_s'] / many['wall_s']:.2f}x** on {os.cpu_count()} cores. "
               f"`--workers` unset, plan_workers picks {planned[0]} worker(s) x {planned[1]} thread(s) here ({planned[2] / 2**30:.1f} GB each): "
               "two threads per worker, because one run already keeps two cores busy (FFTs, Numba, the network backend), while "

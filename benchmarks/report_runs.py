@@ -70,8 +70,10 @@ def lineage() -> list[str]:
         hours = sum(float(t.get("train_seconds") or 0) for t in chain) / 3600
         hw = sorted({h for t in chain for h in (t.get("hardware") or [])})
         val = (chain[-1].get("validation_log") or "").strip().splitlines()
-        last = ", ".join(f"{k} {float(v):.3g}" for k, v in zip(val[0].split(",")[1:], val[-1].split(",")[1:])) if len(val) > 1 else "none"
-        last = f"step {val[-1].split(',')[0]}: {last}" if len(val) > 1 else last
+        last = "none"
+        if len(val) > 1:  # header, then one row per validation: step first
+            step, *values = val[-1].split(",")
+            last = f"step {step}: " + ", ".join(f"{k} {float(v):.3g}" for k, v in zip(val[0].split(",")[1:], values))
         runs = "; ".join(f"{t.get('kind')} {t.get('steps')}, {float(t.get('train_seconds') or 0) / 3600:.2f} h" for t in chain)
         rows.append(f"| `{manifest.relative_to(REPO / 'export')}` | {runs} | {steps} | {hours:.2f} | {'; '.join(hw)} | {last} |")
     return rows + [""]

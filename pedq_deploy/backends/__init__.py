@@ -38,18 +38,17 @@ BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
 
 def resolve_auto(manifest: ModelManifest) -> str:
     """The backend ``auto`` picks for ``manifest`` on this machine (see :func:`make_runner`)."""
-    if manifest.engine_file is not None and _tensorrt_available():
+    if manifest.engine_file is not None and _installed("tensorrt"):
         return "tensorrt"
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         return "onnxruntime"
-    from .openvino import openvino_available
-
-    return "openvino" if openvino_available() else "onnxruntime"
+    return "openvino" if _installed("openvino") else "onnxruntime"
 
 
-def _tensorrt_available() -> bool:
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (a backend's library is heavy)."""
     import importlib.util
 
-    return importlib.util.find_spec("tensorrt") is not None
+    return importlib.util.find_spec(module) is not None

@@ -21,9 +21,9 @@ __all__ = ["OpenVINORunner", "openvino_available"]
 
 
 def openvino_available() -> bool:
-    import importlib.util
+    from . import _installed
 
-    return importlib.util.find_spec("openvino") is not None
+    return _installed("openvino")
 
 
 def _ov():
@@ -43,6 +43,8 @@ class OpenVINORunner(Runner):
         self.device = device
         self._core = self._model = None
         self._compiled: dict[int, tuple] = {}  # batch size -> (compiled model, infer request)
+        self._input = manifest.inputs[0]["name"]
+        self._sample_shape = list(manifest.inputs[0]["shape"][1:])  # (channels, *patch)
 
     def activate_impl(self) -> None:
         ov = _ov()
@@ -51,13 +53,11 @@ class OpenVINORunner(Runner):
             self._model = self._core.read_model(str(self.manifest.file))
         except Exception as exc:  # OpenVINO raises its own RuntimeError subclasses for a bad file
             raise InputError(f"cannot load model {self.manifest.file}: {str(exc).strip().splitlines()[0]}") from None
-        declared = self.manifest.inputs[0]
         got = self._model.inputs[0]
-        shape = list(got.get_partial_shape())
-        dims = [d.get_length() if d.is_static else None for d in shape]
-        if got.get_any_name() != declared["name"] or dims[1:] != list(declared["shape"][1:]):
+        dims = [d.get_length() if d.is_static else None for d in got.get_partial_shape()]
+        if got.get_any_name() != self._input or dims[1:] != self._sample_shape:
             raise InputError(f"model {self.manifest.file} takes {got.get_any_name()} {dims}, but its manifest says "
-                             f"{declared['name']} {declared['shape']}")
+                             f"{self._input} {self.manifest.inputs[0]['shape']}")
 
     def deactivate_impl(self) -> None:
         self._compiled.clear()
@@ -68,8 +68,7 @@ class OpenVINORunner(Runner):
             from ..physics import fft_workers  # $PEDQ_THREADS, else every core of this process
 
             model = self._model.clone()
-            name = self.manifest.inputs[0]["name"]
-            model.reshape({name: [batch, *self.manifest.inputs[0]["shape"][1:]]})
+            model.reshape({self._input: [batch, *self._sample_shape]})
             config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
                       "INFERENCE_NUM_THREADS": int(self.threads or fft_workers())}
             compiled = self._core.compile_model(model, self.device, config)
@@ -77,12 +76,11 @@ class OpenVINORunner(Runner):
         return self._compiled[batch]
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        name = self.manifest.inputs[0]["name"]
-        if set(feed) != {name}:
-            raise InputError(f"model {self.manifest.file} takes one input {name!r}, got {sorted(feed)}")
-        x = np.ascontiguousarray(feed[name], np.float32)
-        if x.ndim != 5 or list(x.shape[1:]) != list(self.manifest.inputs[0]["shape"][1:]):
-            raise InputError(f"model {self.manifest.file} takes (batch, {', '.join(map(str, self.manifest.inputs[0]['shape'][1:]))}), got {x.shape}")
+        if set(feed) != {self._input}:
+            raise InputError(f"model {self.manifest.file} takes one input {self._input!r}, got {sorted(feed)}")
+        x = np.ascontiguousarray(feed[self._input], np.float32)
+        if x.ndim != 5 or list(x.shape[1:]) != self._sample_shape:
+            raise InputError(f"model {self.manifest.file} takes (batch, {', '.join(map(str, self._sample_shape))}), got {x.shape}")
         compiled, request = self._request(int(x.shape[0]))
         results = request.infer({0: x})
         # copies: the request's buffers are reused by the next call

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..backends import BACKENDS
 from ._common import StageProgress, echo_err, entry_point
 
 _HELP = """Reconstruct a QSM map from a GRE MAGNITUDE and PHASE pair into OUTDIR.
@@ -41,7 +42,7 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
               help="Run the masking network on the left-right mirror image too and average the probabilities (twice the masking time; "
                    "no clear gain on held-out heads, see benchmarks/RESULTS.md).")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), help="Folder of exported models (default: $PEDQ_MODELS, else the shipped ones; 'none': no networks).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--unwrap", type=click.Choice(["laplacian", "quality"]), default="laplacian", show_default=True)
 @click.option("--tkd-threshold", type=float, default=0.19, show_default=True)
 @click.option("--tv-lambda", type=float, default=3e-4, show_default=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..backends import BACKENDS
 from ._common import entry_point
 
 
@@ -11,7 +12,7 @@ from ._common import entry_point
 @click.option("--port", default=9002, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Series processed at once.")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), help="Models folder (default: $PEDQ_MODELS or shipped).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--no-models", is_flag=True, help="Load no networks (conventional pipelines only).")
 def command(host, port, workers, models_dir, backend, no_models):
     """Serve MRD clients: GRE magnitude + phase images in, QSM images (ppb) out.

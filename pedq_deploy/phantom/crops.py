@@ -45,10 +45,13 @@ def random_crop(subject: Subject, size=(96, 96, 96), rng: np.random.Generator | 
         raise InputError(f"foreground_fraction must lie in [0, 1], got {foreground_fraction}")
     # no extra draw when oversampling is off, so the patches of older runs are unchanged
     if foreground_fraction > 0 and rng.random() < foreground_fraction and subject.labels.any():
-        idx = np.flatnonzero(subject.labels)
-        centre = np.unravel_index(idx[rng.integers(idx.size)], shape)
+        pool = subject.labels
     elif rng.random() < brain_fraction and subject.brain_mask.any():
-        idx = np.flatnonzero(subject.brain_mask)
+        pool = subject.brain_mask
+    else:
+        pool = None
+    if pool is not None:  # a voxel of the pool, uniformly
+        idx = np.flatnonzero(pool)
         centre = np.unravel_index(idx[rng.integers(idx.size)], shape)
     else:
         centre = tuple(int(rng.integers(n)) for n in shape)
