@@ -88,6 +88,25 @@ def test_stream_is_deterministic():
         np.testing.assert_array_equal(s1.next_sample().field_ppm, s2.next_sample().field_ppm)
 
 
+def test_data_workers_give_the_same_batches_and_resume(tmp_path):
+    """Subjects prepared ahead in worker processes: the same crops as in-process, across subject
+    boundaries and after a restore mid-subject."""
+    ref = PhantomStream(tiny())
+    expect = [ref.next_sample().field_ppm for _ in range(5)]  # 2 crops per subject: 3 subjects
+    par = PhantomStream(tiny(), workers=2)
+    try:
+        for want in expect[:3]:
+            np.testing.assert_array_equal(par.next_sample().field_ppm, want)
+        par.restore({"subject_index": 1, "crop_index": 1})  # back to the 4th crop
+        np.testing.assert_array_equal(par.next_sample().field_ppm, expect[3])
+        np.testing.assert_array_equal(par.next_sample().field_ppm, expect[4])
+    finally:
+        par.close()
+    assert par._pool is None
+    with pytest.raises(InputError, match="data_workers"):
+        load_config(None, data_workers=-1)
+
+
 def test_pedq_train_cli_resumes_and_rejects_bad_config(tmp_path, capsys):
     from pedq_deploy.cli.train import main
 
@@ -170,3 +189,48 @@ def test_pedq_train_init_from_fine_tunes_and_the_export_keeps_both_records(tmp_p
     with pytest.raises(SystemExit) as exc:  # a folder without the models this kind needs
         main(["joint", "--config", str(cfg), "--out", str(tmp_path / "third"), "--steps", "1", "-q", "--init-from", str(tmp_path / "exported")])
     assert exc.value.code == 2
+    # --init-roles: the reconstruction U-Net from the export, a fresh segmentation UNETR
+    joint = tmp_path / "joint"
+    cfg = tmp_path / "joint.json"  # the exported U-Net's window
+    cfg.write_text(json.dumps({**TINY, "recon_window": [32, 32, 32], "validate_every": 100, "checkpoint_every": 1}))
+    with pytest.raises(SystemExit) as exc:
+        main(["joint", "--config", str(cfg), "--out", str(joint), "--steps", "1", "-q", "--init-from", str(tmp_path / "exported"),
+              "--init-roles", "recon"])
+        raise SystemExit(0)
+    assert not exc.value.code
+    state = torch.load(joint / "checkpoint.pt", weights_only=True)
+    assert set(state["init_from"]) == {"recon"} and state["init_from"]["recon"]["sha256"] == manifest["sha256"]
+    for bad in (["--init-roles", "seg"], ["--init-roles", "mask"]):  # no seg.json there; no mask network in a joint run
+        with pytest.raises(SystemExit) as exc:
+            main(["joint", "--config", str(cfg), "--out", str(tmp_path / "bad"), "--steps", "1", "-q", "--init-from", str(tmp_path / "exported"), *bad])
+        assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["joint", "--config", str(cfg), "--out", str(tmp_path / "bad"), "--steps", "1", "-q", "--init-roles", "recon"])
+    assert exc.value.code == 2
+
+
+def test_weights_travel_in_parts_and_export_but_do_not_resume(tmp_path):
+    """A run's weights split into small files (a GPU machine returns at most 16 MiB a file), joined
+    and checked here, export like the original; resuming them is refused (no optimizer state)."""
+    from pedq_deploy.export import export_checkpoint
+    from pedq_deploy.training.parts import join_weight_parts, write_weight_parts
+    from pedq_deploy.training.trainer import train
+
+    run = tmp_path / "run"
+    train("tv", tiny(steps=1, checkpoint_every=1, validate_every=100), run, quiet=True)
+    paths = write_weight_parts(run, tmp_path / "parts", part_bytes=16 * 1024)
+    assert len(paths) > 2 and all(p.stat().st_size <= 16 * 1024 for p in paths[:-1])
+    joined = join_weight_parts(tmp_path / "parts", tmp_path / "back")
+    a = torch.load(run / "checkpoint.pt", weights_only=True)
+    b = torch.load(joined, weights_only=True)
+    assert "optimizer" not in b and b["step"] == a["step"] and b["hardware"] == a["hardware"]
+    for k, v in a["models"]["recon"].items():
+        torch.testing.assert_close(b["models"]["recon"][k], v, rtol=0, atol=0)
+    assert [p.name for p in export_checkpoint(tmp_path / "back", tmp_path / "exported")] == ["recon.json"]
+    with pytest.raises(InputError, match="weights only"):
+        Trainer("tv", tiny(steps=2), tmp_path / "back").load()
+    part = paths[1]
+    part.write_bytes(part.read_bytes()[:-1])
+    with pytest.raises(InputError, match="corrupt"):
+        join_weight_parts(tmp_path / "parts", tmp_path / "again")
+    assert not (tmp_path / "again" / "checkpoint.pt").exists()

@@ -16,8 +16,10 @@ from ._common import echo_err, entry_point
 @click.option("--device", type=str, help="cpu, cuda or auto (default: the config's).")
 @click.option("--time-limit", type=float, help="Stop (with a checkpoint) after this many minutes; rerun to go on.")
 @click.option("--init-from", type=click.Path(file_okay=False), help="Start a new run from exported models (e.g. export/): fine-tuning.")
+@click.option("--init-roles", type=str, help="With --init-from: only these networks (comma-separated, e.g. recon); the others start from random weights.")
+@click.option("--data-workers", type=int, help="Processes preparing phantom subjects ahead (default: the config's; use most cores with a GPU).")
 @click.option("-q", "--quiet", is_flag=True)
-def command(kind, config_path, outdir, steps, device, time_limit, init_from, quiet):
+def command(kind, config_path, outdir, steps, device, time_limit, init_from, init_roles, data_workers, quiet):
     """Train KIND: mask (UNETR), recon (U-Net, model loss), joint (recon + segmentation UNETR), tv (nnU-Net_TV ablation).
 
     Data are drawn on the fly from the phantom; checkpoints every few steps; rerunning with the
@@ -37,8 +39,14 @@ def command(kind, config_path, outdir, steps, device, time_limit, init_from, qui
         from ..errors import InputError
 
         raise InputError(f"--time-limit must be positive minutes, got {time_limit}")
-    cfg = load_config(config_path, steps=steps, device=device)
-    summary = train(kind, cfg, outdir, quiet=quiet, time_limit_s=None if time_limit is None else time_limit * 60.0, init_from=init_from)
+    if init_roles is not None and init_from is None:
+        from ..errors import InputError
+
+        raise InputError("--init-roles needs --init-from")
+    roles = None if init_roles is None else tuple(r.strip() for r in init_roles.split(",") if r.strip())
+    cfg = load_config(config_path, steps=steps, device=device, data_workers=data_workers)
+    summary = train(kind, cfg, outdir, quiet=quiet, time_limit_s=None if time_limit is None else time_limit * 60.0, init_from=init_from,
+                    init_roles=roles)
     echo_err("pedq-train: " + json.dumps(summary))
 
 

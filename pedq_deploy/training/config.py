@@ -7,9 +7,11 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["TrainConfig", "load_config", "KINDS"]
+__all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL"]
 
 KINDS = ("mask", "recon", "joint", "tv")
+# fields that change how a run is carried out, not what it computes: a resumed run may change them
+OPERATIONAL = ("steps", "device", "checkpoint_every", "validate_every", "data_workers")
 
 
 @dataclass
@@ -26,6 +28,7 @@ class TrainConfig:
     echo_time_range: tuple[float, float] = (4.92e-3, 25e-3)
     field_strength: float = 3.0
     crops_per_subject: int = 4
+    data_workers: int = 0  # processes preparing the next subjects ahead (0: in the training process); results do not depend on it
     foreground_fraction: float = 0.0  # joint: share of crops centred on a deep grey matter structure
     train_seeds: tuple[int, int] = (0, 1000)  # subjects drawn from seeds in [a, b)
     val_seeds: tuple[int, ...] = (2000, 2001)  # held out; the accuracy benchmark uses 1000-1009
@@ -78,4 +81,7 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
     for k, v in list(data.items()):
         if isinstance(v, list):
             data[k] = tuple(v)
-    return TrainConfig(**data)
+    cfg = TrainConfig(**data)
+    if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:
+        raise InputError(f"data_workers must be a whole number >= 0, got {cfg.data_workers!r}")
+    return cfg

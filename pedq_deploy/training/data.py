@@ -77,10 +77,34 @@ def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foregroun
                   np.asarray(s.b0_direction, np.float32), phase_per_ppm(s.echo_time, s.field_strength))
 
 
-class PhantomStream:
-    """Batches of crops; ``state()`` / ``restore()`` make it resumable."""
+def _subject_for(cfg: TrainConfig, index: int, frame: bool):
+    """Subject ``index`` of a stream: its seed and its RNG depend on the index alone (so any process can make it)."""
+    lo, hi = cfg.train_seeds
+    seed = lo + (cfg.seed * 7919 + index) % (hi - lo)
+    return prepare_subject(seed, cfg, np.random.default_rng([cfg.seed, index]), frame=frame)
 
-    def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9, *, frame: bool = False, foreground_fraction: float = 0.0):
+
+def _worker_init() -> None:
+    # one core per worker: the pool, not the kernels, provides the parallelism
+    import os
+
+    import numba
+
+    os.environ["PEDQ_THREADS"] = "1"  # scipy.fft (physics.fft_workers)
+    numba.set_num_threads(1)
+
+
+class PhantomStream:
+    """Batches of crops; ``state()`` / ``restore()`` make it resumable.
+
+    ``workers`` > 0 prepares the next subjects in that many worker processes (spawned, so no
+    thread or CUDA state is inherited) while the current one is cropped: a GPU step is far shorter
+    than one subject's simulation and preprocessing. The batches are the same with or without
+    workers, because a subject depends on its index alone. Call ``close()`` when done.
+    """
+
+    def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9, *, frame: bool = False, foreground_fraction: float = 0.0,
+                 workers: int = 0):
         self.cfg = cfg
         self.foreground_fraction = foreground_fraction
         self.frame = frame
@@ -89,6 +113,9 @@ class PhantomStream:
         self.crop_index = 0
         self._subject = None
         self._crop_rng = None
+        self.workers = int(workers)
+        self._pool = None
+        self._pending: dict = {}  # subject index -> future
 
     def state(self) -> dict:
         return {"subject_index": self.subject_index, "crop_index": self.crop_index}
@@ -97,12 +124,28 @@ class PhantomStream:
         self.subject_index = int(state["subject_index"])
         self.crop_index = int(state["crop_index"])
         self._subject = None
+        for fut in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+
+    def _prefetch(self) -> None:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+        # keep every worker busy and one more subject queued per worker
+        for index in range(self.subject_index, self.subject_index + 2 * self.workers + 1):
+            if index not in self._pending:
+                self._pending[index] = self._pool.submit(_subject_for, self.cfg, index, self.frame)
 
     def _load_subject(self):
-        lo, hi = self.cfg.train_seeds
-        seed = lo + (self.cfg.seed * 7919 + self.subject_index) % (hi - lo)
-        rng = np.random.default_rng([self.cfg.seed, self.subject_index])
-        self._subject = prepare_subject(seed, self.cfg, rng, frame=self.frame)
+        if self.workers > 0:
+            self._prefetch()
+            self._subject = self._pending.pop(self.subject_index).result()
+            self._prefetch()
+        else:
+            self._subject = _subject_for(self.cfg, self.subject_index, self.frame)
         self._crop_rng = np.random.default_rng([self.cfg.seed, self.subject_index, 1])
         for _ in range(self.crop_index):  # replay crops already used (resume mid-subject)
             _sample_from(self._subject, self._crop_rng, self.cfg, self.brain_fraction, self.foreground_fraction)
@@ -120,3 +163,9 @@ class PhantomStream:
 
     def next_batch(self) -> list[Sample]:
         return [self.next_sample() for _ in range(self.cfg.batch_size)]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()

@@ -13,7 +13,7 @@ import torch
 
 from .. import metrics as M
 from ..errors import InputError
-from .config import KINDS, TrainConfig
+from .config import KINDS, OPERATIONAL, TrainConfig
 from .data import PhantomStream, Sample, _sample_from, prepare_subject
 from .losses import model_loss, tv_loss
 from .networks import SEG_CLASSES, build
@@ -50,8 +50,12 @@ class Trainer:
                   for k, m in self.models.items()]
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame=kind != "mask",
-                                    foreground_fraction=cfg.foreground_fraction if kind == "joint" else 0.0)
+                                    foreground_fraction=cfg.foreground_fraction if kind == "joint" else 0.0, workers=cfg.data_workers)
+        if self.device.type == "cuda":  # fixed patch shapes: let cuDNN pick its fastest kernels; TF32 matrix products
+            torch.backends.cudnn.benchmark = True
+            torch.set_float32_matmul_precision("high")
         self.step = 0
+        self.data_seconds = 0.0
         self.train_seconds = 0.0  # wall time of all training steps, over every resume
         self.hardware: list[str] = []  # where the steps ran (one entry per resume on other hardware)
         self._seg_loss = self._mask_loss = None
@@ -64,15 +68,23 @@ class Trainer:
         self._val = None
         self.init_from: dict = {}  # the exported models this run started from (fine-tuning), if any
 
-    def init_from_models(self, folder: str | Path) -> dict:
+    def init_from_models(self, folder: str | Path, roles: tuple[str, ...] | None = None) -> dict:
         """Start from exported models (``ROLE.onnx`` + ``ROLE.json`` in ``folder``) instead of random weights.
 
+        ``roles``: the networks to load (default: all of this run's); the others keep their random
+        initialisation (e.g. a fresh segmentation UNETR on a trained reconstruction U-Net).
         Their manifests' training provenance is kept, so the run's own steps and time add to theirs."""
         from .warmstart import load_onnx_weights
 
         folder = Path(folder)
+        if roles is not None:
+            unknown = sorted(set(roles) - set(self.models))
+            if unknown or not roles:
+                raise InputError(f"--init-roles {','.join(roles)}: a {self.kind} run has the networks {', '.join(self.models)}")
         done = {}
         for role, net in self.models.items():
+            if roles is not None and role not in roles:
+                continue
             manifest = folder / f"{role}.json"
             if not manifest.is_file():
                 raise InputError(f"--init-from {folder}: no {role}.json (the {self.kind} run needs {', '.join(self.models)})")
@@ -89,6 +101,10 @@ class Trainer:
             done[role] = {"file": summary["file"], "sha256": meta.get("sha256"), "training": meta.get("training", {})}
         self.init_from = done
         return done
+
+    def close(self) -> None:
+        """Stop the data workers (if any)."""
+        self.stream.close()
 
     # ---- batches ---------------------------------------------------------------------------
     def _tensors(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
@@ -131,7 +147,9 @@ class Trainer:
     def train_step(self, samples: list[Sample] | None = None) -> dict[str, float]:
         for m in self.models.values():
             m.train()
+        t0 = time.perf_counter()
         batch = self._tensors(samples if samples is not None else self.stream.next_batch())
+        self.data_seconds = time.perf_counter() - t0  # waiting for data (and copying it to the device)
         self.opt.zero_grad(set_to_none=True)
         parts = self.losses(batch)
         parts["total"].backward()
@@ -186,9 +204,13 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=True)
         if state["kind"] != self.kind:
             raise InputError(f"{path} holds a {state['kind']!r} run, not {self.kind!r}")
+        if state.get("optimizer") is None:
+            raise InputError(f"{path} holds weights only (joined from parts), no optimizer state to resume: "
+                             "export it and start a new run from the export with --init-from")
         saved = dict(state["config"])
         mine = json.loads(self.cfg.to_json())
-        differ = sorted(k for k in mine if k not in ("steps", "device", "checkpoint_every", "validate_every") and saved.get(k) != mine[k])
+        default = json.loads(TrainConfig().to_json())  # a field the checkpoint predates had its default
+        differ = sorted(k for k in mine if k not in OPERATIONAL and saved.get(k, default[k]) != mine[k])
         if differ:
             raise InputError(f"{path} was trained with another config ({', '.join(differ)} differ): use a new --out")
         for k, m in self.models.items():
@@ -222,51 +244,57 @@ def _progress(step: int, total: int, parts: dict, sec: float, quiet: bool) -> No
 
 
 def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = False, time_limit_s: float | None = None,
-          init_from: str | Path | None = None) -> dict:
+          init_from: str | Path | None = None, init_roles: tuple[str, ...] | None = None) -> dict:
     """Train (or resume) until ``cfg.steps`` (or ``time_limit_s`` of this call, then checkpoint);
     returns a summary with the last losses and validation. ``init_from``: a folder of exported
-    models to start a new run from (ignored when the run resumes from its checkpoint)."""
+    models to start a new run from (ignored when the run resumes from its checkpoint);
+    ``init_roles``: only those networks start from it, the others from random weights."""
     tr = Trainer(kind, cfg, outdir)
     resumed = tr.load()
     if init_from is not None and not resumed:
-        tr.init_from_models(init_from)
+        tr.init_from_models(init_from, roles=init_roles)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.to_json())
     log_path, val_path = out / "train_log.csv", out / "val_log.csv"
     if resumed and not quiet:
         sys.stderr.write(f"pedq-train: resuming {kind} from step {tr.step}\n")
-    last, last_val, times = {}, {}, []
+    last, last_val, times, data_times = {}, {}, [], []
     start = time.monotonic()
     here = _hardware(tr.device)
     if here not in tr.hardware:
         tr.hardware.append(here)
-    while tr.step < cfg.steps:
-        if time_limit_s is not None and time.monotonic() - start > time_limit_s:
-            tr.save()
-            break
-        t0 = time.perf_counter()
-        last = tr.train_step()
-        times.append(time.perf_counter() - t0)
-        tr.train_seconds += times[-1]
-        new = not log_path.exists()
-        with open(log_path, "a", newline="") as fh:
-            w = csv.writer(fh)
-            if new:
-                w.writerow(["step", "seconds", *sorted(last)])
-            w.writerow([tr.step, f"{times[-1]:.3f}", *(f"{last[k]:.6g}" for k in sorted(last))])
-        _progress(tr.step, cfg.steps, last, times[-1], quiet)
-        if tr.step % cfg.validate_every == 0 or tr.step == cfg.steps:
-            last_val = tr.validate()
-            new = not val_path.exists()
-            with open(val_path, "a", newline="") as fh:
+    try:
+        while tr.step < cfg.steps:
+            if time_limit_s is not None and time.monotonic() - start > time_limit_s:
+                tr.save()
+                break
+            t0 = time.perf_counter()
+            last = tr.train_step()
+            times.append(time.perf_counter() - t0)
+            data_times.append(tr.data_seconds)
+            tr.train_seconds += times[-1]
+            new = not log_path.exists()
+            with open(log_path, "a", newline="") as fh:
                 w = csv.writer(fh)
                 if new:
-                    w.writerow(["step", *sorted(last_val)])
-                w.writerow([tr.step, *(f"{last_val[k]:.6g}" for k in sorted(last_val))])
-        if tr.step % cfg.checkpoint_every == 0 or tr.step == cfg.steps:
-            tr.save()
+                    w.writerow(["step", "seconds", *sorted(last)])
+                w.writerow([tr.step, f"{times[-1]:.3f}", *(f"{last[k]:.6g}" for k in sorted(last))])
+            _progress(tr.step, cfg.steps, last, times[-1], quiet)
+            if tr.step % cfg.validate_every == 0 or tr.step == cfg.steps:
+                last_val = tr.validate()
+                new = not val_path.exists()
+                with open(val_path, "a", newline="") as fh:
+                    w = csv.writer(fh)
+                    if new:
+                        w.writerow(["step", *sorted(last_val)])
+                    w.writerow([tr.step, *(f"{last_val[k]:.6g}" for k in sorted(last_val))])
+            if tr.step % cfg.checkpoint_every == 0 or tr.step == cfg.steps:
+                tr.save()
+    finally:
+        tr.close()
     if not quiet:
         sys.stderr.write("\n")
     return {"kind": kind, "step": tr.step, "resumed": resumed, "finished": tr.step >= cfg.steps, "last_losses": last, "validation": last_val,
-            "seconds_per_step": float(np.median(times)) if times else None, "device": str(tr.device)}
+            "seconds_per_step": float(np.median(times)) if times else None,
+            "data_seconds_per_step": float(np.mean(data_times)) if data_times else None, "device": str(tr.device)}
