@@ -234,3 +234,32 @@ def test_weights_travel_in_parts_and_export_but_do_not_resume(tmp_path):
     with pytest.raises(InputError, match="corrupt"):
         join_weight_parts(tmp_path / "parts", tmp_path / "again")
     assert not (tmp_path / "again" / "checkpoint.pt").exists()
+
+
+def test_sigterm_checkpoints_and_takes_the_data_workers_down(tmp_path):
+    """A scheduler's (or `timeout`'s) SIGTERM ends the run after the step in hand, with a checkpoint
+    and exit 0; the data workers go too, so a pipe from the run closes (communicate returns)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({**TINY, "steps": 10000, "validate_every": 10000, "checkpoint_every": 10000}))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", "from pedq_deploy.cli.train import main; main()", "tv", "--config", str(cfg),
+                             "--out", str(out), "--data-workers", "2", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "train_log.csv").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert (out / "train_log.csv").is_file(), "no training step within 2 minutes"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(err.strip().splitlines()[-1].split("pedq-train: ", 1)[1])
+    assert summary["stopped_by"] == "SIGTERM" and summary["step"] >= 1
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == summary["step"]

@@ -87,8 +87,18 @@ def _subject_for(cfg: TrainConfig, index: int, frame: bool):
 def _worker_init() -> None:
     # one core per worker: the pool, not the kernels, provides the parallelism
     import os
+    import sys
 
     import numba
+
+    if sys.platform.startswith("linux"):  # die with the training process, even when it is killed outright
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+            pass
 
     os.environ["PEDQ_THREADS"] = "1"  # scipy.fft (physics.fft_workers)
     numba.set_num_threads(1)

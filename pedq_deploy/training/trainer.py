@@ -4,7 +4,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -260,13 +262,19 @@ def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = Fals
     if resumed and not quiet:
         sys.stderr.write(f"pedq-train: resuming {kind} from step {tr.step}\n")
     last, last_val, times, data_times = {}, {}, [], []
+    # SIGTERM (a batch scheduler's or `timeout`'s stop) ends the run like the time limit: after the
+    # step in hand, with a checkpoint, the data workers stopped
+    stopped: list[str] = []
+    previous, installed = None, threading.current_thread() is threading.main_thread()
+    if installed:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append("SIGTERM"))
     start = time.monotonic()
     here = _hardware(tr.device)
     if here not in tr.hardware:
         tr.hardware.append(here)
     try:
         while tr.step < cfg.steps:
-            if time_limit_s is not None and time.monotonic() - start > time_limit_s:
+            if stopped or (time_limit_s is not None and time.monotonic() - start > time_limit_s):
                 tr.save()
                 break
             t0 = time.perf_counter()
@@ -293,8 +301,11 @@ def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = Fals
                 tr.save()
     finally:
         tr.close()
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
     if not quiet:
         sys.stderr.write("\n")
-    return {"kind": kind, "step": tr.step, "resumed": resumed, "finished": tr.step >= cfg.steps, "last_losses": last, "validation": last_val,
+    return {"kind": kind, "step": tr.step, "resumed": resumed, "finished": tr.step >= cfg.steps, "stopped_by": stopped[0] if stopped else None,
+            "last_losses": last, "validation": last_val,
             "seconds_per_step": float(np.median(times)) if times else None,
             "data_seconds_per_step": float(np.mean(data_times)) if data_times else None, "device": str(tr.device)}
