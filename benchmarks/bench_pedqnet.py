@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, update_section  # noqa: E402
+from _report import describe_chain, machine, training_chain, update_section  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.inversion import tkd, tv_admm  # noqa: E402
@@ -190,8 +190,7 @@ def _ms(vals):
 def _provenance(models_dir):
     try:
         raw = json.loads((Path(models_dir) / "recon.json").read_text())["training"]
-        hours = (raw.get("train_seconds") or 0) / 3600
-        return f"{raw.get('kind')} run, {raw.get('steps')} steps, {hours:.2f} h on {', '.join(raw.get('hardware') or ['?'])}"
+        return describe_chain(training_chain(raw, "recon"))
     except (OSError, KeyError, ValueError):
         return "provenance unavailable"
 

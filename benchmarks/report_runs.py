@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import update_section  # noqa: E402
+from _report import training_chain, update_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,16 +44,6 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def _chain(training: dict) -> list[dict]:
-    """The runs behind one model, oldest first (each run's ``init_from`` holds the one before)."""
-    chain, t = [], training
-    while t:
-        chain.append(t)
-        before = t.get("init_from") or {}
-        t = next(iter(before.values()), {}).get("training") if before else None
-    return chain[::-1]
-
-
 def lineage() -> list[str]:
     rows = ["Lineage of the shipped models (from the manifests in `export/`; runs oldest first, each starting from the one "
             "before):", "", "| model | runs: kind, steps, hours | total steps | total hours | hardware | last validation of the last run |",
@@ -65,7 +55,7 @@ def lineage() -> list[str]:
             continue
         if meta.get("format") != "pedq-model/1" or not meta.get("training"):
             continue
-        chain = _chain(meta["training"])
+        chain = training_chain(meta["training"], meta.get("role", ""))
         steps = sum(int(t.get("steps") or 0) for t in chain)
         hours = sum(float(t.get("train_seconds") or 0) for t in chain) / 3600
         hw = sorted({h for t in chain for h in (t.get("hardware") or [])})
