@@ -98,7 +98,8 @@ def figure(path, s, outs, local, mask):
     ax[0, 0].set_ylabel("axial")
     ax[1, 0].set_ylabel("coronal")
     ax[2, 0].set_ylabel("dipole kernel (ky-kz)\ntrue / F[field]/F[chi]")
-    fig.suptitle(f"held-out seed {s.params['seed']}, {s.params['age']}, tilt {s.params['tilt_deg']:.0f} deg, TE 4.92 ms, SNR 100", fontsize=10)
+    fig.suptitle(f"held-out seed {s.params['seed']}, {s.params['age']}, tilt {s.params['tilt_deg']:.0f} deg, "
+                 f"TE {s.echo_time * 1e3:.2f} ms, SNR {s.params['snr']:g}", fontsize=10)
     fig.tight_layout()
     tmp = Path(str(path) + ".partial.png")
     fig.savefig(tmp, dpi=90)
@@ -112,6 +113,10 @@ def main() -> None:
     ap.add_argument("--tv-models", default=str(REPO / "export" / "nnunet_tv"), help="nnU-Net_TV models (recon)")
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--bet-subjects", type=int, default=4, help="BET is slow (~30 s a head): run it on the first N")
+    ap.add_argument("--echo-time", type=float, default=4.92e-3, help="seconds (default: the source protocol's)")
+    ap.add_argument("--snr", type=float, default=100.0)
+    ap.add_argument("--skip-masks", action="store_true", help="score the inversions and the segmentation only")
+    ap.add_argument("--section", default="pedqnet", help="RESULTS.md section; also names results/SECTION.json and the figure")
     args = ap.parse_args()
     found = find_models(args.models)
     if found is None:
@@ -126,14 +131,15 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     for i, (seed, tilt) in enumerate(zip(seeds, tilts)):
         age = "neonate" if i % 2 == 0 else "infant"
-        s = make_subject(seed=seed, age=age, tilt_deg=float(tilt), snr=100.0)
+        s = make_subject(seed=seed, age=age, tilt_deg=float(tilt), snr=args.snr, echo_time=args.echo_time)
         rec = {"seed": seed, "age": age, "tilt_deg": float(tilt), "qsm": {}, "masks": {}, "seg_dice": {}, "seconds": {}}
         # masks
         masks = {}
-        t0 = time.perf_counter()
-        masks["classic"] = classic_mask(s.magnitude, s.voxel_size)
-        rec["seconds"]["mask classic"] = time.perf_counter() - t0
-        if pedq.has("mask"):
+        if not args.skip_masks:
+            t0 = time.perf_counter()
+            masks["classic"] = classic_mask(s.magnitude, s.voxel_size)
+            rec["seconds"]["mask classic"] = time.perf_counter() - t0
+        if pedq.has("mask") and not args.skip_masks:
             t0 = time.perf_counter()
             masks["network"] = pedq.mask(s.magnitude, s.voxel_size)
             rec["seconds"]["mask network"] = time.perf_counter() - t0
@@ -141,7 +147,7 @@ def main() -> None:
             # pedq-run --mask-mirror: also on the mirror image along the voxel axis nearest the world's left-right
             masks["network, mirrored"] = pedq.mask(s.magnitude, s.voxel_size, mirror_axis=int(np.argmax(np.abs(s.affine[0, :3]))))
             rec["seconds"]["mask network, mirrored"] = time.perf_counter() - t0
-        if i < args.bet_subjects:
+        if i < args.bet_subjects and not args.skip_masks:
             t0 = time.perf_counter()
             m = bet_mask(s.magnitude, s.affine)
             if m is not None:
@@ -171,15 +177,15 @@ def main() -> None:
             seg = pedq.segment(outs["PedQ-NET"], eroded, s.voxel_size)
             rec["seg_dice"] = {M.FS_DGM_NAMES[k]: M.dice(seg == k, s.labels == k) for k in M.FS_DGM_NAMES}
         if i == 0:
-            figure(out_dir / "pedqnet_comparison.png", s, {k: v for k, v in outs.items() if not k.startswith("reference")}, local, eroded)
+            figure(out_dir / f"{args.section}_comparison.png", s, {k: v for k, v in outs.items() if not k.startswith("reference")}, local, eroded)
         records.append(rec)
         print(f"seed {seed} {age} tilt {tilt:.0f}: " + "; ".join(f"{n} NRMSE {q['nrmse']:.3f}" for n, q in rec["qsm"].items())
               + " | masks " + ", ".join(f"{n} {m['dice']:.3f}" for n, m in rec["masks"].items()), flush=True)
     pedq.close()
     if tvnet:
         tvnet.close()
-    (out_dir / "pedqnet.json").write_text(json.dumps(records, indent=1))
-    update_section("pedqnet", report(records, found, args, note))
+    (out_dir / f"{args.section}.json").write_text(json.dumps(records, indent=1))
+    update_section(args.section, report(records, found, args, note))
 
 
 def _ms(vals):
@@ -197,16 +203,21 @@ def _provenance(models_dir):
 
 def report(records, models_dir, args, note) -> str:
     methods = list(records[0]["qsm"])
-    lines = ["## PedQ-NET against conventional QSM and the nnU-Net_TV ablation (issue 6)", "",
+    source = args.echo_time == 4.92e-3 and args.snr == 100.0
+    protocol = ("source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100)" if source else
+                f"source protocol grid (256x256x80, 0.78x0.78x2 mm, 3 T) with TE {args.echo_time * 1e3:.2f} ms and SNR {args.snr:g}")
+    title = "PedQ-NET against conventional QSM and the nnU-Net_TV ablation (issue 6)" + ("" if source else f", TE {args.echo_time * 1e3:.0f} ms, SNR {args.snr:g}")
+    lines = [f"## {title}", "",
              f"{len(records)} held-out subjects (seeds {records[0]['seed']}-{records[-1]['seed']}; neonates and infants alternating; "
-             "tilts 0-30 deg), source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100). Every method inverts the same local field "
+             f"tilts 0-30 deg), {protocol}. Every method inverts the same local field "
              "(Laplacian unwrapping, V-SHARP in the true brain mask). Scores over the whole truth brain mask, uncovered voxels count as zero "
              "(QSM-CI convention); truth referenced to its brain mean, outputs to their eroded-mask mean. \"NRMSE, covered region\": the same "
              "error inside the V-SHARP-eroded mask only, both maps referenced to their mean there. The all-zero map is a reference: "
              "a method scoring near it has recovered little of the truth's contrast. Mean ± SD over subjects.",
              f"PedQ-NET: {_provenance(models_dir)}. nnU-Net_TV: {_provenance(args.tv_models)}.",
-             f"Machine: {note}. Script: `benchmarks/bench_pedqnet.py`; raw numbers in `benchmarks/results/pedqnet.json`; "
-             "figure `benchmarks/results/pedqnet_comparison.png`.", ""]
+             f"Machine: {note}. Script: `benchmarks/bench_pedqnet.py{'' if source else f' --echo-time {args.echo_time:g} --snr {args.snr:g} --section {args.section}'}"
+             f"{' --skip-masks' if args.skip_masks else ''}`; raw numbers in `benchmarks/results/{args.section}.json`; "
+             f"figure `benchmarks/results/{args.section}_comparison.png`.", ""]
     for age in (None, "neonate", "infant"):
         rows = [r for r in records if age is None or r["age"] == age]
         if not rows:
@@ -223,8 +234,9 @@ def report(records, models_dir, args, note) -> str:
               "| structure | " + " | ".join(methods) + " |", "| --- |" + " ---: |" * len(methods)]
     for j, name in enumerate(names):
         lines.append(f"| {name} | " + " | ".join(f"{np.mean([r['qsm'][m]['regions'][j]['mean_error_ppm'] for r in records]):+.4f}" for m in methods) + " |")
-    lines += ["", "**Brain masks against the truth**", "", "| masker | subjects | Dice | mean boundary distance (mm) | HD95 (mm) | seconds |",
-              "| --- | ---: | --- | --- | --- | ---: |"]
+    if any(r["masks"] for r in records):
+        lines += ["", "**Brain masks against the truth**", "", "| masker | subjects | Dice | mean boundary distance (mm) | HD95 (mm) | seconds |",
+                  "| --- | ---: | --- | --- | --- | ---: |"]
     for name in dict.fromkeys(k for r in records for k in r["masks"]):
         rows = [r for r in records if name in r["masks"]]
         key = "mask " + ("BET" if name.startswith("BET") else name)
