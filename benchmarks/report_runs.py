@@ -23,23 +23,27 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     runs = [Path(a) for a in sys.argv[1:]] or sorted(p.parent for p in (REPO / "runs").glob("*/train_log.csv"))
     lines = ["## The training runs behind the shipped models", ""] + lineage() + [
-             "Loss curves of the run folders on this machine: each run's `train_log.csv` (loss per step, mean over windows of 10% of the run) and `val_log.csv` (held-out crops, seeds "
+             "Loss curves of the run folders given (or found in runs/): each run's `train_log.csv` (loss per step, mean over windows of 10% of the run) and `val_log.csv` (held-out crops, seeds "
              "2000-2001). Script: `benchmarks/report_runs.py`.", "",
-             "| run | losses | steps | median s/step | wall time (h) | loss at 0-10% / 45-55% / 90-100% of the run | last validation |",
+             "| run | losses | steps | median s/step | time in steps (h) | each loss at 0-10% / 45-55% / 90-100% of the run | last validation |",
              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     for run in runs:
         if not (run / "train_log.csv").is_file():
             continue
         rows = list(csv.DictReader(open(run / "train_log.csv")))
-        loss = np.array([float(r["total"]) for r in rows])
         sec = np.array([float(r["seconds"]) for r in rows])
-        n = len(loss)
-        win = lambda a, b: loss[int(a * n): max(int(b * n), int(a * n) + 1)].mean()  # noqa: E731
-        val = list(csv.DictReader(open(run / "val_log.csv"))) if (run / "val_log.csv").is_file() else []
+        n = len(rows)
         parts = [k for k in rows[0] if k not in ("step", "seconds")]
-        lines.append(f"| `{run.name}` | {'+'.join(parts)} | {n} | {np.median(sec):.2f} | {sec.sum() / 3600:.2f} | "
-                     f"{win(0, 0.1):.4g} / {win(0.45, 0.55):.4g} / {win(0.9, 1.0):.4g} | "
-                     f"{', '.join(f'{k} {float(v):.3g}' for k, v in val[-1].items()) if val else 'none (run shorter than validate_every)'} |")
+
+        def windows(name):  # mean over the first, middle and last tenth of the run
+            a = np.array([float(r[name]) for r in rows])
+            win = lambda lo, hi: a[int(lo * n): max(int(hi * n), int(lo * n) + 1)].mean()  # noqa: E731
+            return f"{name} {win(0, 0.1):.4g} / {win(0.45, 0.55):.4g} / {win(0.9, 1.0):.4g}"
+
+        val = list(csv.DictReader(open(run / "val_log.csv"))) if (run / "val_log.csv").is_file() else []
+        lines.append(f"| `{run.name}` | {'+'.join(parts)} | {n} | {np.median(sec):.3g} | {sec.sum() / 3600:.2f} | "
+                     f"{'; '.join(windows(p) for p in parts)} | "
+                     f"{', '.join(f'{k} {int(float(v))}' if k == 'step' else f'{k} {float(v):.3g}' for k, v in val[-1].items()) if val else 'none (run shorter than validate_every)'} |")
     update_section("runs", "\n".join(lines))
     print("\n".join(lines))
 

@@ -263,3 +263,5 @@ def test_sigterm_checkpoints_and_takes_the_data_workers_down(tmp_path):
     assert summary["stopped_by"] == "SIGTERM" and summary["step"] >= 1
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == summary["step"]
+    # the weights it stopped with were validated, though validate_every was never reached
+    assert (out / "val_log.csv").read_text().strip().splitlines()[-1].split(",")[0] == str(state["step"])

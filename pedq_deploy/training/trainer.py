@@ -235,6 +235,17 @@ def _hardware(device: torch.device) -> str:
     return f"cpu: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
+def _log_validation(tr: Trainer, val_path: Path) -> dict:
+    val = tr.validate()
+    new = not val_path.exists()
+    with open(val_path, "a", newline="") as fh:
+        w = csv.writer(fh)
+        if new:
+            w.writerow(["step", *sorted(val)])
+        w.writerow([tr.step, *(f"{val[k]:.6g}" for k in sorted(val))])
+    return val
+
+
 def _progress(step: int, total: int, parts: dict, sec: float, quiet: bool) -> None:
     if quiet:
         return
@@ -275,6 +286,8 @@ def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = Fals
     try:
         while tr.step < cfg.steps:
             if stopped or (time_limit_s is not None and time.monotonic() - start > time_limit_s):
+                if tr.step and tr.step % cfg.validate_every:  # the weights it stops with are validated too
+                    last_val = _log_validation(tr, val_path)
                 tr.save()
                 break
             t0 = time.perf_counter()
@@ -290,13 +303,7 @@ def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = Fals
                 w.writerow([tr.step, f"{times[-1]:.3f}", *(f"{last[k]:.6g}" for k in sorted(last))])
             _progress(tr.step, cfg.steps, last, times[-1], quiet)
             if tr.step % cfg.validate_every == 0 or tr.step == cfg.steps:
-                last_val = tr.validate()
-                new = not val_path.exists()
-                with open(val_path, "a", newline="") as fh:
-                    w = csv.writer(fh)
-                    if new:
-                        w.writerow(["step", *sorted(last_val)])
-                    w.writerow([tr.step, *(f"{last_val[k]:.6g}" for k in sorted(last_val))])
+                last_val = _log_validation(tr, val_path)
             if tr.step % cfg.checkpoint_every == 0 or tr.step == cfg.steps:
                 tr.save()
     finally:
