@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, update_section  # noqa: E402
+from _report import describe_chain, machine, training_chain, update_section  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.export import export_checkpoint  # noqa: E402
@@ -54,13 +54,11 @@ def main() -> None:
     if (Path(args.run) / "recon.json").is_file():  # exported models: their manifest says how they were trained
         models_dir = Path(args.run)
         training = json.loads((models_dir / "recon.json").read_text()).get("training") or {}
-        steps = training.get("steps")
-        before = (training.get("init_from") or {}).get("recon", {}).get("training", {}).get("steps")
-        steps = f"{steps}" + (f" after {before} of the model it started from" if before else "")
+        trained = describe_chain(training_chain(training, "recon")) if training else "training record missing"
     else:
         models_dir = Path(tempfile.mkdtemp(prefix="pedq-tilt-"))
         export_checkpoint(args.run, models_dir)
-        steps = sum(1 for _ in open(Path(args.run) / "train_log.csv")) - 1
+        trained = f"{sum(1 for _ in open(Path(args.run) / 'train_log.csv')) - 1} steps; config in its config.json"
     models = PedqModels(models_dir, backend="onnxruntime")
     res = {t: {"TKD": [], "TV (iterative)": [], "network, B0 frame": [], "network, B0 = z assumed": []} for t in tilts}
     for seed, age in subjects:
@@ -90,7 +88,7 @@ def main() -> None:
     val_path = Path(args.run) / "val_log.csv"
     val = list(csv.reader(open(val_path))) if val_path.is_file() else []
     lines = [f"## Tilted heads: the reconstruction network in the B0-aligned frame (issue 4), TE {te_text}, SNR {args.snr:g}", "",
-             f"Run `{args.run}` ({steps} steps; config in its config.json), exported with pedq-export and run through the deployed "
+             f"Models `{args.run}` ({trained}), run through the deployed "
              f"onnxruntime path. {len(subjects)} held-out subjects (seeds {subjects[0][0]}-{subjects[-1][0]}, neonates and infants) at each tilt, "
              f"source protocol grid, TE {te_text}, SNR {args.snr:g}; same V-SHARP local field (true brain mask) for every method. Mean over subjects; whole-mask scores. "
              f"Machine: {note}. Script: `benchmarks/bench_tilt.py`.", "",
