@@ -63,6 +63,31 @@ def test_pedq_run_tv_quality_with_given_mask_and_siemens_phase(phantom_dir, tmp_
     assert prov["mask_source"] == "given" and prov["parameters"]["inversion"] == "tv"
 
 
+def test_pedq_run_regions_from_given_labels(phantom_dir, tmp_path, capsys):
+    """--labels (e.g. a registered atlas) replaces the segmentation network: regions.csv holds each
+    structure's voxels where chi has values and the mean of the written QSM there."""
+    out = tmp_path / "lab"
+    code, err = run_cli(run_main, [str(phantom_dir / "magnitude.nii.gz"), str(phantom_dir / "phase.nii.gz"), "-o", str(out),
+                                   "--inversion", "tkd", "--mask", str(phantom_dir / "brain_mask.nii.gz"),
+                                   "--labels", str(phantom_dir / "labels.nii.gz")], capsys)
+    assert code == 0, err
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["segmentation_source"] == "labels file" and len(prov["inputs"]["labels"]["sha256"]) == 64
+    qsm = nib.load(str(out / "qsm.nii.gz")).get_fdata()
+    seg = np.asarray(nib.load(str(out / "segmentation.nii.gz")).dataobj)
+    labels = np.asarray(nib.load(str(phantom_dir / "labels.nii.gz")).dataobj)
+    covered = qsm != 0  # the V-SHARP-eroded mask, where chi has values
+    np.testing.assert_array_equal(seg, np.where(covered, labels, 0))
+    rows = [line.split(",") for line in (out / "regions.csv").read_text().strip().splitlines()[1:]]
+    assert len(rows) == 8
+    for label, _, voxels, _, mean, _ in rows:
+        sel = seg == int(label)
+        assert int(voxels) == int(sel.sum())
+        if sel.any():
+            assert float(mean) == pytest.approx(qsm[sel].mean(), abs=1e-6)
+    assert sum(int(r[2]) for r in rows) > 0
+
+
 def _write(path, data, affine=np.eye(4)):
     nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
     return str(path)
@@ -90,12 +115,16 @@ def bad_inputs(phantom_dir, tmp_path):
         "empty mask": ([good_m, good_p, "--mask", _write(tmp_path / "empty.nii.gz", np.zeros(m.shape, np.uint8), aff)] + te, "empty"),
         "phase out of range": ([good_m, _write(tmp_path / "p_big.nii.gz", p * 10, aff)] + te, "no known format"),
         "unknown option value": ([good_m, good_p, "--inversion", "magic"] + te, "magic"),
+        "labels not whole numbers": ([good_m, good_p, "--labels", _write(tmp_path / "prob.nii.gz", np.full(m.shape, 0.5, np.float32), aff)] + te,
+                                     "whole numbers"),
+        "labels off the grid": ([good_m, good_p, "--labels", _write(tmp_path / "lab_small.nii.gz", np.zeros(m.shape, np.uint8)[:-2], aff)] + te,
+                                "labels are not on"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing file", "not 3D", "shape mismatch", "affine mismatch", "NaN phase",
                                   "non-positive echo time", "echo time in ms", "empty mask", "phase out of range",
-                                  "unknown option value"])
+                                  "unknown option value", "labels not whole numbers", "labels off the grid"])
 def test_bad_input_exits_2_with_one_line_and_no_output(case, bad_inputs, tmp_path, capsys):
     argv, message = bad_inputs[case]
     out = tmp_path / "out"

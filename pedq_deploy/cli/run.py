@@ -48,6 +48,8 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("--tv-lambda", type=float, default=3e-4, show_default=True)
 @click.option("--tv-iterations", type=int, default=60, show_default=True)
 @click.option("--vsharp-radii", type=str, help="Comma-separated SMV radii in mm (default: 12 mm down to 2x the thickest voxel).")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
+              help="Label image on the magnitude's grid (FreeSurfer numbers, e.g. a registered atlas): regions.csv from it instead of the segmentation network.")
 @click.option("--dicom-out", type=click.Path(file_okay=False), help="Also write the QSM (and the segmentation, as DICOM SEG) here.")
 @click.option("--dicom-format", type=click.Choice(["mr", "parametric-map"]), default="mr", show_default=True,
               help="mr: integer MR images with RescaleSlope to ppm (shown by every viewer); parametric-map: float values in ppm.")
@@ -58,7 +60,7 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
               help="With --bids: auto (a local Dask cluster when Dask is installed), local, none (in this process), or a Dask scheduler address.")
 @click.option("--workers", type=int, help="With --bids and a local cluster: number of worker processes (default: what cores and memory allow).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, inversion, masker, mask_mirror, models_dir, backend,
+def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, labels_path, inversion, masker, mask_mirror, models_dir, backend,
             unwrap, tkd_threshold, tv_lambda, tv_iterations, vsharp_radii, dicom_out, dicom_format, bids, participant_label, session,
             scheduler, workers, quiet):
     from ..errors import InputError
@@ -81,6 +83,8 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         tv_lambda=tv_lambda,
         tv_iterations=tv_iterations,
     )
+    if bids and labels_path:
+        raise InputError("--labels is per scan: it does not go with --bids")
     if bids:
         return _study(magnitude, phase, outdir, overrides, echo_time, field_strength, mask_path, dicom_out, participant_label, session,
                       scheduler, workers, models_dir, backend, quiet)
@@ -88,7 +92,7 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         raise InputError("--participant-label, --session, --scheduler and --workers go with --bids")
     prov = run_case_files(
         magnitude, phase, outdir, overrides, dicom_out=dicom_out, dicom_format=dicom_format,
-        echo_time=echo_time, field_strength=field_strength, mask_path=mask_path, models_dir=models_dir, backend=backend,
+        echo_time=echo_time, field_strength=field_strength, mask_path=mask_path, labels_path=labels_path, models_dir=models_dir, backend=backend,
         progress=StageProgress(STAGES, quiet), log=(lambda m: None) if quiet else (lambda m: echo_err(f"pedq-run: {m}")),
     )
     if not quiet:

@@ -108,6 +108,7 @@ def run_case(
     mask: np.ndarray | None = None,
     progress: Progress | None = None,
     models=None,
+    labels: np.ndarray | None = None,
 ) -> PipelineResult:
     """Run the pipeline on arrays. ``phase`` is in radians (see ``detect_and_scale_phase``).
 
@@ -118,7 +119,8 @@ def run_case(
 
     ``models`` (a :class:`~pedq_deploy.runtime.networks.PedqModels`) is needed for
     ``inversion="pedq"`` and ``masker="network"``; with it, a segmentation model (if present)
-    labels the deep grey matter.
+    labels the deep grey matter. ``labels`` (FreeSurfer numbers on the input grid, e.g. a
+    registered atlas) take the place of the segmentation network: the regions are theirs.
 
     Returns the brain mask, the unwrapped phase (rad), the local field (ppm) and chi (ppm,
     referenced to the mean over the V-SHARP-eroded mask), all on the input grid.
@@ -145,7 +147,9 @@ def run_case(
 
     if config.inversion == "pedq" and models is None:
         raise InputError("--inversion pedq needs the PedQ-NET models (none found: give --models DIR)")
-    with_seg = models is not None and models.has("seg")
+    if labels is not None and np.shape(labels) != np.shape(magnitude)[:3]:
+        raise InputError(f"labels shape {np.shape(labels)} differs from magnitude shape {np.shape(magnitude)[:3]}")
+    with_seg = labels is not None or (models is not None and models.has("seg"))
     notify("plan", ",".join(STAGES if with_seg else STAGES[:-1]))
     use_network_mask = config.masker == "network" or (config.masker == "auto" and models is not None and models.has("mask"))
     if mask is None and use_network_mask:
@@ -188,7 +192,9 @@ def run_case(
             qc["flags"].append(f"phase not linear in TE over {qc['single_echo_fraction']:.0%} of the brain (first echo used there): "
                                "echo times wrong, or motion between echoes")
     segmentation = None
-    if with_seg:
+    if labels is not None:  # where chi has values (the eroded mask), as the network's labels
+        segmentation = stage("segmentation", np.where, eroded, labels, 0)
+    elif with_seg:
         segmentation = stage("segmentation", models.segment, chi, eroded, voxel_size)
     info = {
         "b0_direction_voxel_frame": [round(float(x), 6) for x in b0],
@@ -198,6 +204,7 @@ def run_case(
         "coverage": coverage,
         "echoes": len(tes),
         "chi_reference": "mean over the V-SHARP-eroded brain mask",
+        **({"segmentation_source": "labels file" if labels is not None else "network"} if with_seg else {}),
         "qc": qc,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
@@ -329,6 +336,18 @@ def load_inputs(magnitude_path: str, phase_path: str | None, mask_path: str | No
     return mag, phase_rad, mask, mprops, phase_note, dicom
 
 
+def load_labels(labels_path: str, props) -> np.ndarray:
+    """A label image (whole non-negative numbers, FreeSurfer's for the deep grey matter) on the magnitude's grid."""
+    from ..io import load_image
+
+    lab, lprops = load_image(labels_path, name="labels")
+    if lab.shape != tuple(props.shape) or not np.allclose(lprops.affine, props.affine, atol=1e-3):
+        raise InputError("labels are not on the magnitude's grid (shape or affine differ)")
+    if not np.all(np.isfinite(lab)) or np.any(lab < 0) or not np.array_equal(lab, np.round(lab)) or lab.max() > 65535:
+        raise InputError(f"{labels_path}: labels must be whole numbers from 0 to 65535 (a label image, not a probability map)")
+    return lab.astype(np.uint16)
+
+
 def run_case_files(
     magnitude_path: str,
     phase_path: str,
@@ -338,6 +357,7 @@ def run_case_files(
     echo_time: float | None = None,
     field_strength: float | None = None,
     mask_path: str | None = None,
+    labels_path: str | None = None,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
     models_dir: str | None = None,
@@ -378,12 +398,13 @@ def run_case_files(
     if not dicom:
         mag, phase_rad, mask, props, phase_note, dicom = load_inputs(magnitude_path, phase_path, mask_path)
     log(phase_note)
+    labels = load_labels(labels_path, props) if labels_path is not None else None
     if dicom_format == "parametric-map" and dicom_out and "M" not in dicom and "P" not in dicom:
         raise InputError("--dicom-format parametric-map needs DICOM input (it references the source images)")
     t_load = time.perf_counter() - t0
     used = None
     try:
-        result = run_case(mag, phase_rad, props.affine, props.voxel_size, config, mask=mask, progress=progress, models=models)
+        result = run_case(mag, phase_rad, props.affine, props.voxel_size, config, mask=mask, progress=progress, models=models, labels=labels)
     finally:
         if models is not None:
             used = models.backends_used()
@@ -399,6 +420,7 @@ def run_case_files(
             "magnitude": {"path": str(Path(magnitude_path).resolve()), "sha256": digest(magnitude_path)},
             "phase": {"path": str(Path(phase_path or magnitude_path).resolve()), "sha256": digest(phase_path or magnitude_path)},
             **({"mask": {"path": str(Path(mask_path).resolve())}} if mask_path else {}),
+            **({"labels": {"path": str(Path(labels_path).resolve()), "sha256": sha256_file(labels_path)}} if labels_path else {}),
         },
         "acquisition": {"echo_time_s": te, "field_strength_t": b0, "source": acq_source, "phase_format": phase_note},
         "grid": {"shape": list(props.shape), "voxel_size_mm": [round(v, 6) for v in props.voxel_size]},
@@ -418,7 +440,8 @@ def run_case_files(
         if result.segmentation is not None:
             from ..metrics import region_stats
 
-            save_image(out.path("segmentation.nii.gz"), result.segmentation, props.affine, dtype=np.uint8)
+            seg_dtype = np.uint8 if int(result.segmentation.max(initial=0)) <= 255 else np.uint16
+            save_image(out.path("segmentation.nii.gz"), result.segmentation, props.affine, dtype=seg_dtype)
             rows = region_stats(result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0)
             lines = ["label,name,voxels,volume_ml,mean_ppm,std_ppm"] + [
                 f"{r['label']},{r['name']},{r['voxels']},{r['volume_ml']:.4f},{r['mean_ppm']:.6f},{r['std_ppm']:.6f}" for r in rows]
