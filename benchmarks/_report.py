@@ -51,13 +51,18 @@ def training_chain(training: dict, role: str) -> list[dict]:
     return chain[::-1]
 
 
+def chain_totals(chain: list[dict]) -> tuple[int, float, list[str]]:
+    """Steps, hours and the hardware (sorted, once each) of the runs of a chain."""
+    steps = sum(int(t.get("steps") or 0) for t in chain)
+    hours = sum(float(t.get("train_seconds") or 0) for t in chain) / 3600
+    return steps, hours, sorted({h for t in chain for h in (t.get("hardware") or [])})
+
+
 def describe_chain(chain: list[dict]) -> str:
     """'joint run, 2311 steps, 0.10 h on cuda: ...; after 765 steps (1.74 h) on cpu: ... of the runs it started from'."""
     last = chain[-1]
     text = f"{last.get('kind')} run, {last.get('steps')} steps, {(last.get('train_seconds') or 0) / 3600:.2f} h on {', '.join(last.get('hardware') or ['?'])}"
     if len(chain) > 1:
-        steps = sum(int(t.get("steps") or 0) for t in chain[:-1])
-        hours = sum(float(t.get("train_seconds") or 0) for t in chain[:-1]) / 3600
-        hw = sorted({h for t in chain[:-1] for h in (t.get("hardware") or [])})
+        steps, hours, hw = chain_totals(chain[:-1])
         text += f", after {steps} steps ({hours:.2f} h) on {', '.join(hw) or '?'} in the {len(chain) - 1} run(s) it started from"
     return text

@@ -139,20 +139,20 @@ def main() -> None:
             t0 = time.perf_counter()
             masks["classic"] = classic_mask(s.magnitude, s.voxel_size)
             rec["seconds"]["mask classic"] = time.perf_counter() - t0
-        if pedq.has("mask") and not args.skip_masks:
-            t0 = time.perf_counter()
-            masks["network"] = pedq.mask(s.magnitude, s.voxel_size)
-            rec["seconds"]["mask network"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            # pedq-run --mask-mirror: also on the mirror image along the voxel axis nearest the world's left-right
-            masks["network, mirrored"] = pedq.mask(s.magnitude, s.voxel_size, mirror_axis=int(np.argmax(np.abs(s.affine[0, :3]))))
-            rec["seconds"]["mask network, mirrored"] = time.perf_counter() - t0
-        if i < args.bet_subjects and not args.skip_masks:
-            t0 = time.perf_counter()
-            m = bet_mask(s.magnitude, s.affine)
-            if m is not None:
-                masks["BET (brainextractor)"] = m
-                rec["seconds"]["mask BET"] = time.perf_counter() - t0
+            if pedq.has("mask"):
+                t0 = time.perf_counter()
+                masks["network"] = pedq.mask(s.magnitude, s.voxel_size)
+                rec["seconds"]["mask network"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                # pedq-run --mask-mirror: also on the mirror image along the voxel axis nearest the world's left-right
+                masks["network, mirrored"] = pedq.mask(s.magnitude, s.voxel_size, mirror_axis=int(np.argmax(np.abs(s.affine[0, :3]))))
+                rec["seconds"]["mask network, mirrored"] = time.perf_counter() - t0
+            if i < args.bet_subjects:
+                t0 = time.perf_counter()
+                m = bet_mask(s.magnitude, s.affine)
+                if m is not None:
+                    masks["BET (brainextractor)"] = m
+                    rec["seconds"]["mask BET"] = time.perf_counter() - t0
         for name, m in masks.items():
             rec["masks"][name] = {"dice": M.dice(m, s.brain_mask), **M.surface_distance(m, s.brain_mask, s.voxel_size)}
         # one local field for every inversion

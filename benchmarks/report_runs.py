@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import training_chain, update_section  # noqa: E402
+from _report import chain_totals, training_chain, update_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,9 +60,7 @@ def lineage() -> list[str]:
         if meta.get("format") != "pedq-model/1" or not meta.get("training"):
             continue
         chain = training_chain(meta["training"], meta.get("role", ""))
-        steps = sum(int(t.get("steps") or 0) for t in chain)
-        hours = sum(float(t.get("train_seconds") or 0) for t in chain) / 3600
-        hw = sorted({h for t in chain for h in (t.get("hardware") or [])})
+        steps, hours, hw = chain_totals(chain)
         val = (chain[-1].get("validation_log") or "").strip().splitlines()
         last = "none"
         if len(val) > 1:  # header, then one row per validation: step first

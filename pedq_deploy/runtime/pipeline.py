@@ -80,7 +80,8 @@ class PipelineResult:
 Progress = Callable[[str, str], None]  # (stage, event): ("plan", "a,b,c") first, then "start" / "done <seconds>"
 
 
-def _check_arrays(magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | None, n_echoes: int) -> None:
+def _check_arrays(magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | None, n_echoes: int,
+                  labels: np.ndarray | None = None) -> None:
     if n_echoes == 1 and magnitude.ndim != 3:
         raise InputError(f"magnitude must be 3D, got shape {magnitude.shape}")
     if n_echoes > 1 and (magnitude.ndim != 4 or magnitude.shape[3] != n_echoes):
@@ -96,6 +97,8 @@ def _check_arrays(magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | N
             raise InputError(f"mask shape {mask.shape} differs from magnitude shape {magnitude.shape}")
         if not np.any(mask > 0):
             raise InputError("the given brain mask is empty")
+    if labels is not None and np.shape(labels) != magnitude.shape[:3]:
+        raise InputError(f"labels shape {np.shape(labels)} differs from magnitude shape {magnitude.shape}")
 
 
 def run_case(
@@ -131,7 +134,7 @@ def run_case(
 
     config.validate()
     tes = config.echo_times
-    _check_arrays(magnitude, phase, mask, len(tes))
+    _check_arrays(magnitude, phase, mask, len(tes), labels)
     first = magnitude[..., 0] if len(tes) > 1 else magnitude
     b0 = check_direction(config.b0_direction) if config.b0_direction is not None else b0_direction_from_affine(affine)
     timings: dict[str, float] = {}
@@ -147,8 +150,6 @@ def run_case(
 
     if config.inversion == "pedq" and models is None:
         raise InputError("--inversion pedq needs the PedQ-NET models (none found: give --models DIR)")
-    if labels is not None and np.shape(labels) != np.shape(magnitude)[:3]:
-        raise InputError(f"labels shape {np.shape(labels)} differs from magnitude shape {np.shape(magnitude)[:3]}")
     with_seg = labels is not None or (models is not None and models.has("seg"))
     notify("plan", ",".join(STAGES if with_seg else STAGES[:-1]))
     use_network_mask = config.masker == "network" or (config.masker == "auto" and models is not None and models.has("mask"))
@@ -328,21 +329,23 @@ def load_inputs(magnitude_path: str, phase_path: str | None, mask_path: str | No
     if not np.all(np.isfinite(mag)):
         raise InputError("magnitude contains NaN or infinite values")
     phase_rad, phase_note = detect_and_scale_phase(ph)
-    mask = None
-    if mask_path is not None:
-        mask, kprops = load_image(mask_path, name="mask")
-        if mask.shape != mag.shape or not np.allclose(kprops.affine, mprops.affine, atol=1e-3):
-            raise InputError("mask is not on the magnitude's grid (shape or affine differ)")
+    mask = _load_on_grid(mask_path, "mask", mprops) if mask_path is not None else None
     return mag, phase_rad, mask, mprops, phase_note, dicom
+
+
+def _load_on_grid(path: str, name: str, props) -> np.ndarray:
+    """An image that must share the magnitude's grid (a mask, labels)."""
+    from ..io import load_image
+
+    data, dprops = load_image(path, name=name)
+    if data.shape != tuple(props.shape) or not np.allclose(dprops.affine, props.affine, atol=1e-3):
+        raise InputError(f"{name} {'is' if name == 'mask' else 'are'} not on the magnitude's grid (shape or affine differ)")
+    return data
 
 
 def load_labels(labels_path: str, props) -> np.ndarray:
     """A label image (whole non-negative numbers, FreeSurfer's for the deep grey matter) on the magnitude's grid."""
-    from ..io import load_image
-
-    lab, lprops = load_image(labels_path, name="labels")
-    if lab.shape != tuple(props.shape) or not np.allclose(lprops.affine, props.affine, atol=1e-3):
-        raise InputError("labels are not on the magnitude's grid (shape or affine differ)")
+    lab = _load_on_grid(labels_path, "labels", props)
     if not np.all(np.isfinite(lab)) or np.any(lab < 0) or not np.array_equal(lab, np.round(lab)) or lab.max() > 65535:
         raise InputError(f"{labels_path}: labels must be whole numbers from 0 to 65535 (a label image, not a probability map)")
     return lab.astype(np.uint16)

@@ -235,14 +235,19 @@ def _hardware(device: torch.device) -> str:
     return f"cpu: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def _log_validation(tr: Trainer, val_path: Path) -> dict:
-    val = tr.validate()
-    new = not val_path.exists()
-    with open(val_path, "a", newline="") as fh:
+def _append_row(path: Path, header: list[str], row: list) -> None:
+    """One row of a CSV log, the header first when the file is new."""
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
         w = csv.writer(fh)
         if new:
-            w.writerow(["step", *sorted(val)])
-        w.writerow([tr.step, *(f"{val[k]:.6g}" for k in sorted(val))])
+            w.writerow(header)
+        w.writerow(row)
+
+
+def _log_validation(tr: Trainer, val_path: Path) -> dict:
+    val = tr.validate()
+    _append_row(val_path, ["step", *sorted(val)], [tr.step, *(f"{val[k]:.6g}" for k in sorted(val))])
     return val
 
 
@@ -295,12 +300,7 @@ def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = Fals
             times.append(time.perf_counter() - t0)
             data_times.append(tr.data_seconds)
             tr.train_seconds += times[-1]
-            new = not log_path.exists()
-            with open(log_path, "a", newline="") as fh:
-                w = csv.writer(fh)
-                if new:
-                    w.writerow(["step", "seconds", *sorted(last)])
-                w.writerow([tr.step, f"{times[-1]:.3f}", *(f"{last[k]:.6g}" for k in sorted(last))])
+            _append_row(log_path, ["step", "seconds", *sorted(last)], [tr.step, f"{times[-1]:.3f}", *(f"{last[k]:.6g}" for k in sorted(last))])
             _progress(tr.step, cfg.steps, last, times[-1], quiet)
             if tr.step % cfg.validate_every == 0 or tr.step == cfg.steps:
                 last_val = _log_validation(tr, val_path)
