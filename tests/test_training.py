@@ -209,6 +209,49 @@ def test_pedq_train_init_from_fine_tunes_and_the_export_keeps_both_records(tmp_p
     assert exc.value.code == 2
 
 
+def test_a_frozen_network_keeps_its_loaded_weights_and_its_record(tmp_path):
+    """frozen: ["recon"] trains the segmentation UNETR alone on a trained reconstruction U-Net; the
+    U-Net leaves the run bit for bit as it came in, and its export keeps the record it came with."""
+    from pedq_deploy.cli.train import main
+    from pedq_deploy.export import export_checkpoint
+
+    base = {**TINY, "recon_window": [32, 32, 32], "validate_every": 100, "checkpoint_every": 1}
+    cfg = tmp_path / "tv.json"
+    cfg.write_text(json.dumps(base))
+    run = lambda kind, conf, out, *extra: main([kind, "--config", str(conf), "--out", str(out), "--steps", "2", "-q", *extra])  # noqa: E731
+    with pytest.raises(SystemExit) as exc:
+        run("tv", cfg, tmp_path / "tv")
+        raise SystemExit(0)
+    assert not exc.value.code
+    export_checkpoint(tmp_path / "tv", tmp_path / "exported")
+    frozen = tmp_path / "frozen.json"
+    frozen.write_text(json.dumps({**base, "frozen": ["recon"]}))
+    with pytest.raises(SystemExit) as exc:
+        run("joint", frozen, tmp_path / "seg", "--init-from", str(tmp_path / "exported"), "--init-roles", "recon")
+        raise SystemExit(0)
+    assert not exc.value.code
+    before = torch.load(tmp_path / "tv" / "checkpoint.pt", weights_only=True)["models"]["recon"]
+    after = torch.load(tmp_path / "seg" / "checkpoint.pt", weights_only=True)
+    for name, value in before.items():
+        assert torch.equal(value, after["models"]["recon"][name]), name
+    assert len(after["optimizer"]["param_groups"]) == 1  # the UNETR's parameters alone
+    fresh = Trainer("joint", tiny(recon_window=(32, 32, 32)), "unused").models["seg"].state_dict()  # same seed: the UNETR's start
+    assert any(not torch.equal(v, after["models"]["seg"][k]) for k, v in fresh.items())
+    export_checkpoint(tmp_path / "seg", tmp_path / "tuned")
+    rec = json.loads((tmp_path / "tuned" / "recon.json").read_text())["training"]
+    seg = json.loads((tmp_path / "tuned" / "seg.json").read_text())["training"]
+    assert rec["kind"] == "tv" and rec["steps"] == 2  # the U-Net's own history, not this run's
+    assert seg["kind"] == "joint" and seg["steps"] == 2 and seg["config"]["frozen"] == ["recon"]
+    for conf, extra in (({**base, "frozen": ["recon"]}, []),  # nothing loaded: it would stay random
+                        ({**base, "frozen": ["mask"]}, ["--init-from", str(tmp_path / "exported"), "--init-roles", "recon"]),
+                        ({**base, "frozen": ["recon", "seg"]}, ["--init-from", str(tmp_path / "exported"), "--init-roles", "recon"]),
+                        ({**base, "frozen": "recon"}, [])):
+        frozen.write_text(json.dumps(conf))
+        with pytest.raises(SystemExit) as exc:
+            run("joint", frozen, tmp_path / "bad", *extra)
+        assert exc.value.code == 2, conf
+
+
 def test_weights_travel_in_parts_and_export_but_do_not_resume(tmp_path):
     """A run's weights split into small files (a GPU machine returns at most 16 MiB a file), joined
     and checked here, export like the original; resuming them is refused (no optimizer state)."""

@@ -50,6 +50,7 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 1e-3
     seg_lr: float | None = None  # joint: the segmentation UNETR's own learning rate (None: lr)
+    frozen: tuple[str, ...] = ()  # networks whose weights stay as loaded (joint: ("recon",) trains the segmentation UNETR alone)
     weight_decay: float = 1e-5
     seed: int = 0
     checkpoint_every: int = 50
@@ -82,6 +83,8 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         if isinstance(v, list):
             data[k] = tuple(v)
     cfg = TrainConfig(**data)
+    if isinstance(cfg.frozen, str) or not all(isinstance(r, str) for r in cfg.frozen):
+        raise InputError(f"frozen must be a list of network names, got {cfg.frozen!r}")
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:
         raise InputError(f"data_workers must be a whole number >= 0, got {cfg.data_workers!r}")
     return cfg

@@ -46,10 +46,15 @@ class Trainer:
         self.device = _device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.models = {k: m.to(self.device) for k, m in build(kind, cfg).items()}
+        self.frozen = tuple(cfg.frozen)
+        if set(self.frozen) - set(self.models) or len(set(self.frozen)) >= len(self.models):
+            raise InputError(f"frozen {list(self.frozen)}: a {kind} run has the networks {', '.join(self.models)}, and one at least must train")
+        for k in self.frozen:
+            self.models[k].requires_grad_(False)
         # one parameter group per network: a transformer (the segmentation UNETR) wants a smaller
         # step than the convolutional reconstruction U-Net
         groups = [{"params": list(m.parameters()), "lr": cfg.seg_lr if (k == "seg" and cfg.seg_lr is not None) else cfg.lr}
-                  for k, m in self.models.items()]
+                  for k, m in self.models.items() if k not in self.frozen]
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame=kind != "mask",
                                     foreground_fraction=cfg.foreground_fraction if kind == "joint" else 0.0, workers=cfg.data_workers)
@@ -147,8 +152,8 @@ class Trainer:
         return out
 
     def train_step(self, samples: list[Sample] | None = None) -> dict[str, float]:
-        for m in self.models.values():
-            m.train()
+        for k, m in self.models.items():
+            m.train(k not in self.frozen)  # a frozen network runs as at inference (no dropout, fixed norms)
         t0 = time.perf_counter()
         batch = self._tensors(samples if samples is not None else self.stream.next_batch())
         self.data_seconds = time.perf_counter() - t0  # waiting for data (and copying it to the device)
@@ -177,12 +182,13 @@ class Trainer:
                 pred = self.models["mask"](batch["magnitude"]).argmax(1)[0].cpu().numpy() > 0
                 rows.append({"dice": M.dice(pred, sample.brain > 0)})
                 continue
-            chi = self.reconstruct(batch)[0, 0].cpu().numpy() * sample.mask
+            raw = self.reconstruct(batch)
+            chi = raw[0, 0].cpu().numpy() * sample.mask
             brain = sample.mask > 0
             ref = sample.chi - sample.chi[brain].mean() if brain.any() else sample.chi
             row = {"nrmse": M.nrmse(chi - chi[brain].mean(), ref, brain), "hfen": M.hfen(chi, ref, brain)}
-            if self.kind == "joint":
-                seg = self.models["seg"](torch.from_numpy(chi)[None, None].to(self.device)).argmax(1)[0].cpu().numpy()
+            if self.kind == "joint":  # the UNETR's input as in training: the U-Net's output as it comes
+                seg = self.models["seg"](raw).argmax(1)[0].cpu().numpy()
                 cls = _labels_to_classes(sample.labels)
                 row["dgm_dice"] = float(np.mean([M.dice(seg == c, cls == c) for c in range(1, len(SEG_CLASSES)) if (cls == c).any()] or [np.nan]))
             rows.append(row)
@@ -271,6 +277,10 @@ def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = Fals
     resumed = tr.load()
     if init_from is not None and not resumed:
         tr.init_from_models(init_from, roles=init_roles)
+    unloaded = sorted(set(tr.frozen) - set(tr.init_from))
+    if unloaded:  # a frozen network must come from somewhere: random weights would stay random
+        tr.close()
+        raise InputError(f"frozen {', '.join(unloaded)}: start the run from trained models (--init-from, with those roles)")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.to_json())
