@@ -80,7 +80,8 @@ def test_pedq_run_regions_from_given_labels(phantom_dir, tmp_path, capsys):
     np.testing.assert_array_equal(seg, np.where(covered, labels, 0))
     rows = [line.split(",") for line in (out / "regions.csv").read_text().strip().splitlines()[1:]]
     assert len(rows) == 8
-    for label, _, voxels, _, mean, _ in rows:
+    assert all(r[6] == "ok" for r in rows)  # the true labels pass the segmentation checks
+    for label, _, voxels, _, mean, _, _ in rows:
         sel = seg == int(label)
         assert int(voxels) == int(sel.sum())
         if sel.any():

@@ -131,7 +131,14 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine, atol=1e-5)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 10, 11, 12, 13, 49, 50, 51, 52}
     rows = (out / "regions.csv").read_text().strip().splitlines()
-    assert rows[0] == "label,name,voxels,volume_ml,mean_ppm,std_ppm" and len(rows) == 9
+    assert rows[0] == "label,name,voxels,volume_ml,mean_ppm,std_ppm,qc" and len(rows) == 9
+    # untrained networks: whatever they label is checked, and a failed check is said on stderr and in the provenance
+    checks = {r.split(",")[1]: r.split(",")[6] for r in rows[1:]}
+    assert set(checks) == set(prov["segmentation_qc"])
+    assert all(v == "ok" or set(v.split(";")) <= {"missing", "wrong_side", "fragmented", "asymmetric"} for v in checks.values())
+    flagged = [n for n, v in checks.items() if v != "ok"]
+    assert bool(flagged) == ("QC: segmentation implausible" in r.stderr)
+    assert all(n in r.stderr for n in flagged)
     assert (out / "quicklook.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     qsm = np.asarray(nib.load(str(out / "qsm.nii.gz")).dataobj)
     assert np.all(np.isfinite(qsm))

@@ -97,6 +97,8 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
     )
     if not quiet:
         echo_err(f"pedq-run: wrote {outdir} in {prov['timings_s']['total']:.1f} s (coverage {prov['coverage']:.1%} of the brain mask)")
+        for flag in prov["qc"].get("flags", []):
+            echo_err(f"pedq-run: QC: {flag}")
 
 
 def _study(bids_dir, phase, outdir, overrides, echo_time, field_strength, mask_path, dicom_out, participant_label, session,

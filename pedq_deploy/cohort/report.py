@@ -24,7 +24,8 @@ def _structure_means(regions: list[dict]) -> dict[str, float | None]:
     out = {}
     for name, labels, _ in STRUCTURES:
         vals = [r["mean_ppm"] for r in regions if r["label"] in labels and r.get("mean_ppm") is not None
-                and not (isinstance(r["mean_ppm"], float) and math.isnan(r["mean_ppm"])) and r.get("voxels", 0) > 0]
+                and not (isinstance(r["mean_ppm"], float) and math.isnan(r["mean_ppm"])) and r.get("voxels", 0) > 0
+                and r.get("qc", "ok") == "ok"]  # a structure that failed the segmentation checks has no trustworthy value
         out[name] = sum(vals) / len(vals) if vals else None
     return out
 

@@ -31,7 +31,7 @@ from ..io.bids import (BIDS_VERSION, BidsRun, DerivativeNames, find_runs, partic
 __all__ = ["run_study", "process_run", "run_hash", "model_manifests", "plan_workers"]
 
 REGION_COLUMNS = ("participant_id", "session_id", "run", "age_years", "label", "name", "voxels", "volume_ml", "mean_ppm", "std_ppm",
-                  "reference")
+                  "reference", "qc")
 _WORKER_MODELS: dict = {}  # (models folder, backend) -> PedqModels: loaded once per worker process
 
 
@@ -124,9 +124,11 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
     rows = []
     if result.segmentation is not None:
         rows = region_stats(result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0, FS_DGM_NAMES)
+        checks = result.info.get("segmentation_qc", {})
         for row in rows:  # JSON has no NaN: a structure the network did not find has no values
             for k in ("mean_ppm", "std_ppm"):
                 row[k] = None if not np.isfinite(row[k]) else row[k]
+            row["qc"] = ";".join(checks.get(row["name"], [])) or "ok"
     files = [names.folder / names.file(k) for k in ("chimap", "mask", "mask_json", "qcmap", "chimap_json")]
     if result.segmentation is not None:
         files.insert(3, names.folder / names.file("dseg"))
@@ -389,5 +391,5 @@ def _write_regions(out_root: Path, records: list[dict]) -> None:
             num = lambda x: "n/a" if x is None else f"{x:.6f}"  # noqa: E731
             lines.append("\t".join([f"sub-{r['subject']}", f"ses-{r['session']}" if r["session"] else "n/a", r["run"], age, str(g["label"]),
                                     g["name"], str(g["voxels"]), f"{g['volume_ml']:.4f}", num(g["mean_ppm"]), num(g["std_ppm"]),
-                                    "mean over the V-SHARP-eroded brain mask"]))
+                                    "mean over the V-SHARP-eroded brain mask", g.get("qc", "ok")]))
     write_text_atomic(out_root / "regions.tsv", "\n".join(lines) + "\n")

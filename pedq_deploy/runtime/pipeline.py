@@ -17,7 +17,9 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError
+from ..metrics import FS_DGM_NAMES
 from ..physics import b0_direction_from_affine, check_direction, phase_per_ppm, phase_to_ppm
+from ..postprocess.segqc import segmentation_checks
 
 __all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "STAGES"]
 
@@ -197,6 +199,13 @@ def run_case(
         segmentation = stage("segmentation", np.where, eroded, labels, 0)
     elif with_seg:
         segmentation = stage("segmentation", models.segment, chi, eroded, voxel_size)
+    seg_qc = None
+    if segmentation is not None:  # anatomy's plausibility checks, structure by structure (postprocess.segqc)
+        seg_qc = {FS_DGM_NAMES[k]: f for k, f in segmentation_checks(segmentation, brain, affine, FS_DGM_NAMES).items()}
+        bad = [f"{name} ({', '.join(f)})" for name, f in seg_qc.items() if f]
+        if bad:
+            qc["flags"].append(f"segmentation implausible for {len(bad)} of {len(seg_qc)} structures, their regions are unreliable: "
+                               + "; ".join(bad))
     info = {
         "b0_direction_voxel_frame": [round(float(x), 6) for x in b0],
         "b0_direction_source": "given" if config.b0_direction is not None else "affine",
@@ -206,6 +215,7 @@ def run_case(
         "echoes": len(tes),
         "chi_reference": "mean over the V-SHARP-eroded brain mask",
         **({"segmentation_source": "labels file" if labels is not None else "network"} if with_seg else {}),
+        **({"segmentation_qc": seg_qc} if seg_qc is not None else {}),
         "qc": qc,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
@@ -231,7 +241,6 @@ def _write_dicom(folder, fmt: str, result, props, dicom: dict) -> dict:
     """QSM (MR images or a Parametric Map) and, with a segmentation, a DICOM SEG into ``folder`` (staged)."""
     from ..io import StagedOutput
     from ..io.dicom import write_mr_series, write_parametric_map, write_seg
-    from ..metrics import FS_DGM_NAMES
 
     src = (dicom.get("M") or dicom.get("P"))
     source = src.datasets if src is not None else None
@@ -446,8 +455,10 @@ def run_case_files(
             seg_dtype = np.uint8 if int(result.segmentation.max(initial=0)) <= 255 else np.uint16
             save_image(out.path("segmentation.nii.gz"), result.segmentation, props.affine, dtype=seg_dtype)
             rows = region_stats(result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0)
-            lines = ["label,name,voxels,volume_ml,mean_ppm,std_ppm"] + [
-                f"{r['label']},{r['name']},{r['voxels']},{r['volume_ml']:.4f},{r['mean_ppm']:.6f},{r['std_ppm']:.6f}" for r in rows]
+            checks = result.info.get("segmentation_qc", {})
+            lines = ["label,name,voxels,volume_ml,mean_ppm,std_ppm,qc"] + [
+                f"{r['label']},{r['name']},{r['voxels']},{r['volume_ml']:.4f},{r['mean_ppm']:.6f},{r['std_ppm']:.6f},"
+                f"{';'.join(checks.get(r['name'], [])) or 'ok'}" for r in rows]
             out.path("regions.csv").write_text("\n".join(lines) + "\n")
         quicklook(out.path("quicklook.png"), mag, result.mask, result.qsm, result.segmentation)
         if dicom_out:
