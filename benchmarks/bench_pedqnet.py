@@ -36,6 +36,7 @@ from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.inversion import tkd, tv_admm  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.physics import dipole_kernel, phase_to_ppm  # noqa: E402
+from pedq_deploy.postprocess import segmentation_checks  # noqa: E402
 from pedq_deploy.preprocess import classic_mask, laplacian_unwrap, vsharp  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 
@@ -176,6 +177,9 @@ def main() -> None:
         if pedq.has("seg"):
             seg = pedq.segment(outs["PedQ-NET"], eroded, s.voxel_size)
             rec["seg_dice"] = {M.FS_DGM_NAMES[k]: M.dice(seg == k, s.labels == k) for k in M.FS_DGM_NAMES}
+            # pedq-run's plausibility checks, on the network's labels and (their false alarms) on the true ones
+            for key, lab in (("seg_qc", seg), ("truth_qc", np.where(eroded, s.labels, 0))):
+                rec[key] = {M.FS_DGM_NAMES[k]: f for k, f in segmentation_checks(lab, s.brain_mask, s.affine, M.FS_DGM_NAMES).items()}
         if i == 0:
             figure(out_dir / f"{args.section}_comparison.png", s, {k: v for k, v in outs.items() if not k.startswith("reference")}, local, eroded)
         records.append(rec)
@@ -193,10 +197,10 @@ def _ms(vals):
     return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "n/a"
 
 
-def _provenance(models_dir):
+def _provenance(models_dir, role="recon"):
     try:
-        raw = json.loads((Path(models_dir) / "recon.json").read_text())["training"]
-        return describe_chain(training_chain(raw, "recon"))
+        raw = json.loads((Path(models_dir) / f"{role}.json").read_text())["training"]
+        return describe_chain(training_chain(raw, role))
     except (OSError, KeyError, ValueError):
         return "provenance unavailable"
 
@@ -214,7 +218,8 @@ def report(records, models_dir, args, note) -> str:
              "(QSM-CI convention); truth referenced to its brain mean, outputs to their eroded-mask mean. \"NRMSE, covered region\": the same "
              "error inside the V-SHARP-eroded mask only, both maps referenced to their mean there. The all-zero map is a reference: "
              "a method scoring near it has recovered little of the truth's contrast. Mean ± SD over subjects.",
-             f"PedQ-NET: {_provenance(models_dir)}. nnU-Net_TV: {_provenance(args.tv_models)}.",
+             f"PedQ-NET: {_provenance(models_dir)}. nnU-Net_TV: {_provenance(args.tv_models)}."
+             + (f" Segmentation UNETR: {_provenance(models_dir, 'seg')}." if records[0]["seg_dice"] else ""),
              f"Machine: {note}. Script: `benchmarks/bench_pedqnet.py{'' if source else f' --echo-time {args.echo_time:g} --snr {args.snr:g} --section {args.section}'}"
              f"{' --skip-masks' if args.skip_masks else ''}`; raw numbers in `benchmarks/results/{args.section}.json`; "
              f"figure `benchmarks/results/{args.section}_comparison.png`.", ""]
@@ -250,9 +255,29 @@ def report(records, models_dir, args, note) -> str:
                   f"{len(paired)} (mean change {np.mean(d):+.4f}, SD {np.std(d):.4f}), mean boundary distance lower in {better('mean_mm', -1)}, "
                   f"HD95 lower in {better('hd95_mm', -1)}."]
     if records[0]["seg_dice"]:
-        lines += ["", "**Segmentation of PedQ-NET's QSM (Dice per structure)**", "", "| structure | Dice |", "| --- | --- |"]
+        checked = [r for r in records if "seg_qc" in r]
+        lines += ["", "**Segmentation of PedQ-NET's QSM (Dice per structure)**", "",
+                  "`pedq-run`'s segmentation checks (missing, wrong side, fragmented, asymmetric): how many of the subjects' structures "
+                  "pass them, and the Dice of those that pass and of those flagged.", "",
+                  "| structure | Dice | pass the checks | Dice, passed | Dice, flagged |", "| --- | --- | ---: | --- | --- |"]
         for name in records[0]["seg_dice"]:
-            lines.append(f"| {name} | {_ms([r['seg_dice'][name] for r in records])} |")
+            ok = [r["seg_dice"][name] for r in checked if not r["seg_qc"][name]]
+            bad = [r["seg_dice"][name] for r in checked if r["seg_qc"][name]]
+            lines.append(f"| {name} | {_ms([r['seg_dice'][name] for r in records])} | {len(ok)} of {len(checked)} | "
+                         f"{_ms(ok) if ok else 'n/a'} | {_ms(bad) if bad else 'n/a'} |")
+        if checked:
+            every = lambda key: [(r[key][n], r["seg_dice"][n]) for r in checked for n in r[key]]  # noqa: E731
+            net, truth = every("seg_qc"), every("truth_qc")
+            ok = [d for f, d in net if not f]
+            bad = [d for f, d in net if f]
+            flags = {}
+            for f, _ in net:
+                for x in f:
+                    flags[x] = flags.get(x, 0) + 1
+            lines += ["", f"Over all {len(net)} structure segmentations: {len(ok)} pass the checks (mean Dice "
+                      f"{np.mean(ok) if ok else float('nan'):.3f}), {len(bad)} are flagged (mean Dice {np.mean(bad) if bad else float('nan'):.3f}; "
+                      + (", ".join(f"{k} {v}" for k, v in sorted(flags.items())) or "no flag") + "). "
+                      f"The true labels (inside the eroded mask) are flagged in {sum(bool(f) for f, _ in truth)} of {len(truth)}."]
     return "\n".join(lines)
 
 

@@ -252,6 +252,31 @@ def test_a_frozen_network_keeps_its_loaded_weights_and_its_record(tmp_path):
         assert exc.value.code == 2, conf
 
 
+def test_the_segmentation_unetr_sees_chi_as_pedq_run_gives_it(tmp_path):
+    """seg_input="masked": chi inside the eroded mask, referenced to its mean there, zero outside
+    (what pedq-run feeds the network); "raw" is what runs before the field did, and resumes so."""
+    tr = Trainer("joint", tiny(), tmp_path / "run")
+    batch = tr._tensors(tr.stream.next_batch())
+    chi = torch.randn(batch["field"].shape, generator=torch.Generator().manual_seed(0)) + 0.3
+    x = tr.seg_input(chi, batch["mask"])
+    m = (batch["mask"] > 0)[:, None]
+    assert m.any() and (~m).any()
+    assert torch.all(x[~m] == 0) and abs(float(x[m].mean())) < 1e-5
+    torch.testing.assert_close(x[m], (chi - chi[m].mean())[m])
+    raw = Trainer("joint", tiny(seg_input="raw"), "unused")
+    assert torch.equal(raw.seg_input(chi, batch["mask"]), chi)
+    with pytest.raises(InputError, match="seg_input"):
+        load_config(None, seg_input="unmasked")
+    # a checkpoint that predates the field trained on raw chi: it resumes as "raw" only
+    tr.save()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    del state["config"]["seg_input"]
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(InputError, match="seg_input"):
+        Trainer("joint", tiny(), tmp_path / "run").load()
+    assert Trainer("joint", tiny(seg_input="raw"), tmp_path / "run").load()
+
+
 def test_weights_travel_in_parts_and_export_but_do_not_resume(tmp_path):
     """A run's weights split into small files (a GPU machine returns at most 16 MiB a file), joined
     and checked here, export like the original; resuming them is refused (no optimizer state)."""

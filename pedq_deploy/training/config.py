@@ -7,9 +7,12 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL"]
+__all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL", "LEGACY", "SEG_INPUTS"]
 
 KINDS = ("mask", "recon", "joint", "tv")
+SEG_INPUTS = ("masked", "raw")
+# what a checkpoint that predates a field did (where that differs from the field's default now)
+LEGACY = {"seg_input": "raw"}
 # fields that change how a run is carried out, not what it computes: a resumed run may change them
 OPERATIONAL = ("steps", "device", "checkpoint_every", "validate_every", "data_workers")
 
@@ -50,6 +53,10 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 1e-3
     seg_lr: float | None = None  # joint: the segmentation UNETR's own learning rate (None: lr)
+    # joint: what the segmentation UNETR sees. "masked": chi inside the V-SHARP-eroded mask referenced
+    # to its mean there, zero outside, as pedq-run gives it; "raw": the U-Net's output as it comes
+    # (runs before this field trained so: LEGACY)
+    seg_input: str = "masked"
     frozen: tuple[str, ...] = ()  # networks whose weights stay as loaded (joint: ("recon",) trains the segmentation UNETR alone)
     weight_decay: float = 1e-5
     seed: int = 0
@@ -83,6 +90,8 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         if isinstance(v, list):
             data[k] = tuple(v)
     cfg = TrainConfig(**data)
+    if cfg.seg_input not in SEG_INPUTS:
+        raise InputError(f"seg_input must be one of {', '.join(SEG_INPUTS)}, got {cfg.seg_input!r}")
     if isinstance(cfg.frozen, str) or not all(isinstance(r, str) for r in cfg.frozen):
         raise InputError(f"frozen must be a list of network names, got {cfg.frozen!r}")
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:

@@ -15,7 +15,7 @@ import torch
 
 from .. import metrics as M
 from ..errors import InputError
-from .config import KINDS, OPERATIONAL, TrainConfig
+from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig
 from .data import PhantomStream, Sample, _sample_from, prepare_subject
 from .losses import model_loss, tv_loss
 from .networks import SEG_CLASSES, build
@@ -133,6 +133,15 @@ class Trainer:
             return sliding_window_inference(x, self.cfg.recon_window, 1, net, overlap=0.25, mode="gaussian")
         return net(x)
 
+    def seg_input(self, chi: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """What the segmentation UNETR sees of chi (B, 1, X, Y, Z): with ``seg_input="masked"``, as
+        pedq-run gives it (the eroded mask, referenced to chi's mean there, zero outside)."""
+        if self.cfg.seg_input == "raw":
+            return chi
+        m = (mask > 0)[:, None]
+        mean = (chi * m).sum(dim=(2, 3, 4), keepdim=True) / m.sum(dim=(2, 3, 4), keepdim=True).clamp(min=1)
+        return torch.where(m, chi - mean, torch.zeros_like(chi))
+
     def losses(self, batch) -> dict[str, torch.Tensor]:
         if self.kind == "mask":
             logits = self.models["mask"](batch["magnitude"])
@@ -145,7 +154,7 @@ class Trainer:
             out["tv"] = tv_loss(chi[:, 0], batch["mask"])
             out["total"] = lm + self.cfg.lambda_tv * out["tv"]
         elif self.kind == "joint":
-            out["seg"] = self._seg_loss(self.models["seg"](chi), batch["classes"])
+            out["seg"] = self._seg_loss(self.models["seg"](self.seg_input(chi, batch["mask"])), batch["classes"])
             out["total"] = lm + self.cfg.lambda_seg * out["seg"]
         else:
             out["total"] = lm
@@ -187,8 +196,8 @@ class Trainer:
             brain = sample.mask > 0
             ref = sample.chi - sample.chi[brain].mean() if brain.any() else sample.chi
             row = {"nrmse": M.nrmse(chi - chi[brain].mean(), ref, brain), "hfen": M.hfen(chi, ref, brain)}
-            if self.kind == "joint":  # the UNETR's input as in training: the U-Net's output as it comes
-                seg = self.models["seg"](raw).argmax(1)[0].cpu().numpy()
+            if self.kind == "joint":  # the UNETR's input as in training
+                seg = self.models["seg"](self.seg_input(raw, batch["mask"])).argmax(1)[0].cpu().numpy()
                 cls = _labels_to_classes(sample.labels)
                 row["dgm_dice"] = float(np.mean([M.dice(seg == c, cls == c) for c in range(1, len(SEG_CLASSES)) if (cls == c).any()] or [np.nan]))
             rows.append(row)
@@ -217,7 +226,7 @@ class Trainer:
                              "export it and start a new run from the export with --init-from")
         saved = dict(state["config"])
         mine = json.loads(self.cfg.to_json())
-        default = json.loads(TrainConfig().to_json())  # a field the checkpoint predates had its default
+        default = {**json.loads(TrainConfig().to_json()), **LEGACY}  # what a field the checkpoint predates amounted to
         differ = sorted(k for k in mine if k not in OPERATIONAL and saved.get(k, default[k]) != mine[k])
         if differ:
             raise InputError(f"{path} was trained with another config ({', '.join(differ)} differ): use a new --out")
