@@ -55,18 +55,25 @@ def segmentation_checks(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray
         raise InputError("the brain mask is empty")
     world_x = lambda idx: float(a[0, :3] @ np.array([i.mean() for i in idx]) + a[0, 3])  # noqa: E731
     midline = world_x(np.nonzero(m))
-    counts = {k: int(np.count_nonzero(lab == k)) for k in names}
+    wanted = np.where(np.isin(lab, list(names)), lab, 0).astype(np.int64)
+    boxes = ndi.find_objects(wanted)  # each structure's bounding box: the checks look there only
     flags: dict[int, list[str]] = {}
+    sel, counts = {}, {}
+    for k in names:
+        box = boxes[k - 1] if 0 < k <= len(boxes) else None
+        sel[k] = (box, wanted[box] == k) if box is not None else None
+        counts[k] = int(np.count_nonzero(sel[k][1])) if sel[k] is not None else 0
     for k, name in names.items():
         f = []
-        sel = lab == k
         if counts[k] == 0:
             flags[k] = ["missing"]
             continue
+        box, inside = sel[k]
         side = _side(name)
-        if side and np.sign(world_x(np.nonzero(sel)) - midline) == -side:
+        centre = tuple(i + b.start for i, b in zip(np.nonzero(inside), box))
+        if side and np.sign(world_x(centre) - midline) == -side:
             f.append("wrong_side")
-        pieces, n = ndi.label(sel, structure=np.ones((3, 3, 3), bool))
+        pieces, n = ndi.label(inside, structure=np.ones((3, 3, 3), bool))
         if n > 1 and np.bincount(pieces.ravel())[1:].max() < t["min_largest_component"] * counts[k]:
             f.append("fragmented")
         other = _partner(name, names)
