@@ -25,6 +25,7 @@ import io
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -264,16 +265,13 @@ def report(records, models_dir, args, note) -> str:
             ok = [r["seg_dice"][name] for r in checked if not r["seg_qc"][name]]
             bad = [r["seg_dice"][name] for r in checked if r["seg_qc"][name]]
             lines.append(f"| {name} | {_ms([r['seg_dice'][name] for r in records])} | {len(ok)} of {len(checked)} | "
-                         f"{_ms(ok) if ok else 'n/a'} | {_ms(bad) if bad else 'n/a'} |")
+                         f"{_ms(ok)} | {_ms(bad)} |")
         if checked:
             every = lambda key: [(r[key][n], r["seg_dice"][n]) for r in checked for n in r[key]]  # noqa: E731
             net, truth = every("seg_qc"), every("truth_qc")
             ok = [d for f, d in net if not f]
             bad = [d for f, d in net if f]
-            flags = {}
-            for f, _ in net:
-                for x in f:
-                    flags[x] = flags.get(x, 0) + 1
+            flags = Counter(x for f, _ in net for x in f)
             lines += ["", f"Over all {len(net)} structure segmentations: {len(ok)} pass the checks (mean Dice "
                       f"{np.mean(ok) if ok else float('nan'):.3f}), {len(bad)} are flagged (mean Dice {np.mean(bad) if bad else float('nan'):.3f}; "
                       + (", ".join(f"{k} {v}" for k, v in sorted(flags.items())) or "no flag") + "). "

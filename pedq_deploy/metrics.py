@@ -131,8 +131,10 @@ def surface_distance(a: np.ndarray, b: np.ndarray, voxel_size=(1.0, 1.0, 1.0)) -
     return {"mean_mm": float(d.mean()), "hd95_mm": float(np.percentile(d, 95))}
 
 
-def region_stats(chi: np.ndarray, labels: np.ndarray, voxel_volume_ml: float = 0.0, names: dict[int, str] | None = None) -> list[dict]:
-    """Per-label voxels, volume (mL), mean and standard deviation of ``chi`` (ppm)."""
+def region_stats(chi: np.ndarray, labels: np.ndarray, voxel_volume_ml: float = 0.0, names: dict[int, str] | None = None,
+                 checks: dict[str, list[str]] | None = None) -> list[dict]:
+    """Per-label voxels, volume (mL), mean and standard deviation of ``chi`` (ppm); with ``checks``
+    (name -> flags of :func:`pedq_deploy.postprocess.segmentation_checks`), ``qc``: ``ok`` or the flags."""
     names = FS_DGM_NAMES if names is None else names
     c = np.asarray(chi, np.float64)
     lab = np.asarray(labels)
@@ -143,6 +145,8 @@ def region_stats(chi: np.ndarray, labels: np.ndarray, voxel_volume_ml: float = 0
         rows.append({"label": int(number), "name": name, "voxels": n, "volume_ml": n * voxel_volume_ml,
                      "mean_ppm": float(c[sel].mean()) if n else float("nan"),
                      "std_ppm": float(c[sel].std()) if n else float("nan")})
+        if checks is not None:
+            rows[-1]["qc"] = ";".join(checks.get(name, [])) or "ok"
     return rows
 
 

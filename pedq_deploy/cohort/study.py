@@ -123,12 +123,11 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
     names = DerivativeNames(run)
     rows = []
     if result.segmentation is not None:
-        rows = region_stats(result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0, FS_DGM_NAMES)
-        checks = result.info.get("segmentation_qc", {})
+        rows = region_stats(result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0, FS_DGM_NAMES,
+                            checks=result.info.get("segmentation_qc", {}))
         for row in rows:  # JSON has no NaN: a structure the network did not find has no values
             for k in ("mean_ppm", "std_ppm"):
                 row[k] = None if not np.isfinite(row[k]) else row[k]
-            row["qc"] = ";".join(checks.get(row["name"], [])) or "ok"
     files = [names.folder / names.file(k) for k in ("chimap", "mask", "mask_json", "qcmap", "chimap_json")]
     if result.segmentation is not None:
         files.insert(3, names.folder / names.file("dseg"))

@@ -126,6 +126,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
     voxels = {"recon": (cfg.frame_voxel,) * 3, "seg": (cfg.frame_voxel,) * 3, "mask": tuple(cfg.voxel_size)}
     # a network the run kept frozen has the weights it was loaded with: its record is that model's
     start = state.get("init_from") or {}
-    own = {name: (start[name].get("training") or {}) if name in (cfg.frozen or ()) and name in start else provenance for name in models}
+    own = {name: (start[name].get("training") or {}) if name in cfg.frozen and name in start else provenance for name in models}
     return [export_network(m, name, 1, patches[name], out_dir, voxel_size=voxels[name], provenance=own[name])
             for name, m in models.items()]

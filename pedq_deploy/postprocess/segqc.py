@@ -57,18 +57,19 @@ def segmentation_checks(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray
     midline = world_x(np.nonzero(m))
     wanted = np.where(np.isin(lab, list(names)), lab, 0).astype(np.int64)
     boxes = ndi.find_objects(wanted)  # each structure's bounding box: the checks look there only
-    flags: dict[int, list[str]] = {}
-    sel, counts = {}, {}
+    parts = {}  # label -> (its box, its voxels in the box)
     for k in names:
-        box = boxes[k - 1] if 0 < k <= len(boxes) else None
-        sel[k] = (box, wanted[box] == k) if box is not None else None
-        counts[k] = int(np.count_nonzero(sel[k][1])) if sel[k] is not None else 0
+        box = boxes[k - 1] if 0 < k <= len(boxes) else None  # None: the label is absent
+        if box is not None:
+            parts[k] = (box, wanted[box] == k)
+    counts = {k: int(np.count_nonzero(parts[k][1])) if k in parts else 0 for k in names}
+    flags: dict[int, list[str]] = {}
     for k, name in names.items():
         f = []
         if counts[k] == 0:
             flags[k] = ["missing"]
             continue
-        box, inside = sel[k]
+        box, inside = parts[k]
         side = _side(name)
         centre = tuple(i + b.start for i, b in zip(np.nonzero(inside), box))
         if side and np.sign(world_x(centre) - midline) == -side:

@@ -454,11 +454,10 @@ def run_case_files(
 
             seg_dtype = np.uint8 if int(result.segmentation.max(initial=0)) <= 255 else np.uint16
             save_image(out.path("segmentation.nii.gz"), result.segmentation, props.affine, dtype=seg_dtype)
-            rows = region_stats(result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0)
-            checks = result.info.get("segmentation_qc", {})
+            rows = region_stats(result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0,
+                                checks=result.info.get("segmentation_qc", {}))
             lines = ["label,name,voxels,volume_ml,mean_ppm,std_ppm,qc"] + [
-                f"{r['label']},{r['name']},{r['voxels']},{r['volume_ml']:.4f},{r['mean_ppm']:.6f},{r['std_ppm']:.6f},"
-                f"{';'.join(checks.get(r['name'], [])) or 'ok'}" for r in rows]
+                f"{r['label']},{r['name']},{r['voxels']},{r['volume_ml']:.4f},{r['mean_ppm']:.6f},{r['std_ppm']:.6f},{r['qc']}" for r in rows]
             out.path("regions.csv").write_text("\n".join(lines) + "\n")
         quicklook(out.path("quicklook.png"), mag, result.mask, result.qsm, result.segmentation)
         if dicom_out:
