@@ -242,6 +242,17 @@ def test_a_frozen_network_keeps_its_loaded_weights_and_its_record(tmp_path):
     seg = json.loads((tmp_path / "tuned" / "seg.json").read_text())["training"]
     assert rec["kind"] == "tv" and rec["steps"] == 2  # the U-Net's own history, not this run's
     assert seg["kind"] == "joint" and seg["steps"] == 2 and seg["config"]["frozen"] == ["recon"]
+    # the other way round: the U-Net trains under a frozen UNETR (whose file lacks the parameters
+    # MONAI builds and never calls: loading must still find them idle)
+    frozen.write_text(json.dumps({**base, "frozen": ["seg"]}))
+    with pytest.raises(SystemExit) as exc:
+        run("joint", frozen, tmp_path / "rec", "--init-from", str(tmp_path / "tuned"))
+        raise SystemExit(0)
+    assert not exc.value.code
+    last = torch.load(tmp_path / "rec" / "checkpoint.pt", weights_only=True)["models"]
+    for name, value in after["models"]["seg"].items():
+        assert torch.equal(value, last["seg"][name]), name
+    assert any(not torch.equal(v, last["recon"][k]) for k, v in after["models"]["recon"].items())
     for conf, extra in (({**base, "frozen": ["recon"]}, []),  # nothing loaded: it would stay random
                         ({**base, "frozen": ["mask"]}, ["--init-from", str(tmp_path / "exported"), "--init-roles", "recon"]),
                         ({**base, "frozen": ["recon", "seg"]}, ["--init-from", str(tmp_path / "exported"), "--init-roles", "recon"]),
@@ -333,3 +344,39 @@ def test_sigterm_checkpoints_and_takes_the_data_workers_down(tmp_path):
     assert state["step"] == summary["step"]
     # the weights it stopped with were validated, though validate_every was never reached
     assert (out / "val_log.csv").read_text().strip().splitlines()[-1].split(",")[0] == str(state["step"])
+
+
+def test_a_repeat_scan_target_differs_from_the_input_by_independent_noise_only():
+    """model_target="repeat" (Noise2Noise): L_model's field is a second scan of the same head at the
+    same echo time. Without noise the two fields are the same; with noise their differences from
+    the noiseless field are uncorrelated and equally large. (Air has no signal, so its phase is
+    noise at any SNR, and the Laplacian unwrapping carries a trace of it into the brain: hence
+    "the same" to 1% of the field's range.)"""
+    from pedq_deploy.training.data import _subject_for
+
+    clean = _subject_for(tiny(model_target="repeat", snr_range=(1e9, 1e9)), 0, True)
+    noisy = _subject_for(tiny(model_target="repeat", snr_range=(40.0, 40.0)), 0, True)
+    m = clean.params["loss_mask"]
+    scale = np.abs(clean.local_field[m]).max()
+    np.testing.assert_allclose(clean.params["target_field"][m], clean.local_field[m], atol=0.01 * scale)
+    n1 = (noisy.local_field - clean.local_field)[m]
+    n2 = (noisy.params["target_field"] - clean.local_field)[m]
+    assert abs(np.corrcoef(n1, n2)[0, 1]) < 0.1
+    assert 0.8 < n2.std() / n1.std() < 1.25
+    assert n1.std() > 0.2 * clean.local_field[m].std()  # the noise is not negligible at SNR 40
+
+    tr = Trainer("recon", tiny(model_target="repeat"), "unused")
+    batch = tr._tensors(tr.stream.next_batch())
+    assert not torch.equal(batch["target"], batch["field"])
+    with torch.no_grad():
+        chi = tr.reconstruct(batch)
+        args = (batch["weight"], batch["mask"], batch["direction"], (tr.cfg.frame_voxel,) * 3, batch["rad_per_ppm"])
+        k = batch["rad_per_ppm"][:, None, None, None]
+        want = float(model_loss(chi[:, 0], batch["target"][:, 0] * k, *args))
+        assert float(tr.losses(batch)["model"]) == pytest.approx(want, rel=1e-6)
+        assert want != pytest.approx(float(model_loss(chi[:, 0], batch["field"][:, 0] * k, *args)), rel=1e-3)
+    # the source study's target is the input itself
+    sample = PhantomStream(tiny()).next_sample()
+    assert sample.target_ppm is sample.field_ppm
+    with pytest.raises(InputError, match="model_target"):
+        load_config(None, model_target="other")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL", "LEGACY", "SEG_INPUTS"]
+__all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL", "LEGACY", "SEG_INPUTS", "MODEL_TARGETS"]
 
 KINDS = ("mask", "recon", "joint", "tv")
 SEG_INPUTS = ("masked", "raw")
+MODEL_TARGETS = ("input", "repeat")
 # what a checkpoint that predates a field did (where that differs from the field's default now)
 LEGACY = {"seg_input": "raw"}
 # fields that change how a run is carried out, not what it computes: a resumed run may change them
@@ -46,6 +47,12 @@ class TrainConfig:
     chi_scale: float = 0.1  # chi (ppm) = network output * chi_scale
     # losses
     lambda_seg: float = 0.1
+    # the field y that L_model compares the network's chi with. "input": the local field the network
+    # was given (the source study). "repeat": the local field of a second scan of the same head at the
+    # same echo time with its own noise (Noise2Noise): the network cannot predict that noise from
+    # its input, so fitting noise no longer lowers the loss (each subject is simulated and
+    # preprocessed twice)
+    model_target: str = "input"
     lambda_tv: float = 1e-3
     seg_region: tuple[int, int, int] = (96, 96, 96)
     recon_window: tuple[int, int, int] = (96, 96, 96)  # sliding window of the recon net inside the region
@@ -92,6 +99,8 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
     cfg = TrainConfig(**data)
     if cfg.seg_input not in SEG_INPUTS:
         raise InputError(f"seg_input must be one of {', '.join(SEG_INPUTS)}, got {cfg.seg_input!r}")
+    if cfg.model_target not in MODEL_TARGETS:
+        raise InputError(f"model_target must be one of {', '.join(MODEL_TARGETS)}, got {cfg.model_target!r}")
     if isinstance(cfg.frozen, str) or not all(isinstance(r, str) for r in cfg.frozen):
         raise InputError(f"frozen must be a list of network names, got {cfg.frozen!r}")
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:

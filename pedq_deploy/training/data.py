@@ -37,6 +37,7 @@ class Sample:
     brain: np.ndarray  # true brain mask (mask network target)
     direction: np.ndarray
     rad_per_ppm: float
+    target_ppm: np.ndarray  # the field L_model compares with: field_ppm itself, or a repeat scan's (model_target)
 
 
 def to_b0_frame(s, frame_voxel: float):
@@ -45,19 +46,33 @@ def to_b0_frame(s, frame_voxel: float):
     soft = lambda a: fr.to_frame(a.astype(np.float32))  # noqa: E731
     params = dict(s.params, loss_mask=soft(s.params["loss_mask"]) > 0.5, magnitude_norm=soft(s.params["magnitude_norm"]),
                   frame_tilt_deg=fr.tilt_deg)
+    if "target_field" in s.params:
+        params["target_field"] = soft(s.params["target_field"])
     return replace(s, magnitude=soft(s.magnitude), phase=None, total_field=None, chi=soft(s.chi), local_field=soft(s.local_field),
                    brain_mask=soft(s.brain_mask) > 0.5, labels=fr.to_frame(s.labels, order=0).astype(np.uint8),
                    voxel_size=(frame_voxel,) * 3, b0_direction=np.array([0.0, 0.0, 1.0]), params=params)
+
+
+def _local_field(s, phase):
+    """Laplacian unwrapping and V-SHARP inside the true brain mask, as the runtime does."""
+    total = phase_to_ppm(laplacian_unwrap(phase, s.voxel_size), s.echo_time if np.ndim(s.echo_time) == 0 else s.echo_time[0],
+                         s.field_strength)
+    return vsharp(total, s.brain_mask, s.voxel_size)
 
 
 def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, frame: bool = False):
     age = cfg.ages[int(rng.integers(len(cfg.ages)))]
     te = float(rng.uniform(*cfg.echo_time_range))
     snr = float(np.exp(rng.uniform(np.log(cfg.snr_range[0]), np.log(cfg.snr_range[1]))))
+    repeat = cfg.model_target == "repeat"
+    # a repeat scan: the same head and echo time twice, with independent noise (the phantom's echoes)
     s = make_subject(seed=seed, age=age, shape=cfg.grid, voxel_size=cfg.voxel_size, tilt_deg=float(rng.uniform(0, cfg.max_tilt_deg)),
-                     echo_time=te, field_strength=cfg.field_strength, snr=snr)
-    total = phase_to_ppm(laplacian_unwrap(s.phase, s.voxel_size), s.echo_time, s.field_strength)
-    local, eroded = vsharp(total, s.brain_mask, s.voxel_size)
+                     echo_time=(te, te) if repeat else te, field_strength=cfg.field_strength, snr=snr)
+    if repeat:
+        s.params["target_field"], _ = _local_field(s, s.phase[..., 1])
+        s.magnitude, s.phase, s.echo_time = s.magnitude[..., 0], s.phase[..., 0], te
+        s.params["echo_time"] = te
+    local, eroded = _local_field(s, s.phase)
     mag = normalise_magnitude(s.magnitude)  # the runtime's own normalisation
     # keep the subject but with the preprocessed field and the eroded mask for the loss
     s.local_field = local
@@ -73,8 +88,9 @@ def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foregroun
 
     loss_mask = crop_array(s.params["loss_mask"], o, cfg.patch, np.float32)
     mag = crop_array(s.params["magnitude_norm"], o, cfg.patch, np.float32)
+    target = crop_array(s.params["target_field"], o, cfg.patch, np.float32) if "target_field" in s.params else c.local_field
     return Sample(c.local_field, loss_mask, np.clip(mag, 0, 1), c.chi, c.labels, mag, c.brain_mask.astype(np.float32),
-                  np.asarray(s.b0_direction, np.float32), phase_per_ppm(s.echo_time, s.field_strength))
+                  np.asarray(s.b0_direction, np.float32), phase_per_ppm(s.echo_time, s.field_strength), target)
 
 
 def _subject_for(cfg: TrainConfig, index: int, frame: bool):

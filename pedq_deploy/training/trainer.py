@@ -116,7 +116,7 @@ class Trainer:
     # ---- batches ---------------------------------------------------------------------------
     def _tensors(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         st = lambda name: torch.from_numpy(np.stack([getattr(s, name) for s in samples])).to(self.device)  # noqa: E731
-        batch = {"field": st("field_ppm")[:, None], "mask": st("mask"), "weight": st("weight"),
+        batch = {"field": st("field_ppm")[:, None], "target": st("target_ppm")[:, None], "mask": st("mask"), "weight": st("weight"),
                  "direction": st("direction"), "rad_per_ppm": torch.tensor([s.rad_per_ppm for s in samples], device=self.device),
                  "magnitude": st("magnitude")[:, None], "brain": st("brain")[:, None]}
         if self.kind == "joint":  # only the segmentation loss needs class indices
@@ -147,7 +147,7 @@ class Trainer:
             logits = self.models["mask"](batch["magnitude"])
             return {"total": self._mask_loss(logits, batch["brain"].long())}
         chi = self.reconstruct(batch)
-        lm = model_loss(chi[:, 0], batch["field"][:, 0] * batch["rad_per_ppm"][:, None, None, None], batch["weight"], batch["mask"],
+        lm = model_loss(chi[:, 0], batch["target"][:, 0] * batch["rad_per_ppm"][:, None, None, None], batch["weight"], batch["mask"],
                         batch["direction"], (self.cfg.frame_voxel,) * 3, batch["rad_per_ppm"])
         out = {"model": lm}
         if self.kind == "tv":

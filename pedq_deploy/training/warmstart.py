@@ -93,9 +93,15 @@ def load_onnx_weights(model: torch.nn.Module, onnx_path: str | Path, example: to
 def _idle_parameters(model: torch.nn.Module, example: torch.Tensor) -> set[str]:
     """Names of parameters and buffers the forward pass does not use (the exporter drops them; MONAI's
     transformer blocks build a cross-attention norm they never call): those without a gradient."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}  # a frozen network has none
+    model.requires_grad_(True)
     model.train()
     model.zero_grad(set_to_none=True)
-    model(example).float().sum().backward()
-    idle = {n for n, p in model.named_parameters() if p.grad is None}
-    model.zero_grad(set_to_none=True)
+    try:
+        model(example).float().sum().backward()
+        idle = {n for n, p in model.named_parameters() if p.grad is None}
+    finally:
+        model.zero_grad(set_to_none=True)
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
     return idle
