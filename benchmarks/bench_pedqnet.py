@@ -14,7 +14,7 @@ source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100).
   slices for each method, and the "predicted dipole kernel" F[local field] / F[chi] of each output
   next to the true kernel (the source study's Fig. 5).
 
-``.venv/bin/python benchmarks/bench_pedqnet.py [--models DIR] [--tv-models DIR] [--subjects N]``;
+``.venv/bin/python benchmarks/bench_pedqnet.py [--models DIR] [--tv-models DIR] [--subjects N] [--grid training]``;
 writes the "pedqnet" section of benchmarks/RESULTS.md and benchmarks/results/pedqnet.json.
 """
 from __future__ import annotations
@@ -40,9 +40,11 @@ from pedq_deploy.physics import dipole_kernel, phase_to_ppm  # noqa: E402
 from pedq_deploy.postprocess import segmentation_checks  # noqa: E402
 from pedq_deploy.preprocess import classic_mask, laplacian_unwrap, vsharp  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
+from pedq_deploy.training.config import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_SEEDS = range(1000, 1010)
+GRIDS = {"source": {}, "training": {"shape": TrainConfig.grid, "voxel_size": TrainConfig.voxel_size}}
 QSM_KEYS = ("nrmse", "nrmse_covered", "hfen", "ssim", "xsim", "dgm_edge_sharpness", "dgm_mean_abs_error_ppm", "coverage")
 
 
@@ -117,6 +119,9 @@ def main() -> None:
     ap.add_argument("--bet-subjects", type=int, default=4, help="BET is slow (~30 s a head): run it on the first N")
     ap.add_argument("--echo-time", type=float, default=4.92e-3, help="seconds (default: the source protocol's)")
     ap.add_argument("--snr", type=float, default=100.0)
+    ap.add_argument("--grid", choices=("source", "training"), default="source",
+                    help="the heads' grid: the source protocol's 256x256x80 at 0.78x0.78x2 mm, or the training "
+                         "configs' default 160x160x128 at 1.2 mm isotropic (is a gap a grid gap?)")
     ap.add_argument("--skip-masks", action="store_true", help="score the inversions and the segmentation only")
     ap.add_argument("--section", default="pedqnet", help="RESULTS.md section; also names results/SECTION.json and the figure")
     args = ap.parse_args()
@@ -133,7 +138,7 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     for i, (seed, tilt) in enumerate(zip(seeds, tilts)):
         age = "neonate" if i % 2 == 0 else "infant"
-        s = make_subject(seed=seed, age=age, tilt_deg=float(tilt), snr=args.snr, echo_time=args.echo_time)
+        s = make_subject(seed=seed, age=age, tilt_deg=float(tilt), snr=args.snr, echo_time=args.echo_time, **GRIDS[args.grid])
         rec = {"seed": seed, "age": age, "tilt_deg": float(tilt), "qsm": {}, "masks": {}, "seg_dice": {}, "seconds": {}}
         # masks
         masks = {}
@@ -208,10 +213,15 @@ def _provenance(models_dir, role="recon"):
 
 def report(records, models_dir, args, note) -> str:
     methods = list(records[0]["qsm"])
-    source = args.echo_time == 4.92e-3 and args.snr == 100.0
+    source = args.echo_time == 4.92e-3 and args.snr == 100.0 and args.grid == "source"
+    grid = ("source protocol grid (256x256x80, 0.78x0.78x2 mm, 3 T)" if args.grid == "source" else
+            "training grid ({}, {} mm isotropic, 3 T)".format("x".join(map(str, TrainConfig.grid)), TrainConfig.voxel_size[0]))
     protocol = ("source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100)" if source else
-                f"source protocol grid (256x256x80, 0.78x0.78x2 mm, 3 T) with TE {args.echo_time * 1e3:.2f} ms and SNR {args.snr:g}")
-    title = "PedQ-NET against conventional QSM and the nnU-Net_TV ablation (issue 6)" + ("" if source else f", TE {args.echo_time * 1e3:.0f} ms, SNR {args.snr:g}")
+                f"{grid} with TE {args.echo_time * 1e3:.2f} ms and SNR {args.snr:g}")
+    title = "PedQ-NET against conventional QSM and the nnU-Net_TV ablation (issue 6)" + ("" if source else f", TE {args.echo_time * 1e3:.0f} ms, SNR {args.snr:g}") \
+        + ("" if args.grid == "source" else ", training grid")
+    options = "" if source else f" --echo-time {args.echo_time:g} --snr {args.snr:g} --section {args.section}"
+    options += "" if args.grid == "source" else " --grid training"
     lines = [f"## {title}", "",
              f"{len(records)} held-out subjects (seeds {records[0]['seed']}-{records[-1]['seed']}; neonates and infants alternating; "
              f"tilts 0-30 deg), {protocol}. Every method inverts the same local field "
@@ -221,7 +231,7 @@ def report(records, models_dir, args, note) -> str:
              "a method scoring near it has recovered little of the truth's contrast. Mean ± SD over subjects.",
              f"PedQ-NET: {_provenance(models_dir)}. nnU-Net_TV: {_provenance(args.tv_models)}."
              + (f" Segmentation UNETR: {_provenance(models_dir, 'seg')}." if records[0]["seg_dice"] else ""),
-             f"Machine: {note}. Script: `benchmarks/bench_pedqnet.py{'' if source else f' --echo-time {args.echo_time:g} --snr {args.snr:g} --section {args.section}'}"
+             f"Machine: {note}. Script: `benchmarks/bench_pedqnet.py{options}"
              f"{' --skip-masks' if args.skip_masks else ''}`; raw numbers in `benchmarks/results/{args.section}.json`; "
              f"figure `benchmarks/results/{args.section}_comparison.png`.", ""]
     for age in (None, "neonate", "infant"):
