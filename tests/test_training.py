@@ -380,3 +380,31 @@ def test_a_repeat_scan_target_differs_from_the_input_by_independent_noise_only()
     assert sample.target_ppm is sample.field_ppm
     with pytest.raises(InputError, match="model_target"):
         load_config(None, model_target="other")
+
+
+def test_the_amplitude_normalised_u_net_is_linear_in_the_field_and_exports(tmp_path):
+    """The inversion is linear: chi(a y) = a chi(y). The plain U-Net's instance norms discard the
+    input's amplitude (its output does not grow with the field); recon_amplitude_ref makes it linear,
+    takes the plain network's weights unchanged, and survives ONNX export."""
+    import onnxruntime as ort
+
+    from pedq_deploy.export.onnx import export_network
+    from pedq_deploy.training.networks import ReconNet
+
+    torch.manual_seed(0)
+    plain = ReconNet(tiny()).eval()
+    linear = ReconNet(tiny(recon_amplitude_ref=0.5)).eval()
+    linear.load_state_dict(plain.state_dict())  # strict: the same parameters and buffers
+    x = torch.randn(1, 1, 16, 16, 16) * 0.01  # ppm
+    with torch.no_grad():
+        p1, l1 = plain(x), linear(x)
+        for a in (0.1, 4.0):
+            torch.testing.assert_close(plain(a * x), p1, rtol=1e-3, atol=1e-3 * float(p1.abs().max()))  # blind to amplitude
+            torch.testing.assert_close(linear(a * x), a * l1, rtol=1e-4, atol=1e-5 * a * float(l1.abs().max()))
+    export_network(linear, "recon", 1, (16, 16, 16), tmp_path, voxel_size=(3.0,) * 3)
+    sess = ort.InferenceSession(str(tmp_path / "recon.onnx"), providers=["CPUExecutionProvider"])
+    y1 = sess.run(["output"], {"input": x.numpy()})[0]
+    y3 = sess.run(["output"], {"input": 3 * x.numpy()})[0]
+    np.testing.assert_allclose(y3, 3 * y1, rtol=1e-3, atol=1e-4 * np.abs(y3).max())
+    with pytest.raises(InputError, match="recon_amplitude_ref"):
+        load_config(None, recon_amplitude_ref=-1.0)

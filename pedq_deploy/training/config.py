@@ -44,6 +44,11 @@ class TrainConfig:
     unetr_mlp_dim: int = 1536
     unetr_heads: int = 6
     field_scale: float = 100.0  # network input = local field (ppm) * field_scale
+    # > 0: the reconstruction network is made linear in the field's amplitude, as the inversion is:
+    # each window's input is divided by its RMS s (network units) and the output multiplied by
+    # s / recon_amplitude_ref. Without it the U-Net's instance norms discard the amplitude, and a
+    # neonate's small field comes out with an infant's contrast. 0: off (the networks before it)
+    recon_amplitude_ref: float = 0.0
     chi_scale: float = 0.1  # chi (ppm) = network output * chi_scale
     # losses
     lambda_seg: float = 0.1
@@ -99,6 +104,8 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
     cfg = TrainConfig(**data)
     if cfg.seg_input not in SEG_INPUTS:
         raise InputError(f"seg_input must be one of {', '.join(SEG_INPUTS)}, got {cfg.seg_input!r}")
+    if not cfg.recon_amplitude_ref >= 0:
+        raise InputError(f"recon_amplitude_ref must be >= 0 (0: off), got {cfg.recon_amplitude_ref!r}")
     if cfg.model_target not in MODEL_TARGETS:
         raise InputError(f"model_target must be one of {', '.join(MODEL_TARGETS)}, got {cfg.model_target!r}")
     if isinstance(cfg.frozen, str) or not all(isinstance(r, str) for r in cfg.frozen):

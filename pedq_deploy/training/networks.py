@@ -35,9 +35,17 @@ class ReconNet(nn.Module):
                            act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), res_block=False)
         self.register_buffer("field_scale", torch.tensor(float(cfg.field_scale)))
         self.register_buffer("chi_scale", torch.tensor(float(cfg.chi_scale)))
+        # a constant, not a buffer: exported models of before it load into this network unchanged
+        self.amplitude_ref = float(cfg.recon_amplitude_ref)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x * self.field_scale) * self.chi_scale
+        x = x * self.field_scale
+        if not self.amplitude_ref:
+            return self.net(x) * self.chi_scale
+        # chi is linear in the field: net(a x) = a net(x) for any window amplitude a (the RMS over
+        # the window, zeros outside the mask included, as in training crops)
+        s = torch.sqrt(torch.mean(x * x, dim=(1, 2, 3, 4), keepdim=True) + 1e-8)
+        return self.net(x / s) * (s * (self.chi_scale / self.amplitude_ref))
 
 
 def _unetr(cfg: TrainConfig, in_ch: int, out_ch: int, img_size) -> nn.Module:
