@@ -1,6 +1,7 @@
 """Shared helpers: timing, machine description, and writing one section of RESULTS.md."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -66,3 +67,12 @@ def describe_chain(chain: list[dict]) -> str:
         steps, hours, hw = chain_totals(chain[:-1])
         text += f", after {steps} steps ({hours:.2f} h) on {', '.join(hw) or '?'} in the {len(chain) - 1} run(s) it started from"
     return text
+
+
+def model_provenance(models_dir, role: str = "recon") -> str:
+    """describe_chain of the ``role`` model exported in ``models_dir``, from its manifest."""
+    try:
+        raw = json.loads((Path(models_dir) / f"{role}.json").read_text())["training"]
+        return describe_chain(training_chain(raw, role))
+    except (OSError, KeyError, ValueError):
+        return "provenance unavailable"

@@ -23,14 +23,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import describe_chain, machine, training_chain, update_section  # noqa: E402
+from _report import machine, model_provenance, update_section  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.inversion import tkd, tv_admm  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
-from pedq_deploy.physics import phase_to_ppm  # noqa: E402
-from pedq_deploy.preprocess import laplacian_unwrap, vsharp  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels  # noqa: E402
+from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (1000, 1001, 1002, 1003)
@@ -42,11 +41,6 @@ def covered(out, truth, er):
     o = out[er] - out[er].mean()
     t = truth[er] - truth[er].mean()
     return o.std() / t.std(), float(np.corrcoef(o, t)[0, 1]), float(np.linalg.norm(o - t) / np.linalg.norm(t))
-
-
-def local_field(s):
-    total = phase_to_ppm(laplacian_unwrap(s.phase, s.voxel_size), s.echo_time, s.field_strength)
-    return vsharp(total, s.brain_mask, s.voxel_size)
 
 
 def main() -> None:
@@ -66,8 +60,8 @@ def main() -> None:
         tilt = 10.0 * i
         clean = make_subject(seed=seed, age=age, tilt_deg=tilt, snr=float("inf"))
         noisy = make_subject(seed=seed, age=age, tilt_deg=tilt, snr=100.0)
-        lf_clean, er = local_field(clean)
-        lf_noisy, er_noisy = local_field(noisy)
+        lf_clean, er = subject_local_field(clean)
+        lf_noisy, er_noisy = subject_local_field(noisy)
         true_lf = np.where(er, clean.local_field, 0.0)
         args_ = (clean.voxel_size, clean.b0_direction)
         methods = {name: (lambda f, m, n=n: n.reconstruct(f, m, *args_)) for name, n in nets.items()}
@@ -92,14 +86,7 @@ def main() -> None:
 
 
 def report(lin, src, nets, folders, seeds, args, note) -> str:
-    provenance = []
-    for name, f in zip(nets, folders):
-        try:
-            import json
-
-            provenance.append(f"{name}: {describe_chain(training_chain(json.loads((f / 'recon.json').read_text())['training'], 'recon'))}")
-        except (OSError, KeyError, ValueError):
-            provenance.append(f"{name}: provenance unavailable")
+    provenance = [f"{name}: {model_provenance(f)}" for name, f in zip(nets, folders)]
     lines = ["## Where the network's error comes from: linearity, noise and V-SHARP (issue 6)", "",
              f"{len(seeds)} held-out heads (seeds {seeds[0]}-{seeds[-1]}, neonates and infants alternating, tilts {', '.join(f'{10 * i}' for i in range(len(seeds)))} deg), "
              "source protocol grid (256x256x80, 0.78x0.78x2 mm, TE 4.92 ms). All scores inside the V-SHARP-eroded mask, output and "

@@ -31,16 +31,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import describe_chain, machine, training_chain, update_section  # noqa: E402
+from _report import machine, model_provenance, update_section  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.inversion import tkd, tv_admm  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
-from pedq_deploy.physics import dipole_kernel, phase_to_ppm  # noqa: E402
+from pedq_deploy.physics import dipole_kernel  # noqa: E402
 from pedq_deploy.postprocess import segmentation_checks  # noqa: E402
-from pedq_deploy.preprocess import classic_mask, laplacian_unwrap, vsharp  # noqa: E402
+from pedq_deploy.preprocess import classic_mask  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 from pedq_deploy.training.config import TrainConfig  # noqa: E402
+from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_SEEDS = range(1000, 1010)
@@ -163,8 +164,7 @@ def main() -> None:
         for name, m in masks.items():
             rec["masks"][name] = {"dice": M.dice(m, s.brain_mask), **M.surface_distance(m, s.brain_mask, s.voxel_size)}
         # one local field for every inversion
-        total = phase_to_ppm(laplacian_unwrap(s.phase, s.voxel_size), s.echo_time, s.field_strength)
-        local, eroded = vsharp(total, s.brain_mask, s.voxel_size)
+        local, eroded = subject_local_field(s)
         outs = {}
         for name, fn in (("TKD", lambda: tkd(local, eroded, s.voxel_size, s.b0_direction)),
                          ("TV (iterative)", lambda: tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60)),
@@ -203,14 +203,6 @@ def _ms(vals):
     return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "n/a"
 
 
-def _provenance(models_dir, role="recon"):
-    try:
-        raw = json.loads((Path(models_dir) / f"{role}.json").read_text())["training"]
-        return describe_chain(training_chain(raw, role))
-    except (OSError, KeyError, ValueError):
-        return "provenance unavailable"
-
-
 def report(records, models_dir, args, note) -> str:
     methods = list(records[0]["qsm"])
     source = args.echo_time == 4.92e-3 and args.snr == 100.0 and args.grid == "source"
@@ -229,8 +221,8 @@ def report(records, models_dir, args, note) -> str:
              "(QSM-CI convention); truth referenced to its brain mean, outputs to their eroded-mask mean. \"NRMSE, covered region\": the same "
              "error inside the V-SHARP-eroded mask only, both maps referenced to their mean there. The all-zero map is a reference: "
              "a method scoring near it has recovered little of the truth's contrast. Mean ± SD over subjects.",
-             f"PedQ-NET: {_provenance(models_dir)}. nnU-Net_TV: {_provenance(args.tv_models)}."
-             + (f" Segmentation UNETR: {_provenance(models_dir, 'seg')}." if records[0]["seg_dice"] else ""),
+             f"PedQ-NET: {model_provenance(models_dir)}. nnU-Net_TV: {model_provenance(args.tv_models)}."
+             + (f" Segmentation UNETR: {model_provenance(models_dir, 'seg')}." if records[0]["seg_dice"] else ""),
              f"Machine: {note}. Script: `benchmarks/bench_pedqnet.py{options}"
              f"{' --skip-masks' if args.skip_masks else ''}`; raw numbers in `benchmarks/results/{args.section}.json`; "
              f"figure `benchmarks/results/{args.section}_comparison.png`.", ""]

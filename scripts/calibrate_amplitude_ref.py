@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from pedq_deploy.phantom import make_subject
-from pedq_deploy.physics import phase_to_ppm
-from pedq_deploy.preprocess import laplacian_unwrap, vsharp
 from pedq_deploy.runtime.networks import PedqModels
+from pedq_deploy.training.data import subject_local_field
 
 HEADS = ((2000, "neonate"), (2001, "infant"), (2000, "infant"), (2001, "neonate"))
 
@@ -41,8 +40,7 @@ def main() -> None:
     num = den = 0.0
     for seed, age in HEADS:
         s = make_subject(seed=seed, age=age, snr=float("inf"))
-        total = phase_to_ppm(laplacian_unwrap(s.phase, s.voxel_size), s.echo_time, s.field_strength)
-        local, er = vsharp(total, s.brain_mask, s.voxel_size)
+        local, er = subject_local_field(s)
         out = net.reconstruct(local, er, s.voxel_size, s.b0_direction)
         o, t = out[er] - out[er].mean(), s.chi[er] - s.chi[er].mean()
         num, den = num + float((o * t).sum()), den + float((t * t).sum())

@@ -18,12 +18,11 @@ import numpy as np
 from ..frame import B0Frame, mask_box
 from ..phantom import make_subject, random_crop
 from ..phantom.crops import crop_array
-from ..physics import phase_to_ppm
+from ..physics import phase_per_ppm, phase_to_ppm
 from ..preprocess import laplacian_unwrap, normalise_magnitude, vsharp
 from .config import TrainConfig
-from .losses import phase_per_ppm
 
-__all__ = ["Sample", "PhantomStream", "prepare_subject"]
+__all__ = ["Sample", "PhantomStream", "prepare_subject", "subject_local_field"]
 
 
 @dataclass
@@ -53,10 +52,11 @@ def to_b0_frame(s, frame_voxel: float):
                    voxel_size=(frame_voxel,) * 3, b0_direction=np.array([0.0, 0.0, 1.0]), params=params)
 
 
-def _local_field(s, phase):
-    """Laplacian unwrapping and V-SHARP inside the true brain mask, as the runtime does."""
-    total = phase_to_ppm(laplacian_unwrap(phase, s.voxel_size), s.echo_time if np.ndim(s.echo_time) == 0 else s.echo_time[0],
-                         s.field_strength)
+def subject_local_field(s, phase=None):
+    """(local field in ppm, V-SHARP-eroded mask) of a single-echo phantom subject (``phase``: another
+    echo of it, by default its own): Laplacian unwrapping and V-SHARP inside the true brain mask,
+    as the runtime does."""
+    total = phase_to_ppm(laplacian_unwrap(s.phase if phase is None else phase, s.voxel_size), s.echo_time, s.field_strength)
     return vsharp(total, s.brain_mask, s.voxel_size)
 
 
@@ -69,10 +69,11 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, fr
     s = make_subject(seed=seed, age=age, shape=cfg.grid, voxel_size=cfg.voxel_size, tilt_deg=float(rng.uniform(0, cfg.max_tilt_deg)),
                      echo_time=(te, te) if repeat else te, field_strength=cfg.field_strength, snr=snr)
     if repeat:
-        s.params["target_field"], _ = _local_field(s, s.phase[..., 1])
+        second = s.phase[..., 1]
         s.magnitude, s.phase, s.echo_time = s.magnitude[..., 0], s.phase[..., 0], te
         s.params["echo_time"] = te
-    local, eroded = _local_field(s, s.phase)
+        s.params["target_field"], _ = subject_local_field(s, second)
+    local, eroded = subject_local_field(s)
     mag = normalise_magnitude(s.magnitude)  # the runtime's own normalisation
     # keep the subject but with the preprocessed field and the eroded mask for the loss
     s.local_field = local
