@@ -408,3 +408,49 @@ def test_the_amplitude_normalised_u_net_is_linear_in_the_field_and_exports(tmp_p
     np.testing.assert_allclose(y3, 3 * y1, rtol=1e-3, atol=1e-4 * np.abs(y3).max())
     with pytest.raises(InputError, match="recon_amplitude_ref"):
         load_config(None, recon_amplitude_ref=-1.0)
+
+
+def test_the_smoothed_brain_amplitude_ignores_noise_and_empty_space_and_exports(tmp_path):
+    """recon_amplitude_smooth: s is the RMS of the box-smoothed field over the brain voxels. White
+    noise as strong as the field inflates the window RMS sqrt(2)-fold but changes the smoothed one by at most
+    10%; zeros around the brain (a window at the brain's edge) lower the window RMS and leave the
+    smoothed one unchanged. The network stays exactly linear, in PyTorch and onnxruntime."""
+    import onnxruntime as ort
+
+    from pedq_deploy.export.onnx import export_network
+    from pedq_deploy.training.networks import ReconNet
+
+    torch.manual_seed(0)
+    raw = ReconNet(tiny(recon_amplitude_ref=0.5)).eval()
+    smooth = ReconNet(tiny(recon_amplitude_ref=0.5, recon_amplitude_smooth=5)).eval()
+    smooth.load_state_dict(raw.state_dict())
+    g = torch.arange(32, dtype=torch.float32) - 15.5
+    z, y, x = torch.meshgrid(g, g, g, indexing="ij")
+    field = torch.sin(x / 4.0) * torch.cos(y / 5.0) * torch.sin(z / 6.0 + 0.3)  # features ~ 10 voxels
+    field = (field / field.square().mean().sqrt())[None, None]
+    noise = torch.randn(field.shape)  # as strong as the field
+    with torch.no_grad():
+        r0, r1 = raw._amplitude(field), raw._amplitude(field + noise)
+        s0, s1 = smooth._amplitude(field), smooth._amplitude(field + noise)
+        assert float(r1 / r0) == pytest.approx(np.sqrt(2), rel=0.02)
+        assert float(s1 / s0) == pytest.approx(1.0, abs=0.10)
+        # the same brain in a window twice as wide: 7/8 of it is empty space
+        big = torch.zeros(1, 1, 64, 64, 64)
+        big[..., 16:48, 16:48, 16:48] = field + noise
+        assert float(raw._amplitude(big) / r1) == pytest.approx(np.sqrt(1 / 8), rel=1e-3)
+        inner = torch.zeros(1, 1, 40, 40, 40)
+        inner[..., 4:36, 4:36, 4:36] = field + noise
+        assert float(smooth._amplitude(big) / smooth._amplitude(inner)) == pytest.approx(1.0, abs=1e-5)
+        x16 = field[..., :16, :16, :16] * 0.01
+        l1 = smooth(x16)
+        for a in (0.1, 4.0):
+            torch.testing.assert_close(smooth(a * x16), a * l1, rtol=1e-4, atol=1e-5 * a * float(l1.abs().max()))
+    export_network(smooth, "recon", 1, (16, 16, 16), tmp_path, voxel_size=(3.0,) * 3)
+    sess = ort.InferenceSession(str(tmp_path / "recon.onnx"), providers=["CPUExecutionProvider"])
+    xn = x16.numpy()
+    y1 = sess.run(["output"], {"input": xn})[0]
+    np.testing.assert_allclose(y1, l1.numpy(), rtol=1e-3, atol=1e-4 * np.abs(y1).max())
+    np.testing.assert_allclose(sess.run(["output"], {"input": 3 * xn})[0], 3 * y1, rtol=1e-3, atol=1e-4 * np.abs(y1).max())
+    for k in (1, 4, -3, 2.0):
+        with pytest.raises(InputError, match="recon_amplitude_smooth"):
+            load_config(None, recon_amplitude_smooth=k)

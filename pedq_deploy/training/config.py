@@ -49,6 +49,12 @@ class TrainConfig:
     # s / recon_amplitude_ref. Without it the U-Net's instance norms discard the amplitude, and a
     # neonate's small field comes out with an infant's contrast. 0: off (the networks before it)
     recon_amplitude_ref: float = 0.0
+    # how s is measured when recon_amplitude_ref > 0. 0: the RMS over the whole window (zeros
+    # outside the brain included; the noise counts in it, so a noisy field comes out too strong).
+    # An odd width k >= 3: the RMS of the field box-smoothed over k^3 voxels, over the window's
+    # brain voxels (the nonzero input) only; smoothing lowers the noise's share in s about
+    # k^1.5-fold, and a window half outside the brain is no longer scaled down
+    recon_amplitude_smooth: int = 0
     chi_scale: float = 0.1  # chi (ppm) = network output * chi_scale
     # losses
     lambda_seg: float = 0.1
@@ -106,6 +112,9 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         raise InputError(f"seg_input must be one of {', '.join(SEG_INPUTS)}, got {cfg.seg_input!r}")
     if not cfg.recon_amplitude_ref >= 0:
         raise InputError(f"recon_amplitude_ref must be >= 0 (0: off), got {cfg.recon_amplitude_ref!r}")
+    k = cfg.recon_amplitude_smooth
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k == 1 or (k > 1 and k % 2 == 0):
+        raise InputError(f"recon_amplitude_smooth must be 0 (window RMS) or an odd width >= 3, got {k!r}")
     if cfg.model_target not in MODEL_TARGETS:
         raise InputError(f"model_target must be one of {', '.join(MODEL_TARGETS)}, got {cfg.model_target!r}")
     if isinstance(cfg.frozen, str) or not all(isinstance(r, str) for r in cfg.frozen):
