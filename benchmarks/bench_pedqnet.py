@@ -123,6 +123,8 @@ def main() -> None:
     ap.add_argument("--grid", choices=("source", "training"), default="source",
                     help="the heads' grid: the source protocol's 256x256x80 at 0.78x0.78x2 mm, or the training "
                          "configs' default 160x160x128 at 1.2 mm isotropic (is a gap a grid gap?)")
+    ap.add_argument("--unwrap", choices=("laplacian", "quality"), default="laplacian",
+                    help="phase unwrapping before V-SHARP (pedq-run --unwrap); Laplacian is the default of both")
     ap.add_argument("--skip-masks", action="store_true", help="score the inversions and the segmentation only")
     ap.add_argument("--section", default="pedqnet", help="RESULTS.md section; also names results/SECTION.json and the figure")
     args = ap.parse_args()
@@ -164,7 +166,7 @@ def main() -> None:
         for name, m in masks.items():
             rec["masks"][name] = {"dice": M.dice(m, s.brain_mask), **M.surface_distance(m, s.brain_mask, s.voxel_size)}
         # one local field for every inversion
-        local, eroded = subject_local_field(s)
+        local, eroded = subject_local_field(s, unwrap=args.unwrap)
         outs = {}
         for name, fn in (("TKD", lambda: tkd(local, eroded, s.voxel_size, s.b0_direction)),
                          ("TV (iterative)", lambda: tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60)),
@@ -211,13 +213,17 @@ def report(records, models_dir, args, note) -> str:
     protocol = ("source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100)" if source else
                 f"{grid} with TE {args.echo_time * 1e3:.2f} ms and SNR {args.snr:g}")
     title = "PedQ-NET against conventional QSM and the nnU-Net_TV ablation (issue 6)" + ("" if source else f", TE {args.echo_time * 1e3:.0f} ms, SNR {args.snr:g}") \
-        + ("" if args.grid == "source" else ", training grid")
-    options = "" if source else f" --echo-time {args.echo_time:g} --snr {args.snr:g} --section {args.section}"
+        + ("" if args.grid == "source" else ", training grid") + ("" if args.unwrap == "laplacian" else f", {args.unwrap} unwrapping") + ("" if args.models is None else f": models {args.models}")
+    options = "" if source else f" --echo-time {args.echo_time:g} --snr {args.snr:g}"
     options += "" if args.grid == "source" else " --grid training"
+    options += "" if args.unwrap == "laplacian" else f" --unwrap {args.unwrap}"
+    options += "" if args.models is None else f" --models {args.models}"
+    options += "" if args.subjects == 10 else f" --subjects {args.subjects}"
+    options += "" if args.section == "pedqnet" else f" --section {args.section}"
     lines = [f"## {title}", "",
              f"{len(records)} held-out subjects (seeds {records[0]['seed']}-{records[-1]['seed']}; neonates and infants alternating; "
              f"tilts 0-30 deg), {protocol}. Every method inverts the same local field "
-             "(Laplacian unwrapping, V-SHARP in the true brain mask). Scores over the whole truth brain mask, uncovered voxels count as zero "
+             f"({args.unwrap.capitalize()} unwrapping, V-SHARP in the true brain mask). Scores over the whole truth brain mask, uncovered voxels count as zero "
              "(QSM-CI convention); truth referenced to its brain mean, outputs to their eroded-mask mean. \"NRMSE, covered region\": the same "
              "error inside the V-SHARP-eroded mask only, both maps referenced to their mean there. The all-zero map is a reference: "
              "a method scoring near it has recovered little of the truth's contrast. Mean ± SD over subjects.",

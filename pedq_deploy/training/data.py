@@ -19,7 +19,7 @@ from ..frame import B0Frame, mask_box
 from ..phantom import make_subject, random_crop
 from ..phantom.crops import crop_array
 from ..physics import phase_per_ppm, phase_to_ppm
-from ..preprocess import laplacian_unwrap, normalise_magnitude, vsharp
+from ..preprocess import normalise_magnitude, unwrap_phase, vsharp
 from .config import TrainConfig
 
 __all__ = ["Sample", "PhantomStream", "prepare_subject", "subject_local_field"]
@@ -52,11 +52,13 @@ def to_b0_frame(s, frame_voxel: float):
                    voxel_size=(frame_voxel,) * 3, b0_direction=np.array([0.0, 0.0, 1.0]), params=params)
 
 
-def subject_local_field(s, phase=None):
+def subject_local_field(s, phase=None, unwrap: str = "laplacian"):
     """(local field in ppm, V-SHARP-eroded mask) of a single-echo phantom subject (``phase``: another
-    echo of it, by default its own): Laplacian unwrapping and V-SHARP inside the true brain mask,
-    as the runtime does."""
-    total = phase_to_ppm(laplacian_unwrap(s.phase if phase is None else phase, s.voxel_size), s.echo_time, s.field_strength)
+    echo of it, by default its own): unwrapping (Laplacian by default, as the runtime does, or
+    ``"quality"``-guided) and V-SHARP inside the true brain mask."""
+    phase = s.phase if phase is None else phase
+    unwrapped = unwrap_phase(phase, s.voxel_size, unwrap, mask=s.brain_mask, magnitude=s.magnitude)
+    total = phase_to_ppm(unwrapped, s.echo_time, s.field_strength)
     return vsharp(total, s.brain_mask, s.voxel_size)
 
 
