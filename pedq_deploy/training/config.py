@@ -113,7 +113,7 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
     if not cfg.recon_amplitude_ref >= 0:
         raise InputError(f"recon_amplitude_ref must be >= 0 (0: off), got {cfg.recon_amplitude_ref!r}")
     k = cfg.recon_amplitude_smooth
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k == 1 or (k > 1 and k % 2 == 0):
+    if isinstance(k, bool) or not isinstance(k, int) or (k != 0 and (k < 3 or k % 2 == 0)):
         raise InputError(f"recon_amplitude_smooth must be 0 (window RMS) or an odd width >= 3, got {k!r}")
     if cfg.model_target not in MODEL_TARGETS:
         raise InputError(f"model_target must be one of {', '.join(MODEL_TARGETS)}, got {cfg.model_target!r}")

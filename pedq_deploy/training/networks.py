@@ -47,7 +47,6 @@ class ReconNet(nn.Module):
         s = self._amplitude(x)
         return self.net(x / s) * (s * (self.chi_scale / self.amplitude_ref))
 
-
     def _amplitude(self, x: torch.Tensor) -> torch.Tensor:
         """Each window's field amplitude s (network units), with s(a x) = |a| s(x)."""
         dims = (1, 2, 3, 4)
