@@ -38,7 +38,7 @@ from pedq_deploy.inversion import tkd, tv_admm  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.physics import dipole_kernel  # noqa: E402
 from pedq_deploy.postprocess import segmentation_checks  # noqa: E402
-from pedq_deploy.preprocess import classic_mask  # noqa: E402
+from pedq_deploy.preprocess import UNWRAP_METHODS, classic_mask  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 from pedq_deploy.training.config import TrainConfig  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
@@ -46,6 +46,7 @@ from pedq_deploy.training.data import subject_local_field  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_SEEDS = range(1000, 1010)
 GRIDS = {"source": {}, "training": {"shape": TrainConfig.grid, "voxel_size": TrainConfig.voxel_size}}
+UNWRAP_NAMES = {"laplacian": "Laplacian", "lsq": "least-squares", "quality": "quality-guided"}
 QSM_KEYS = ("nrmse", "nrmse_covered", "hfen", "ssim", "xsim", "dgm_edge_sharpness", "dgm_mean_abs_error_ppm", "coverage")
 
 
@@ -123,7 +124,7 @@ def main() -> None:
     ap.add_argument("--grid", choices=("source", "training"), default="source",
                     help="the heads' grid: the source protocol's 256x256x80 at 0.78x0.78x2 mm, or the training "
                          "configs' default 160x160x128 at 1.2 mm isotropic (is a gap a grid gap?)")
-    ap.add_argument("--unwrap", choices=("laplacian", "quality"), default="laplacian",
+    ap.add_argument("--unwrap", choices=UNWRAP_METHODS, default="laplacian",
                     help="phase unwrapping before V-SHARP (pedq-run --unwrap); Laplacian is the default of both")
     ap.add_argument("--skip-masks", action="store_true", help="score the inversions and the segmentation only")
     ap.add_argument("--section", default="pedqnet", help="RESULTS.md section; also names results/SECTION.json and the figure")
@@ -213,7 +214,7 @@ def report(records, models_dir, args, note) -> str:
     protocol = ("source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100)" if source else
                 f"{grid} with TE {args.echo_time * 1e3:.2f} ms and SNR {args.snr:g}")
     title = "PedQ-NET against conventional QSM and the nnU-Net_TV ablation (issue 6)" + ("" if source else f", TE {args.echo_time * 1e3:.0f} ms, SNR {args.snr:g}") \
-        + ("" if args.grid == "source" else ", training grid") + ("" if args.unwrap == "laplacian" else f", {args.unwrap} unwrapping") + ("" if args.models is None else f": models {args.models}")
+        + ("" if args.grid == "source" else ", training grid") + ("" if args.unwrap == "laplacian" else f", {UNWRAP_NAMES[args.unwrap]} unwrapping") + ("" if args.models is None else f": models {args.models}")
     options = "" if source else f" --echo-time {args.echo_time:g} --snr {args.snr:g}"
     options += "" if args.grid == "source" else " --grid training"
     options += "" if args.unwrap == "laplacian" else f" --unwrap {args.unwrap}"
@@ -223,7 +224,7 @@ def report(records, models_dir, args, note) -> str:
     lines = [f"## {title}", "",
              f"{len(records)} held-out subjects (seeds {records[0]['seed']}-{records[-1]['seed']}; neonates and infants alternating; "
              f"tilts 0-30 deg), {protocol}. Every method inverts the same local field "
-             f"({args.unwrap.capitalize()} unwrapping, V-SHARP in the true brain mask). Scores over the whole truth brain mask, uncovered voxels count as zero "
+             f"({UNWRAP_NAMES[args.unwrap]} unwrapping, V-SHARP in the true brain mask). Scores over the whole truth brain mask, uncovered voxels count as zero "
              "(QSM-CI convention); truth referenced to its brain mean, outputs to their eroded-mask mean. \"NRMSE, covered region\": the same "
              "error inside the V-SHARP-eroded mask only, both maps referenced to their mean there. The all-zero map is a reference: "
              "a method scoring near it has recovered little of the truth's contrast. Mean ± SD over subjects.",

@@ -5,7 +5,8 @@ from numpy.testing import assert_allclose
 from conftest import ball, grid_mm
 from pedq_deploy.errors import InputError
 from pedq_deploy.metrics import dice
-from pedq_deploy.preprocess import classic_mask, default_radii, detect_and_scale_phase, laplacian_unwrap, quality_unwrap, vsharp
+from pedq_deploy.preprocess import (UNWRAP_METHODS, classic_mask, default_radii, detect_and_scale_phase, laplacian_unwrap, lsq_unwrap,
+                                    quality_unwrap, unwrap_phase, vsharp)
 from pedq_deploy.preprocess.vsharp import sphere_kernel
 
 
@@ -28,6 +29,43 @@ def test_laplacian_unwrap_recovers_smooth_phase(vs):
     u = laplacian_unwrap(wrap(truth), vs)
     err = (u - u.mean()) - (truth - truth.mean())  # exact up to a constant on a periodic box
     assert np.abs(err).max() < 0.1 * 2 * np.pi
+
+
+@pytest.mark.parametrize("vs", [(1.0, 1.0, 1.0), (0.78, 0.78, 2.0)])
+def test_lsq_unwrap_is_exact_where_neighbours_differ_by_under_pi(vs):
+    """A bump of 40 rad: neighbours differ by up to 2.4 rad (a long echo next to air, or a vein).
+    The wrapped differences are the true ones there, so least squares recovers the phase exactly up
+    to a constant (measured: 1e-5 rad). Schofield & Zhu's sine of the differences shrinks them and
+    errs by rad (measured 8.6-11.9 rad); on a gentle phase (0.7 rad per voxel) the two agree."""
+    shape = (96, 96, 64)
+    x, y, z = grid_mm(shape, vs)
+    sxy, sz = (10.0, 10.0) if vs[2] == 1.0 else (10.0, 20.0)
+    bump = np.exp(-(x**2 + y**2) / (2 * sxy**2) - z**2 / (2 * sz**2))
+    for amplitude, lap_error in ((40.0, 5.0), (12.0, 0.1)):
+        truth = (amplitude * bump).astype(np.float32)
+        step = max(np.abs(np.diff(truth, axis=a)).max() for a in range(3))  # the largest neighbour difference
+        assert step < np.pi and (step > 2.0) == (amplitude == 40.0)
+        errors = {}
+        for f in (lsq_unwrap, laplacian_unwrap):
+            u = f(wrap(truth), vs)
+            errors[f.__name__] = np.abs((u - u.mean()) - (truth - truth.mean())).max()
+        assert errors["lsq_unwrap"] < 1e-3
+        if amplitude == 40.0:
+            assert errors["laplacian_unwrap"] > lap_error
+        else:
+            assert errors["laplacian_unwrap"] < 2 * np.pi * 0.1
+
+
+def test_unwrap_phase_dispatches_every_method_the_runtime_offers():
+    from pedq_deploy.cli.run import command as run_command
+    from pedq_deploy.runtime.pipeline import UNWRAPPERS
+
+    choices = next(p for p in run_command.params if p.name == "unwrap").type.choices
+    assert tuple(choices) == tuple(UNWRAPPERS) == UNWRAP_METHODS
+    truth = smooth_phase((24, 24, 16), (1, 1, 1), 12.0, 4.0)
+    np.testing.assert_array_equal(unwrap_phase(wrap(truth), (1, 1, 1), "lsq"), lsq_unwrap(wrap(truth), (1, 1, 1)))
+    with pytest.raises(InputError, match="lsq"):
+        unwrap_phase(wrap(truth), (1, 1, 1), "other")
 
 
 def test_quality_unwrap_is_exact_up_to_a_2pi_multiple():
@@ -58,6 +96,10 @@ def test_unwrap_rejects_bad_input():
         laplacian_unwrap(np.zeros((4, 4)))
     with pytest.raises(InputError):
         laplacian_unwrap(np.full((4, 4, 4), np.nan))
+    with pytest.raises(InputError):
+        lsq_unwrap(np.full((4, 4, 4), np.inf))
+    with pytest.raises(InputError):
+        lsq_unwrap(np.zeros((4, 4, 4)), (1.0, 0.0, 1.0))
     with pytest.raises(InputError):
         quality_unwrap(np.zeros((4, 4, 4)), mask=np.ones((3, 4, 4)))
 

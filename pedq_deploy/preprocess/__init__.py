@@ -4,7 +4,7 @@ from __future__ import annotations
 from .echoes import check_echo_times, combine_echoes
 from .masking import classic_mask, normalise_magnitude
 from .phase import detect_and_scale_phase
-from .unwrap import laplacian_unwrap, quality_unwrap, unwrap_phase
+from .unwrap import UNWRAP_METHODS, laplacian_unwrap, lsq_unwrap, quality_unwrap, unwrap_phase
 from .vsharp import default_radii, vsharp
 
 __all__ = [
@@ -13,7 +13,9 @@ __all__ = [
     "classic_mask",
     "normalise_magnitude",
     "detect_and_scale_phase",
+    "UNWRAP_METHODS",
     "laplacian_unwrap",
+    "lsq_unwrap",
     "quality_unwrap",
     "unwrap_phase",
     "default_radii",

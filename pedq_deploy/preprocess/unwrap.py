@@ -1,9 +1,12 @@
-"""Phase unwrapping: Laplacian (Schofield & Zhu 2003) and quality-guided path following.
+"""Phase unwrapping: Laplacian (Schofield & Zhu 2003), least squares, and quality-guided path following.
 
 References
 ----------
 M. A. Schofield and Y. Zhu, "Fast phase unwrapping algorithm for interferometric applications",
 Opt. Lett. 28(14):1194-1196, 2003.
+D. C. Ghiglia and L. A. Romero, "Robust two-dimensional weighted and unweighted phase unwrapping
+that uses fast transforms and iterative methods", J. Opt. Soc. Am. A 11(1):107-117, 1994 (the
+unweighted least-squares solution is a Poisson equation on the wrapped phase differences).
 M. A. Herraez et al., "Fast two-dimensional phase-unwrapping algorithm based on sorting by
 reliability following a noncontinuous path", Appl. Opt. 41(35), 2002 (the quality-guided idea).
 """
@@ -18,7 +21,9 @@ import scipy.fft
 from ..errors import InputError
 from ..physics import check_voxel_size, fft_workers
 
-__all__ = ["laplacian_unwrap", "quality_unwrap", "unwrap_phase"]
+__all__ = ["laplacian_unwrap", "lsq_unwrap", "quality_unwrap", "unwrap_phase", "UNWRAP_METHODS"]
+
+UNWRAP_METHODS = ("laplacian", "lsq", "quality")
 
 
 def _check_phase(phase: np.ndarray) -> np.ndarray:
@@ -98,6 +103,64 @@ def _laplacian_unwrap_kernel(phase: np.ndarray, voxel_size: np.ndarray, workers:
     spec = scipy.fft.rfftn(lap_phi, workers=workers)
     _divide_by_laplacian(spec, lap_half)
     return scipy.fft.irfftn(spec, s=shape, workers=workers).astype(np.float32, copy=False)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _wrapped_difference_laplacian(phase, inv_h2, out):  # pragma: no cover - compiled
+    # sum over axes of wrap(p[i+1] - p[i]) - wrap(p[i] - p[i-1]), periodic, over h^2
+    n0, n1, n2 = phase.shape
+    twopi = 2.0 * np.pi
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                c = phase[i, j, k]
+                s = 0.0
+                for ax in range(3):
+                    if ax == 0:
+                        lo = phase[(i - 1) % n0, j, k]
+                        hi = phase[(i + 1) % n0, j, k]
+                    elif ax == 1:
+                        lo = phase[i, (j - 1) % n1, k]
+                        hi = phase[i, (j + 1) % n1, k]
+                    else:
+                        lo = phase[i, j, (k - 1) % n2]
+                        hi = phase[i, j, (k + 1) % n2]
+                    dh = hi - c
+                    dh -= twopi * np.floor(dh / twopi + 0.5)
+                    dl = c - lo
+                    dl -= twopi * np.floor(dl / twopi + 0.5)
+                    s += (dh - dl) * inv_h2[ax]
+                out[i, j, k] = s
+
+
+def _lsq_unwrap_kernel(phase: np.ndarray, voxel_size: np.ndarray, workers: int) -> np.ndarray:
+    shape = phase.shape
+    lap_phi = np.empty(shape, np.float32)
+    _wrapped_difference_laplacian(phase, (1.0 / voxel_size**2).astype(np.float64), lap_phi)
+    spec = scipy.fft.rfftn(lap_phi, workers=workers)
+    del lap_phi
+    _divide_by_laplacian(spec, _discrete_laplacian(shape, voxel_size, real=True))
+    return scipy.fft.irfftn(spec, s=shape, workers=workers).astype(np.float32, copy=False)
+
+
+def lsq_unwrap(phase: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), *, workers: int | None = None) -> np.ndarray:
+    """Unweighted least-squares phase unwrapping (Ghiglia & Romero 1994).
+
+    The Laplacian method with another estimate of the phase's Laplacian: the divergence of the
+    wrapped differences between neighbours, ``wrap(p[i+1] - p[i]) - wrap(p[i] - p[i-1])``,
+    instead of Schofield & Zhu's ``cos p lap(sin p) - sin p lap(cos p)`` (on a grid: a sum of
+    ``sin(p[n] - p[i])``). The two agree where neighbours differ by little; where they differ by
+    a sizeable part of pi, the sine shrinks the difference and the error (a cube of the
+    difference) is not harmonic, so background field removal keeps it. The wrapped difference is
+    exact wherever the true difference is under pi. Long echo times and tilted heads give such
+    differences (measured in benchmarks/RESULTS.md, "Unwrapping at long echo times"). Same cost:
+    one real FFT pair.
+
+    Parameters and return value as :func:`laplacian_unwrap`.
+    """
+    p = _check_phase(phase)
+    v = check_voxel_size(voxel_size)
+    return _lsq_unwrap_kernel(p, v, workers or fft_workers())
 
 
 def laplacian_unwrap(phase: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), *, workers: int | None = None) -> np.ndarray:
@@ -191,9 +254,12 @@ def _reliability(p: np.ndarray) -> np.ndarray:
 
 
 def unwrap_phase(phase: np.ndarray, voxel_size: Sequence[float], method: str = "laplacian", *, mask=None, magnitude=None) -> np.ndarray:
-    """Dispatch to :func:`laplacian_unwrap` (``"laplacian"``) or :func:`quality_unwrap` (``"quality"``)."""
+    """Dispatch to :func:`laplacian_unwrap` (``"laplacian"``), :func:`lsq_unwrap` (``"lsq"``) or
+    :func:`quality_unwrap` (``"quality"``, which uses ``mask`` and ``magnitude``)."""
     if method == "laplacian":
         return laplacian_unwrap(phase, voxel_size)
+    if method == "lsq":
+        return lsq_unwrap(phase, voxel_size)
     if method == "quality":
         return quality_unwrap(phase, mask=mask, magnitude=magnitude)
-    raise InputError(f"unknown unwrapping method {method!r} (laplacian, quality)")
+    raise InputError(f"unknown unwrapping method {method!r} ({', '.join(UNWRAP_METHODS)})")

@@ -26,7 +26,7 @@ __all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "ST
 STAGES = ("mask", "unwrap", "background", "inversion", "qc", "segmentation")
 INVERSIONS = ("tkd", "tv", "pedq")
 MASKERS = ("auto", "classic", "network")
-UNWRAPPERS = ("laplacian", "quality")
+UNWRAPPERS = ("laplacian", "lsq", "quality")  # preprocess.UNWRAP_METHODS (not imported here: it loads Numba)
 
 
 @dataclass
