@@ -4,7 +4,7 @@ Held-out subjects (seeds 1000-1009, never drawn in training: training uses seeds
 validation 2000-2001), neonates and infants alternating, tilts spread over 0-30 degrees, the
 source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100).
 
-* QSM: every method inverts the SAME local field (Laplacian unwrapping and V-SHARP inside the
+* QSM: every method inverts the SAME local field (``--unwrap`` unwrapping and V-SHARP inside the
   true brain mask), so the table compares inversions, not masks. Scores over the whole truth brain
   mask (QSM-CI convention), DGM edge sharpness, per-structure mean error.
 * Masks: the masking network, the classic masker and (where ``brainextractor`` installs) a BET
@@ -125,7 +125,8 @@ def main() -> None:
                     help="the heads' grid: the source protocol's 256x256x80 at 0.78x0.78x2 mm, or the training "
                          "configs' default 160x160x128 at 1.2 mm isotropic (is a gap a grid gap?)")
     ap.add_argument("--unwrap", choices=UNWRAP_METHODS, default="laplacian",
-                    help="phase unwrapping before V-SHARP (pedq-run --unwrap); Laplacian is the default of both")
+                    help="phase unwrapping before V-SHARP (pedq-run --unwrap, whose default is lsq); Laplacian here, as in every section made "
+                         "before lsq existed")
     ap.add_argument("--skip-masks", action="store_true", help="score the inversions and the segmentation only")
     ap.add_argument("--section", default="pedqnet", help="RESULTS.md section; also names results/SECTION.json and the figure")
     args = ap.parse_args()
@@ -217,7 +218,7 @@ def report(records, models_dir, args, note) -> str:
         + ("" if args.grid == "source" else ", training grid") + ("" if args.unwrap == "laplacian" else f", {UNWRAP_NAMES[args.unwrap]} unwrapping") + ("" if args.models is None else f": models {args.models}")
     options = "" if source else f" --echo-time {args.echo_time:g} --snr {args.snr:g}"
     options += "" if args.grid == "source" else " --grid training"
-    options += "" if args.unwrap == "laplacian" else f" --unwrap {args.unwrap}"
+    options += f" --unwrap {args.unwrap}"
     options += "" if args.models is None else f" --models {args.models}"
     options += "" if args.subjects == 10 else f" --subjects {args.subjects}"
     options += "" if args.section == "pedqnet" else f" --section {args.section}"

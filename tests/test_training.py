@@ -456,21 +456,35 @@ def test_the_smoothed_brain_amplitude_ignores_noise_and_empty_space_and_exports(
             load_config(None, recon_amplitude_smooth=k)
 
 
-def test_subject_local_field_unwraps_with_the_method_asked_for():
-    """The benchmarks' local field: Laplacian unwrapping by default (as pedq-run), quality-guided on
-    request. At the source TE, noise-free, both follow the true local field in the eroded mask
-    (measured: r 0.85 and 0.89); the two are not the same field, and an unknown method is refused."""
+def test_subject_local_field_unwraps_with_the_method_asked_for(monkeypatch):
+    """The benchmarks' local field: Laplacian unwrapping by default (as pedq-run), least squares or
+    quality-guided on request, and training's as its config says. At the source TE, noise-free, all
+    follow the true local field in the eroded mask (r > 0.8); they are not the same field, and an
+    unknown method is refused."""
     from conftest import SMALL_SHAPE, SMALL_VOXEL
 
     from pedq_deploy.training.data import subject_local_field
 
     s = make_subject(seed=7, age="infant", shape=SMALL_SHAPE, voxel_size=SMALL_VOXEL, tilt_deg=25.0, snr=float("inf"))
     fields = {}
-    for method in ("laplacian", "quality"):
+    for method in ("laplacian", "lsq", "quality"):
         lf, er = subject_local_field(s, unwrap=method)
         assert np.corrcoef(lf[er], s.local_field[er])[0, 1] > 0.8
         fields[method] = lf
     np.testing.assert_array_equal(subject_local_field(s)[0], fields["laplacian"])
     assert np.abs(fields["quality"] - fields["laplacian"]).max() > 1e-4  # ppm
+    assert np.abs(fields["lsq"] - fields["laplacian"]).max() > 1e-4
     with pytest.raises(InputError, match="unwrapping method"):
         subject_local_field(s, unwrap="other")
+    # training draws its subjects with the config's unwrapping (Laplacian unless asked: the shipped models')
+    import pedq_deploy.training.data as data
+
+    assert TrainConfig().unwrap == "laplacian"
+    asked = []
+    monkeypatch.setattr(data, "subject_local_field", lambda s, *a, unwrap: asked.append(unwrap) or subject_local_field(s, *a, unwrap=unwrap))
+    drawn = {m: data.prepare_subject(11, tiny(unwrap=m), np.random.default_rng(5)) for m in ("lsq", "laplacian")}
+    assert asked == ["lsq", "laplacian"]
+    assert drawn["lsq"].params["echo_time"] == drawn["laplacian"].params["echo_time"]  # the same draw
+    assert np.abs(drawn["lsq"].local_field - drawn["laplacian"].local_field).max() > 1e-4
+    with pytest.raises(InputError, match="unwrap must be one of"):
+        load_config(None, unwrap="romeo")

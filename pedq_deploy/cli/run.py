@@ -43,8 +43,9 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
                    "no clear gain on held-out heads, see benchmarks/RESULTS.md).")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), help="Folder of exported models (default: $PEDQ_MODELS, else the shipped ones; 'none': no networks).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--unwrap", type=click.Choice(["laplacian", "lsq", "quality"]), default="laplacian", show_default=True,
-              help="laplacian: Schofield & Zhu; lsq: least squares on wrapped differences (better at long echo times); quality: path following.")
+@click.option("--unwrap", type=click.Choice(["laplacian", "lsq", "quality"]), default="lsq", show_default=True,
+              help="lsq: least squares on the wrapped neighbour differences; laplacian: Schofield & Zhu (errs at long echo times); "
+                   "quality: path following.")
 @click.option("--tkd-threshold", type=float, default=0.19, show_default=True)
 @click.option("--tv-lambda", type=float, default=3e-4, show_default=True)
 @click.option("--tv-iterations", type=int, default=60, show_default=True)

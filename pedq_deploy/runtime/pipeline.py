@@ -36,7 +36,7 @@ class PipelineConfig:
     echo_time: float | tuple[float, ...]  # seconds; one per echo for a multi-echo scan
     field_strength: float
     b0_direction: tuple[float, float, float] | None = None  # voxel frame; None: from the affine
-    unwrap: str = "laplacian"
+    unwrap: str = "lsq"  # least squares: as good as Laplacian at short TE, far better at long TE (benchmarks/RESULTS.md)
     inversion: str = "tkd"
     vsharp_radii: tuple[float, ...] | None = None
     vsharp_threshold: float = 0.05

@@ -31,6 +31,8 @@ class TrainConfig:
     snr_range: tuple[float, float] = (40.0, 200.0)
     echo_time_range: tuple[float, float] = (4.92e-3, 25e-3)
     field_strength: float = 3.0
+    # phase unwrapping before V-SHARP (pedq-run --unwrap); every shipped model trained on "laplacian"
+    unwrap: str = "laplacian"
     crops_per_subject: int = 4
     data_workers: int = 0  # processes preparing the next subjects ahead (0: in the training process); results do not depend on it
     foreground_fraction: float = 0.0  # joint: share of crops centred on a deep grey matter structure
@@ -108,6 +110,10 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         if isinstance(v, list):
             data[k] = tuple(v)
     cfg = TrainConfig(**data)
+    from ..preprocess.unwrap import UNWRAP_METHODS
+
+    if cfg.unwrap not in UNWRAP_METHODS:
+        raise InputError(f"unwrap must be one of {', '.join(UNWRAP_METHODS)}, got {cfg.unwrap!r}")
     if cfg.seg_input not in SEG_INPUTS:
         raise InputError(f"seg_input must be one of {', '.join(SEG_INPUTS)}, got {cfg.seg_input!r}")
     if not cfg.recon_amplitude_ref >= 0:

@@ -1,7 +1,7 @@
 """Training data drawn on the fly from the phantom, reproducibly.
 
 Subject ``i`` of a stream is drawn with seed ``train_seeds[0] + (base_seed * 7919 + i) mod span``
-and preprocessed as the runtime would (Laplacian unwrapping, V-SHARP inside the true brain mask),
+and preprocessed as the runtime would (the config's `unwrap`, Laplacian by default; V-SHARP inside the true brain mask),
 so the networks learn from the local fields they will be given, errors and noise included.
 For the reconstruction and segmentation networks the preprocessed subject is then resampled into
 the B0-aligned frame (:class:`pedq_deploy.frame.B0Frame`), exactly as the runtime does: the network
@@ -74,8 +74,8 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, fr
         second = s.phase[..., 1]
         s.magnitude, s.phase, s.echo_time = s.magnitude[..., 0], s.phase[..., 0], te
         s.params["echo_time"] = te
-        s.params["target_field"], _ = subject_local_field(s, second)
-    local, eroded = subject_local_field(s)
+        s.params["target_field"], _ = subject_local_field(s, second, unwrap=cfg.unwrap)
+    local, eroded = subject_local_field(s, unwrap=cfg.unwrap)
     mag = normalise_magnitude(s.magnitude)  # the runtime's own normalisation
     # keep the subject but with the preprocessed field and the eroded mask for the loss
     s.local_field = local
