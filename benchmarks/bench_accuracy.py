@@ -2,13 +2,14 @@
 
 10 subjects (5 neonates, 5 infants; seeds 1000-1009, never used for training), tilts spread over
 0-30 degrees, the source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100).
-Each subject runs the pipeline a user gets by default (classic mask) with TKD and TV, and TV
-with the true brain mask (to separate masking from inversion errors). Scores follow the QSM-CI
+Each subject runs pedq-run's pipeline with TKD and TV on the classic mask, TV on the shipped masking
+network's mask (where the models are found) and TV on the true brain mask (to separate masking from
+inversion errors), with pedq-run's default unwrapping or ``--unwrap``. Scores follow the QSM-CI
 convention (whole truth brain mask, missing voxels count as zero); the QSM-CI scorer's own NRMSE
 and XSIM are reported next to ours where qsm-ci is installed.
 
-``.venv/bin/python benchmarks/bench_accuracy.py [--subjects N]``; writes the "accuracy" section
-of benchmarks/RESULTS.md and benchmarks/results/accuracy.json.
+``.venv/bin/python benchmarks/bench_accuracy.py [--subjects N] [--unwrap M] [--section S]``; writes
+the "accuracy" section (or S) of benchmarks/RESULTS.md and benchmarks/results/accuracy.json (S.json).
 """
 from __future__ import annotations
 
@@ -25,10 +26,14 @@ from _report import machine, update_section  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
+from pedq_deploy.preprocess import UNWRAP_METHODS  # noqa: E402
 from pedq_deploy.runtime import PipelineConfig, run_case  # noqa: E402
+from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 
 HELD_OUT_SEEDS = range(1000, 1010)
-METHODS = {"TKD (classic mask)": ("tkd", False), "TV (classic mask)": ("tv", False), "TV (true mask)": ("tv", True)}
+# name: (inversion, mask: "classic" | "network" (the shipped masking UNETR, where found) | "true")
+METHODS = {"TKD (classic mask)": ("tkd", "classic"), "TV (classic mask)": ("tv", "classic"), "TV (network mask)": ("tv", "network"),
+           "TV (true mask)": ("tv", "true")}
 KEYS = ("nrmse", "hfen", "ssim", "xsim", "dgm_edge_sharpness", "dgm_mean_abs_error_ppm", "coverage")
 
 
@@ -44,7 +49,13 @@ def qsmci_scores(recon, truth, mask, labels):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subjects", type=int, default=10)
+    ap.add_argument("--unwrap", choices=UNWRAP_METHODS, default=PipelineConfig(echo_time=4.92e-3, field_strength=3.0).unwrap,
+                    help="phase unwrapping (default: pedq-run's)")
+    ap.add_argument("--section", default="accuracy", help="RESULTS.md section; also names results/SECTION.json")
     args = ap.parse_args()
+    found = find_models(None)
+    models = PedqModels(found, backend="onnxruntime") if found is not None and (Path(found) / "mask.json").is_file() else None
+    methods = {k: v for k, v in METHODS.items() if v[1] != "network" or models is not None}
     seeds = list(HELD_OUT_SEEDS)[: args.subjects]
     tilts = np.linspace(0.0, 30.0, len(seeds))
     load_note = machine()
@@ -53,10 +64,12 @@ def main() -> None:
         age = "neonate" if i % 2 == 0 else "infant"
         s = make_subject(seed=seed, age=age, tilt_deg=float(tilt), snr=100.0)
         rec = {"seed": seed, "age": age, "tilt_deg": float(tilt), "methods": {}}
-        for name, (inversion, true_mask) in METHODS.items():
-            cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion=inversion)
+        for name, (inversion, mask) in methods.items():
+            cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion=inversion, unwrap=args.unwrap,
+                                 masker="network" if mask == "network" else "classic")
             t0 = time.perf_counter()
-            res = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, mask=s.brain_mask if true_mask else None)
+            res = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, mask=s.brain_mask if mask == "true" else None,
+                           models=models if mask == "network" else None)
             elapsed = time.perf_counter() - t0
             score = M.score_qsm(res.qsm, s.chi, s.brain_mask, s.labels)
             score.pop("regions")
@@ -70,33 +83,37 @@ def main() -> None:
 
     out = Path(__file__).with_name("results")
     out.mkdir(exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps(records, indent=1))
+    (out / f"{args.section}.json").write_text(json.dumps(records, indent=1))
+    if models is not None:
+        models.close()
 
     def stat(name, key, age=None):
         vals = [r["methods"][name][key] for r in records if age is None or r["age"] == age]
         return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
 
-    lines = ["## Conventional QSM on held-out phantoms (the baseline)", "",
+    unwrap_note = "" if args.section == "accuracy" else f", {args.unwrap} unwrapping"
+    lines = [f"## Conventional QSM on held-out phantoms (the baseline){unwrap_note}", "",
              f"{len(records)} subjects (seeds {seeds[0]}-{seeds[-1]}; neonates and infants alternating; tilts {tilts[0]:.0f}-{tilts[-1]:.0f} deg), "
              "256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100. `pedq-run`'s pipeline with its defaults "
-             f"({PipelineConfig(echo_time=4.92e-3, field_strength=3.0).unwrap} unwrapping, V-SHARP in the mask named). Mean ± SD over subjects. "
+             f"({args.unwrap} unwrapping, V-SHARP in the mask named; the network mask is the shipped masking UNETR's). Mean ± SD over subjects. "
              "Scored over the whole truth brain mask, uncovered voxels counted as zero; truth referenced to its brain mean, "
              "output to its eroded-mask mean. NRMSE/HFEN: ratios (0 best). Edge sharpness: 1 = as sharp as the truth.",
-             f"Machine: {load_note}. Script: `benchmarks/bench_accuracy.py`; raw numbers in `benchmarks/results/accuracy.json`.", ""]
+             f"Machine: {load_note}. Script: `benchmarks/bench_accuracy.py --unwrap {args.unwrap}"
+             f"{'' if args.section == 'accuracy' else ' --section ' + args.section}`; raw numbers in `benchmarks/results/{args.section}.json`.", ""]
     for age in (None, "neonate", "infant"):
         lines += [f"**{'All subjects' if age is None else age.capitalize() + 's'}**", "",
                   "| method | NRMSE | HFEN | SSIM | XSIM | DGM edge sharpness | DGM mean abs error (ppm) | coverage | local field NRMSE | mask Dice |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for name in METHODS:
+        for name in methods:
             lines.append(f"| {name} | " + " | ".join(stat(name, k, age) for k in (*KEYS, "local_field_nrmse", "mask_dice")) + " |")
         lines.append("")
     ci = [r["methods"]["TV (classic mask)"]["qsm_ci"] for r in records]
     if all(ci):
         lines.append("QSM-CI scorer (qsm-ci " + __import__("importlib.metadata").metadata.version("qsm-ci") + ") on the same outputs, mean over subjects: " +
                      "; ".join(f"{name}: NRMSE {np.mean([r['methods'][name]['qsm_ci'].get('nrmse', np.nan) for r in records]):.3f}, "
-                               f"XSIM {np.mean([r['methods'][name]['qsm_ci'].get('xsim', np.nan) for r in records]):.3f}" for name in METHODS) + ".")
-    lines.append("Pipeline time per subject (in-process, mean): " + ", ".join(f"{n} {np.mean([r['methods'][n]['seconds'] for r in records]):.1f} s" for n in METHODS) + ".")
-    update_section("accuracy", "\n".join(lines))
+                               f"XSIM {np.mean([r['methods'][name]['qsm_ci'].get('xsim', np.nan) for r in records]):.3f}" for name in methods) + ".")
+    lines.append("Pipeline time per subject (in-process, mean): " + ", ".join(f"{n} {np.mean([r['methods'][n]['seconds'] for r in records]):.1f} s" for n in methods) + ".")
+    update_section(args.section, "\n".join(lines))
     print("\n".join(lines))
 
 
