@@ -49,7 +49,7 @@ def qsmci_scores(recon, truth, mask, labels):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subjects", type=int, default=10)
-    ap.add_argument("--unwrap", choices=UNWRAP_METHODS, default=PipelineConfig(echo_time=4.92e-3, field_strength=3.0).unwrap,
+    ap.add_argument("--unwrap", choices=UNWRAP_METHODS, default=PipelineConfig.unwrap,
                     help="phase unwrapping (default: pedq-run's)")
     ap.add_argument("--section", default="accuracy", help="RESULTS.md section; also names results/SECTION.json")
     args = ap.parse_args()

@@ -24,19 +24,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import machine, median_time, update_section  # noqa: E402
 
+from bench_echoes import error  # noqa: E402  (the same local field error as the multi-echo benchmark)
+
 from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.physics import phase_to_ppm  # noqa: E402
-from pedq_deploy.preprocess import unwrap_phase, vsharp  # noqa: E402
+from pedq_deploy.preprocess import unwrap_phase  # noqa: E402
 
 TES = (4.92e-3, 10e-3, 20e-3)
 METHODS = ("laplacian", "lsq", "quality", "scikit-image")
-
-
-def error(field, s) -> float:
-    local, eroded = vsharp(field, s.brain_mask, s.voxel_size)
-    a = local[eroded] - local[eroded].mean()
-    b = s.local_field[eroded] - s.local_field[eroded].mean()
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def unwrap(method, s):

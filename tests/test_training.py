@@ -457,8 +457,8 @@ def test_the_smoothed_brain_amplitude_ignores_noise_and_empty_space_and_exports(
 
 
 def test_subject_local_field_unwraps_with_the_method_asked_for(monkeypatch):
-    """The benchmarks' local field: Laplacian unwrapping by default (as pedq-run), least squares or
-    quality-guided on request, and training's as its config says. At the source TE, noise-free, all
+    """The benchmarks' local field: Laplacian unwrapping by default (as the shipped models trained),
+    least squares or quality-guided on request, and training's as its config says. At the source TE, noise-free, all
     follow the true local field in the eroded mask (r > 0.8); they are not the same field, and an
     unknown method is refused."""
     from conftest import SMALL_SHAPE, SMALL_VOXEL

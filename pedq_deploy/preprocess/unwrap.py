@@ -105,11 +105,17 @@ def _laplacian_unwrap_kernel(phase: np.ndarray, voxel_size: np.ndarray, workers:
     return scipy.fft.irfftn(spec, s=shape, workers=workers).astype(np.float32, copy=False)
 
 
+@numba.njit(inline="always", fastmath=True, cache=True)
+def _wrap(d):  # pragma: no cover - compiled
+    # d moved into [-pi, pi) by a whole multiple of 2 pi
+    twopi = 2.0 * np.pi
+    return d - twopi * np.floor(d / twopi + 0.5)
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _wrapped_difference_laplacian(phase, inv_h2, out):  # pragma: no cover - compiled
     # sum over axes of wrap(p[i+1] - p[i]) - wrap(p[i] - p[i-1]), periodic, over h^2
     n0, n1, n2 = phase.shape
-    twopi = 2.0 * np.pi
     for i in numba.prange(n0):
         for j in range(n1):
             for k in range(n2):
@@ -125,11 +131,7 @@ def _wrapped_difference_laplacian(phase, inv_h2, out):  # pragma: no cover - com
                     else:
                         lo = phase[i, j, (k - 1) % n2]
                         hi = phase[i, j, (k + 1) % n2]
-                    dh = hi - c
-                    dh -= twopi * np.floor(dh / twopi + 0.5)
-                    dl = c - lo
-                    dl -= twopi * np.floor(dl / twopi + 0.5)
-                    s += (dh - dl) * inv_h2[ax]
+                    s += (_wrap(hi - c) - _wrap(c - lo)) * inv_h2[ax]
                 out[i, j, k] = s
 
 
@@ -224,7 +226,6 @@ def quality_unwrap(phase: np.ndarray, mask: np.ndarray | None = None, magnitude:
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _reliability_kernel(p, out):  # pragma: no cover - compiled
     n0, n1, n2 = p.shape
-    twopi = 2.0 * np.pi
     for i in numba.prange(n0):
         for j in range(n1):
             for k in range(n2):
@@ -239,11 +240,7 @@ def _reliability_kernel(p, out):  # pragma: no cover - compiled
                     else:
                         lo = p[i, j, k - 1] if k > 0 else p[i, j, k]
                         hi = p[i, j, k + 1] if k < n2 - 1 else p[i, j, k]
-                    d1 = lo - p[i, j, k]
-                    d1 -= twopi * np.floor(d1 / twopi + 0.5)
-                    d2 = p[i, j, k] - hi
-                    d2 -= twopi * np.floor(d2 / twopi + 0.5)
-                    s += (d1 - d2) ** 2
+                    s += (_wrap(lo - p[i, j, k]) - _wrap(p[i, j, k] - hi)) ** 2
                 out[i, j, k] = 1.0 / (1.0 + np.sqrt(s))
 
 

@@ -54,8 +54,9 @@ def to_b0_frame(s, frame_voxel: float):
 
 def subject_local_field(s, phase=None, unwrap: str = "laplacian"):
     """(local field in ppm, V-SHARP-eroded mask) of a single-echo phantom subject (``phase``: another
-    echo of it, by default its own): unwrapping (Laplacian by default, as the runtime does, or
-    ``"quality"``-guided) and V-SHARP inside the true brain mask."""
+    echo of it, by default its own): unwrapping with ``unwrap`` (one of ``UNWRAP_METHODS``; Laplacian by
+    default, what the shipped models trained on; pedq-run's default is ``"lsq"``) and V-SHARP inside
+    the true brain mask."""
     phase = s.phase if phase is None else phase
     unwrapped = unwrap_phase(phase, s.voxel_size, unwrap, mask=s.brain_mask, magnitude=s.magnitude)
     total = phase_to_ppm(unwrapped, s.echo_time, s.field_strength)
