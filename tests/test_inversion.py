@@ -47,6 +47,26 @@ def test_inversion_output_is_referenced_and_masked(spheres, method):
     assert abs(float(out[mask].mean())) < 1e-6
 
 
+def test_tv_prior_weight_zero_is_plain_tv_and_a_huge_one_returns_the_prior(spheres):
+    chi, field, mask = spheres
+    plain = tv_admm(field, mask, VS, B_TILT, iterations=40)
+    np.testing.assert_array_equal(tv_admm(field, mask, VS, B_TILT, iterations=40, prior=2 * chi, prior_weight=0.0), plain)
+    assert nrmse(tv_admm(field, mask, VS, B_TILT, iterations=40, prior=2 * chi, prior_weight=100.0), 2 * chi, mask) < 1e-2
+
+
+def test_tv_prior_right_in_the_cone_helps_and_a_wrong_amplitude_is_pulled_back_by_the_field(spheres):
+    """The network's failure mode: the right shapes at twice the amplitude. Where D(k)^2 >> alpha the
+    field decides, so the refined map's error is a fraction of the prior's; a correct prior lowers
+    TV's own error, more so the heavier it weighs."""
+    chi, field, mask = spheres
+    plain = nrmse(tv_admm(field, mask, VS, B_TILT, iterations=40), chi, mask)
+    errs = [nrmse(tv_admm(field, mask, VS, B_TILT, iterations=40, prior=chi, prior_weight=a), chi, mask) for a in (0.01, 0.03, 0.3)]
+    assert plain > errs[0] > errs[1] > errs[2] and errs[2] < 0.4 * plain
+    assert nrmse(2 * chi, chi, mask) == pytest.approx(1.0, abs=1e-6)
+    assert nrmse(tv_admm(field, mask, VS, B_TILT, iterations=40, prior=2 * chi, prior_weight=0.03), chi, mask) < 0.4
+    assert nrmse(tv_admm(field, mask, VS, B_TILT, iterations=40, prior=2 * chi, prior_weight=0.01), chi, mask) < 0.15
+
+
 def test_inversion_rejects_bad_input(spheres):
     _, field, mask = spheres
     with pytest.raises(InputError):
@@ -57,3 +77,11 @@ def test_inversion_rejects_bad_input(spheres):
         tv_admm(field, mask, VS, lam=-1.0)
     with pytest.raises(InputError):
         tkd(np.where(mask, np.nan, field), mask, VS)
+    with pytest.raises(InputError, match="needs a prior map"):
+        tv_admm(field, mask, VS, prior_weight=0.1)
+    with pytest.raises(InputError, match="prior weight must be >= 0"):
+        tv_admm(field, mask, VS, prior=field, prior_weight=-0.1)
+    with pytest.raises(InputError, match="prior shape"):
+        tv_admm(field, mask, VS, prior=field[:-1], prior_weight=0.1)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        tv_admm(field, mask, VS, prior=np.where(mask, np.nan, field), prior_weight=0.1)
