@@ -116,6 +116,8 @@ def bad_inputs(phantom_dir, tmp_path):
         "empty mask": ([good_m, good_p, "--mask", _write(tmp_path / "empty.nii.gz", np.zeros(m.shape, np.uint8), aff)] + te, "empty"),
         "phase out of range": ([good_m, _write(tmp_path / "p_big.nii.gz", p * 10, aff)] + te, "no known format"),
         "unknown option value": ([good_m, good_p, "--inversion", "magic"] + te, "magic"),
+        "refining no network map": ([good_m, good_p, "--inversion", "tkd", "--refine"] + te, "needs --inversion pedq"),
+        "refine weight not positive": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-weight", "0"] + te, "must be positive"),
         "labels not whole numbers": ([good_m, good_p, "--labels", _write(tmp_path / "prob.nii.gz", np.full(m.shape, 0.5, np.float32), aff)] + te,
                                      "whole numbers"),
         "labels off the grid": ([good_m, good_p, "--labels", _write(tmp_path / "lab_small.nii.gz", np.zeros(m.shape, np.uint8)[:-2], aff)] + te,
@@ -125,7 +127,8 @@ def bad_inputs(phantom_dir, tmp_path):
 
 @pytest.mark.parametrize("case", ["missing file", "not 3D", "shape mismatch", "affine mismatch", "NaN phase",
                                   "non-positive echo time", "echo time in ms", "empty mask", "phase out of range",
-                                  "unknown option value", "labels not whole numbers", "labels off the grid"])
+                                  "unknown option value", "refining no network map", "refine weight not positive",
+                                  "labels not whole numbers", "labels off the grid"])
 def test_bad_input_exits_2_with_one_line_and_no_output(case, bad_inputs, tmp_path, capsys):
     argv, message = bad_inputs[case]
     out = tmp_path / "out"

@@ -144,6 +144,33 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
     assert np.all(np.isfinite(qsm))
 
 
+def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentation(small_subject, tiny_models):
+    from pedq_deploy.inversion import tv_admm
+    from pedq_deploy.physics import phase_to_ppm
+    from pedq_deploy.preprocess import vsharp
+    from pedq_deploy.runtime.networks import PedqModels
+    from pedq_deploy.runtime.pipeline import PipelineConfig, run_case
+
+    s = small_subject
+    models = PedqModels(tiny_models)
+    events = []
+    runs = {w: run_case(s.magnitude, s.phase, s.affine, s.voxel_size,
+                        PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine_weight=w),
+                        models=models, progress=lambda st, ev: events.append((w, st, ev)))
+            for w in (0.0, 0.03)}
+    models.close()
+    plain, refined = runs[0.0], runs[0.03]
+    plans = {w: ev for w, st, ev in events if st == "plan"}
+    assert "refine" not in plans[0.0].split(",") and plans[0.03].split(",")[4] == "refine"
+    assert "refine" in refined.info["timings_s"] and "refine" not in plain.info["timings_s"]
+    local, eroded = vsharp(phase_to_ppm(plain.phase_unwrapped, s.echo_time, s.field_strength), plain.mask, s.voxel_size)
+    np.testing.assert_array_equal(local, plain.local_field)
+    expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], prior=plain.qsm, prior_weight=0.03)
+    np.testing.assert_allclose(refined.qsm, expect, atol=1e-5)
+    assert np.abs(refined.qsm - plain.qsm).max() > 1e-3
+    np.testing.assert_array_equal(refined.segmentation, plain.segmentation)  # the segmentation network sees the network's map
+
+
 def test_pedq_run_model_errors_exit_2(phantom_dir, tiny_models, tmp_path):
     base = [phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz"]
     env = {**os.environ, "PEDQ_MODELS": "none"}  # no models at all, not even the shipped ones

@@ -23,7 +23,7 @@ from ..postprocess.segqc import segmentation_checks
 
 __all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "STAGES"]
 
-STAGES = ("mask", "unwrap", "background", "inversion", "qc", "segmentation")
+STAGES = ("mask", "unwrap", "background", "inversion", "refine", "qc", "segmentation")
 INVERSIONS = ("tkd", "tv", "pedq")
 MASKERS = ("auto", "classic", "network")
 UNWRAPPERS = ("laplacian", "lsq", "quality")  # preprocess.UNWRAP_METHODS (not imported here: it loads Numba)
@@ -43,6 +43,10 @@ class PipelineConfig:
     tkd_threshold: float = 0.19
     tv_lambda: float = 3e-4
     tv_iterations: int = 60
+    # > 0: PedQ-NET's map refined by TV ADMM on the local field with it as a prior of this weight
+    # (tv_admm's prior_weight; TV's lambda and iterations). Off by default: it helps at short echo
+    # times and hurts at long ones (benchmarks/RESULTS.md, "refinement")
+    refine_weight: float = 0.0
     masker: str = "auto"  # network when a mask model is loaded, else classic
     mask_mirror: bool = False  # the masking network also on the left-right mirror image (test-time mirroring)
 
@@ -66,6 +70,10 @@ class PipelineConfig:
             raise InputError(f"unknown masker {self.masker!r} ({', '.join(MASKERS)})")
         if self.unwrap not in UNWRAPPERS:
             raise InputError(f"unknown unwrapping method {self.unwrap!r} ({', '.join(UNWRAPPERS)})")
+        if not (np.isfinite(self.refine_weight) and self.refine_weight >= 0):
+            raise InputError(f"the refinement's prior weight must be >= 0, got {self.refine_weight}")
+        if self.refine_weight > 0 and self.inversion != "pedq":
+            raise InputError(f"refinement refines PedQ-NET's map: it needs --inversion pedq (got {self.inversion})")
 
 
 @dataclass
@@ -153,7 +161,9 @@ def run_case(
     if config.inversion == "pedq" and models is None:
         raise InputError("--inversion pedq needs the PedQ-NET models (none found: give --models DIR)")
     with_seg = labels is not None or (models is not None and models.has("seg"))
-    notify("plan", ",".join(STAGES if with_seg else STAGES[:-1]))
+    skip = {"refine"} if config.refine_weight == 0 else set()
+    skip |= set() if with_seg else {"segmentation"}
+    notify("plan", ",".join(s for s in STAGES if s not in skip))
     use_network_mask = config.masker == "network" or (config.masker == "auto" and models is not None and models.has("mask"))
     if mask is None and use_network_mask:
         if models is None or not models.has("mask"):
@@ -184,6 +194,10 @@ def run_case(
         chi = stage("inversion", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations)
     else:
         chi = stage("inversion", models.reconstruct, local, eroded, voxel_size, b0)
+    chi_network = chi  # what the segmentation network was trained on
+    if config.refine_weight > 0:
+        chi = stage("refine", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations,
+                    prior=chi, prior_weight=config.refine_weight)
     coverage = float(eroded.sum() / max(int(brain.sum()), 1))
     te_qc = float(np.mean(tes))  # the map's radians are those of the mean echo time
     qc_map, qc = stage("qc", consistency, chi, local, eroded, voxel_size, b0, phase_per_ppm(te_qc, config.field_strength), first,
@@ -198,7 +212,7 @@ def run_case(
     if labels is not None:  # where chi has values (the eroded mask), as the network's labels
         segmentation = stage("segmentation", np.where, eroded, labels, 0)
     elif with_seg:
-        segmentation = stage("segmentation", models.segment, chi, eroded, voxel_size)
+        segmentation = stage("segmentation", models.segment, chi_network, eroded, voxel_size)
     seg_qc = None
     if segmentation is not None:  # anatomy's plausibility checks, structure by structure (postprocess.segqc)
         seg_qc = {FS_DGM_NAMES[k]: f for k, f in segmentation_checks(segmentation, brain, affine, FS_DGM_NAMES).items()}
