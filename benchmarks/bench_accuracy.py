@@ -31,9 +31,12 @@ from pedq_deploy.runtime import PipelineConfig, run_case  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 
 HELD_OUT_SEEDS = range(1000, 1010)
-# name: (inversion, mask: "classic" | "network" (the shipped masking UNETR, where found) | "true")
-METHODS = {"TKD (classic mask)": ("tkd", "classic"), "TV (classic mask)": ("tv", "classic"), "TV (network mask)": ("tv", "network"),
-           "TV (true mask)": ("tv", "true")}
+# name: (inversion, mask: "classic" | "network" (the shipped masking UNETR, where found) | "true", refine_weight)
+METHODS = {"TKD (classic mask)": ("tkd", "classic", 0.0), "TV (classic mask)": ("tv", "classic", 0.0), "TV (network mask)": ("tv", "network", 0.0),
+           "TV (true mask)": ("tv", "true", 0.0)}
+# --pedq: pedq-run end to end with the shipped networks (its default, and with --refine) beside TV on the same network mask
+PEDQ_METHODS = {"TV (network mask)": ("tv", "network", 0.0), "PedQ-NET (network mask)": ("pedq", "network", 0.0),
+                "PedQ-NET + TV refinement (network mask)": ("pedq", "network", 0.03)}  # pedq-run --refine's default weight
 KEYS = ("nrmse", "hfen", "ssim", "xsim", "dgm_edge_sharpness", "dgm_mean_abs_error_ppm", "coverage")
 
 
@@ -51,11 +54,15 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--unwrap", choices=UNWRAP_METHODS, default=PipelineConfig.unwrap,
                     help="phase unwrapping (default: pedq-run's)")
+    ap.add_argument("--pedq", action="store_true",
+                    help="pedq-run with the shipped networks (mask, PedQ-NET, PedQ-NET --refine) against TV on the network mask")
     ap.add_argument("--section", default="accuracy", help="RESULTS.md section; also names results/SECTION.json")
     args = ap.parse_args()
     found = find_models(None)
     models = PedqModels(found, backend="onnxruntime") if found is not None and (Path(found) / "mask.json").is_file() else None
-    methods = {k: v for k, v in METHODS.items() if v[1] != "network" or models is not None}
+    if args.pedq and models is None:
+        sys.exit("--pedq needs the shipped models (mask, recon)")
+    methods = {k: v for k, v in (PEDQ_METHODS if args.pedq else METHODS).items() if v[1] != "network" or models is not None}
     seeds = list(HELD_OUT_SEEDS)[: args.subjects]
     tilts = np.linspace(0.0, 30.0, len(seeds))
     load_note = machine()
@@ -64,9 +71,9 @@ def main() -> None:
         age = "neonate" if i % 2 == 0 else "infant"
         s = make_subject(seed=seed, age=age, tilt_deg=float(tilt), snr=100.0)
         rec = {"seed": seed, "age": age, "tilt_deg": float(tilt), "methods": {}}
-        for name, (inversion, mask) in methods.items():
+        for name, (inversion, mask, refine) in methods.items():
             cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion=inversion, unwrap=args.unwrap,
-                                 masker="network" if mask == "network" else "classic")
+                                 masker="network" if mask == "network" else "classic", refine_weight=refine)
             t0 = time.perf_counter()
             res = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, mask=s.brain_mask if mask == "true" else None,
                            models=models if mask == "network" else None)
@@ -92,13 +99,16 @@ def main() -> None:
         return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
 
     unwrap_note = "" if args.section == "accuracy" else f", {args.unwrap} unwrapping"
-    lines = [f"## Conventional QSM on held-out phantoms (the baseline){unwrap_note}", "",
+    title = "pedq-run end to end with its networks, against TV on the same mask" if args.pedq else "Conventional QSM on held-out phantoms (the baseline)"
+    lines = [f"## {title}{unwrap_note}", "",
              f"{len(records)} subjects (seeds {seeds[0]}-{seeds[-1]}; neonates and infants alternating; tilts {tilts[0]:.0f}-{tilts[-1]:.0f} deg), "
              "256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100. `pedq-run`'s pipeline with its defaults "
              f"({args.unwrap} unwrapping, V-SHARP in the mask named; the network mask is the shipped masking UNETR's). Mean ± SD over subjects. "
              "Scored over the whole truth brain mask, uncovered voxels counted as zero; truth referenced to its brain mean, "
-             "output to its eroded-mask mean. NRMSE/HFEN: ratios (0 best). Edge sharpness: 1 = as sharp as the truth.",
-             f"Machine: {load_note}. Script: `benchmarks/bench_accuracy.py --unwrap {args.unwrap}"
+             "output to its eroded-mask mean. NRMSE/HFEN: ratios (0 best). Edge sharpness: 1 = as sharp as the truth."
+             + (" PedQ-NET rows: `pedq-run` with the shipped models (masking network, reconstruction U-Net), without and with "
+                f"`--refine` (weight {PEDQ_METHODS['PedQ-NET + TV refinement (network mask)'][2]:g}); each row runs the masking network itself." if args.pedq else ""),
+             f"Machine: {load_note}. Script: `benchmarks/bench_accuracy.py --unwrap {args.unwrap}{' --pedq' if args.pedq else ''}"
              f"{'' if args.section == 'accuracy' else ' --section ' + args.section}`; raw numbers in `benchmarks/results/{args.section}.json`.", ""]
     for age in (None, "neonate", "infant"):
         lines += [f"**{'All subjects' if age is None else age.capitalize() + 's'}**", "",
@@ -107,7 +117,7 @@ def main() -> None:
         for name in methods:
             lines.append(f"| {name} | " + " | ".join(stat(name, k, age) for k in (*KEYS, "local_field_nrmse", "mask_dice")) + " |")
         lines.append("")
-    ci = [r["methods"]["TV (classic mask)"]["qsm_ci"] for r in records]
+    ci = [r["methods"][next(iter(methods))]["qsm_ci"] for r in records]
     if all(ci):
         lines.append("QSM-CI scorer (qsm-ci " + __import__("importlib.metadata").metadata.version("qsm-ci") + ") on the same outputs, mean over subjects: " +
                      "; ".join(f"{name}: NRMSE {np.mean([r['methods'][name]['qsm_ci'].get('nrmse', np.nan) for r in records]):.3f}, "

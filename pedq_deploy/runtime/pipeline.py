@@ -44,8 +44,8 @@ class PipelineConfig:
     tv_lambda: float = 3e-4
     tv_iterations: int = 60
     # > 0: PedQ-NET's map refined by TV ADMM on the local field with it as a prior of this weight
-    # (tv_admm's prior_weight; TV's lambda and iterations). Off by default: it helps at short echo
-    # times and hurts at long ones (benchmarks/RESULTS.md, "refinement")
+    # (tv_admm's prior_weight; TV's lambda and iterations). Off by default: on validation heads it
+    # helped at TE 4.92 ms and hurt at 20 ms, where it inherits the field's errors (benchmarks/bench_refine.py)
     refine_weight: float = 0.0
     masker: str = "auto"  # network when a mask model is loaded, else classic
     mask_mirror: bool = False  # the masking network also on the left-right mirror image (test-time mirroring)
