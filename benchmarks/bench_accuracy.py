@@ -4,11 +4,13 @@
 0-30 degrees, the source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100).
 Each subject runs pedq-run's pipeline with TKD and TV on the classic mask, TV on the shipped masking
 network's mask (where the models are found) and TV on the true brain mask (to separate masking from
-inversion errors), with pedq-run's default unwrapping or ``--unwrap``. Scores follow the QSM-CI
+inversion errors), with pedq-run's default unwrapping or ``--unwrap``. ``--pedq`` runs pedq-run as a
+user does with the shipped networks instead: the masking network's mask, PedQ-NET without and with
+``--refine``, and TV on the same mask. Scores follow the QSM-CI
 convention (whole truth brain mask, missing voxels count as zero); the QSM-CI scorer's own NRMSE
 and XSIM are reported next to ours where qsm-ci is installed.
 
-``.venv/bin/python benchmarks/bench_accuracy.py [--subjects N] [--unwrap M] [--section S]``; writes
+``.venv/bin/python benchmarks/bench_accuracy.py [--subjects N] [--unwrap M] [--pedq] [--section S]``; writes
 the "accuracy" section (or S) of benchmarks/RESULTS.md and benchmarks/results/accuracy.json (S.json).
 """
 from __future__ import annotations
