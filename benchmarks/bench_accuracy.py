@@ -30,6 +30,7 @@ from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.preprocess import UNWRAP_METHODS  # noqa: E402
 from pedq_deploy.runtime import PipelineConfig, run_case  # noqa: E402
+from pedq_deploy.runtime.pipeline import REFINE_WEIGHT  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 
 HELD_OUT_SEEDS = range(1000, 1010)
@@ -38,7 +39,7 @@ METHODS = {"TKD (classic mask)": ("tkd", "classic", 0.0), "TV (classic mask)": (
            "TV (true mask)": ("tv", "true", 0.0)}
 # --pedq: pedq-run end to end with the shipped networks (its default, and with --refine) beside TV on the same network mask
 PEDQ_METHODS = {"TV (network mask)": ("tv", "network", 0.0), "PedQ-NET (network mask)": ("pedq", "network", 0.0),
-                "PedQ-NET + TV refinement (network mask)": ("pedq", "network", 0.03)}  # pedq-run --refine's default weight
+                "PedQ-NET + TV refinement (network mask)": ("pedq", "network", REFINE_WEIGHT)}
 KEYS = ("nrmse", "hfen", "ssim", "xsim", "dgm_edge_sharpness", "dgm_mean_abs_error_ppm", "coverage")
 
 

@@ -40,6 +40,7 @@ from pedq_deploy.physics import dipole_kernel  # noqa: E402
 from pedq_deploy.postprocess import segmentation_checks  # noqa: E402
 from pedq_deploy.preprocess import UNWRAP_METHODS, classic_mask  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
+from pedq_deploy.runtime.pipeline import REFINE_WEIGHT  # noqa: E402
 from pedq_deploy.training.config import TrainConfig  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
@@ -133,7 +134,7 @@ def main() -> None:
     ap.add_argument("--unwrap", choices=UNWRAP_METHODS, default="laplacian",
                     help="phase unwrapping before V-SHARP (pedq-run --unwrap, whose default is lsq); Laplacian here, as in every section made "
                          "before lsq existed")
-    ap.add_argument("--refine-weight", type=float, default=0.03,
+    ap.add_argument("--refine-weight", type=float, default=REFINE_WEIGHT,
                     help="also score PedQ-NET refined by TV with its map as a prior of this weight (pedq-run --refine); 0: not")
     ap.add_argument("--skip-masks", action="store_true", help="score the inversions and the segmentation only")
     ap.add_argument("--section", default="pedqnet", help="RESULTS.md section; also names results/SECTION.json and the figure")
@@ -228,7 +229,7 @@ def report(records, models_dir, args, note) -> str:
     options += "" if args.grid == "source" else " --grid training"
     options += f" --unwrap {args.unwrap}"
     options += "" if args.models is None else f" --models {args.models}"
-    options += "" if args.refine_weight == 0.03 else f" --refine-weight {args.refine_weight:g}"
+    options += "" if args.refine_weight == REFINE_WEIGHT else f" --refine-weight {args.refine_weight:g}"
     options += "" if args.subjects == 10 else f" --subjects {args.subjects}"
     options += "" if args.section == "pedqnet" else f" --section {args.section}"
     lines = [f"## {title}", "",

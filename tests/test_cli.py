@@ -125,6 +125,13 @@ def bad_inputs(phantom_dir, tmp_path):
     }
 
 
+def test_refine_weight_default_is_the_pipelines():
+    from pedq_deploy.cli.run import command
+    from pedq_deploy.runtime.pipeline import REFINE_WEIGHT
+
+    assert next(p for p in command.params if p.name == "refine_weight").default == REFINE_WEIGHT
+
+
 @pytest.mark.parametrize("case", ["missing file", "not 3D", "shape mismatch", "affine mismatch", "NaN phase",
                                   "non-positive echo time", "echo time in ms", "empty mask", "phase out of range",
                                   "unknown option value", "refining no network map", "refine weight not positive",

@@ -27,6 +27,7 @@ STAGES = ("mask", "unwrap", "background", "inversion", "refine", "qc", "segmenta
 INVERSIONS = ("tkd", "tv", "pedq")
 MASKERS = ("auto", "classic", "network")
 UNWRAPPERS = ("laplacian", "lsq", "quality")  # preprocess.UNWRAP_METHODS (not imported here: it loads Numba)
+REFINE_WEIGHT = 0.03  # pedq-run --refine-weight's default (written out in cli/run.py, which must not load Numba to show --help)
 
 
 @dataclass
