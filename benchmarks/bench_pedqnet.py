@@ -14,6 +14,9 @@ source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100).
   slices for each method, and the "predicted dipole kernel" F[local field] / F[chi] of each output
   next to the true kernel (the source study's Fig. 5).
 
+``--validation`` scores validation heads (seeds 2000-2009) instead: for choosing between models
+(which to ship, which settings) without looking at the held-out heads.
+
 ``.venv/bin/python benchmarks/bench_pedqnet.py [--models DIR] [--tv-models DIR] [--subjects N] [--grid training]``;
 writes the "pedqnet" section of benchmarks/RESULTS.md and benchmarks/results/pedqnet.json.
 """
@@ -46,6 +49,7 @@ from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_SEEDS = range(1000, 1010)
+VALIDATION_SEEDS = range(2000, 2010)  # model choices are made on these, then reported on HELD_OUT_SEEDS
 GRIDS = {"source": {}, "training": {"shape": TrainConfig.grid, "voxel_size": TrainConfig.voxel_size}}
 UNWRAP_NAMES = {"laplacian": "Laplacian", "lsq": "least-squares", "quality": "quality-guided"}
 REFINED = "PedQ-NET + TV refinement"  # pedq-run --refine: its seconds include the network's
@@ -111,7 +115,7 @@ def figure(path, s, outs, local, mask):
     ax[0, 0].set_ylabel("axial")
     ax[1, 0].set_ylabel("coronal")
     ax[2, 0].set_ylabel("dipole kernel (ky-kz)\ntrue / F[field]/F[chi]")
-    fig.suptitle(f"held-out seed {s.params['seed']}, {s.params['age']}, tilt {s.params['tilt_deg']:.0f} deg, "
+    fig.suptitle(f"seed {s.params['seed']}, {s.params['age']}, tilt {s.params['tilt_deg']:.0f} deg, "
                  f"TE {s.echo_time * 1e3:.2f} ms, SNR {s.params['snr']:g}", fontsize=10)
     fig.tight_layout()
     tmp = Path(str(path) + ".partial.png")
@@ -137,6 +141,8 @@ def main() -> None:
     ap.add_argument("--refine-weight", type=float, default=REFINE_WEIGHT,
                     help="also score PedQ-NET refined by TV with its map as a prior of this weight (pedq-run --refine); 0: not")
     ap.add_argument("--skip-masks", action="store_true", help="score the inversions and the segmentation only")
+    ap.add_argument("--validation", action="store_true",
+                    help="validation heads (seeds 2000-2009) instead of the held-out ones: for choosing a model or a setting")
     ap.add_argument("--section", default="pedqnet", help="RESULTS.md section; also names results/SECTION.json and the figure")
     args = ap.parse_args()
     found = find_models(args.models)
@@ -145,7 +151,7 @@ def main() -> None:
     pedq = PedqModels(found, backend="onnxruntime")
     tvnet = PedqModels(args.tv_models, backend="onnxruntime") if Path(args.tv_models, "recon.json").is_file() else None
     note = machine()
-    seeds = list(HELD_OUT_SEEDS)[: args.subjects]
+    seeds = list(VALIDATION_SEEDS if args.validation else HELD_OUT_SEEDS)[: args.subjects]
     tilts = np.linspace(0.0, 30.0, len(seeds))
     records = []
     out_dir = Path(__file__).with_name("results")
@@ -224,16 +230,17 @@ def report(records, models_dir, args, note) -> str:
     protocol = ("source protocol (256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100)" if source else
                 f"{grid} with TE {args.echo_time * 1e3:.2f} ms and SNR {args.snr:g}")
     title = "PedQ-NET against conventional QSM and the nnU-Net_TV ablation (issue 6)" + ("" if source else f", TE {args.echo_time * 1e3:.0f} ms, SNR {args.snr:g}") \
-        + ("" if args.grid == "source" else ", training grid") + ("" if args.unwrap == "laplacian" else f", {UNWRAP_NAMES[args.unwrap]} unwrapping") + ("" if args.models is None else f": models {args.models}")
+        + ("" if args.grid == "source" else ", training grid") + ("" if args.unwrap == "laplacian" else f", {UNWRAP_NAMES[args.unwrap]} unwrapping") + (", validation heads" if args.validation else "") + ("" if args.models is None else f": models {args.models}")
     options = "" if source else f" --echo-time {args.echo_time:g} --snr {args.snr:g}"
     options += "" if args.grid == "source" else " --grid training"
     options += f" --unwrap {args.unwrap}"
     options += "" if args.models is None else f" --models {args.models}"
     options += "" if args.refine_weight == REFINE_WEIGHT else f" --refine-weight {args.refine_weight:g}"
+    options += " --validation" if args.validation else ""
     options += "" if args.subjects == 10 else f" --subjects {args.subjects}"
     options += "" if args.section == "pedqnet" else f" --section {args.section}"
     lines = [f"## {title}", "",
-             f"{len(records)} held-out subjects (seeds {records[0]['seed']}-{records[-1]['seed']}; neonates and infants alternating; "
+             f"{len(records)} {'validation' if args.validation else 'held-out'} subjects (seeds {records[0]['seed']}-{records[-1]['seed']}; neonates and infants alternating; "
              f"tilts 0-30 deg), {protocol}. Every method inverts the same local field "
              f"({UNWRAP_NAMES[args.unwrap]} unwrapping, V-SHARP in the true brain mask). Scores over the whole truth brain mask, uncovered voxels count as zero "
              "(QSM-CI convention); truth referenced to its brain mean, outputs to their eroded-mask mean. \"NRMSE, covered region\": the same "
