@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, update_section  # noqa: E402
+from _report import HELD_OUT_SEEDS, machine, update_section  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
@@ -33,7 +33,6 @@ from pedq_deploy.runtime import PipelineConfig, run_case  # noqa: E402
 from pedq_deploy.runtime.pipeline import REFINE_WEIGHT  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 
-HELD_OUT_SEEDS = range(1000, 1010)
 # name: (inversion, mask: "classic" | "network" (the shipped masking UNETR, where found) | "true", refine_weight)
 METHODS = {"TKD (classic mask)": ("tkd", "classic", 0.0), "TV (classic mask)": ("tv", "classic", 0.0), "TV (network mask)": ("tv", "network", 0.0),
            "TV (true mask)": ("tv", "true", 0.0)}

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, model_provenance, update_section  # noqa: E402
+from _report import HELD_OUT_SEEDS, VALIDATION_SEEDS, machine, model_provenance, update_section  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.inversion import tkd, tv_admm  # noqa: E402
@@ -48,8 +48,6 @@ from pedq_deploy.training.config import TrainConfig  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-HELD_OUT_SEEDS = range(1000, 1010)
-VALIDATION_SEEDS = range(2000, 2010)  # model choices are made on these, then reported on HELD_OUT_SEEDS
 GRIDS = {"source": {}, "training": {"shape": TrainConfig.grid, "voxel_size": TrainConfig.voxel_size}}
 UNWRAP_NAMES = {"laplacian": "Laplacian", "lsq": "least-squares", "quality": "quality-guided"}
 REFINED = "PedQ-NET + TV refinement"  # pedq-run --refine: its seconds include the network's

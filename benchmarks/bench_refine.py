@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, update_section  # noqa: E402
+from _report import VALIDATION_SEEDS, machine, update_section  # noqa: E402
 
 from bench_pedqnet import covered_nrmse  # noqa: E402
 
@@ -35,7 +35,6 @@ from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
-VALIDATION_SEEDS = range(2000, 2004)
 SETTINGS = ((4.92e-3, 100.0), (20e-3, 200.0))
 KEYS = (("nrmse", "NRMSE"), ("nrmse_covered", "NRMSE, covered"), ("hfen", "HFEN"), ("dgm_edge_sharpness", "DGM edge sharpness"),
         ("dgm_mean_abs_error_ppm", "DGM mean abs error (ppm)"))

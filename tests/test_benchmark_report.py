@@ -20,3 +20,17 @@ def test_a_network_started_fresh_does_not_inherit_another_networks_history():
     text = report.describe_chain(report.training_chain(gpu, "recon"))
     assert text.startswith("joint run, 2311 steps, 0.10 h on cuda") and "after 765 steps (1.74 h) on cpu" in text
     assert report.describe_chain(report.training_chain(gpu, "seg")) == "joint run, 2311 steps, 0.10 h on cuda"
+
+
+def test_benchmark_heads_are_never_training_heads():
+    from pedq_deploy.training.config import TrainConfig
+
+    cfg = TrainConfig()
+    train = set(range(*cfg.train_seeds))
+    held_out, validation = set(report.HELD_OUT_SEEDS), set(report.VALIDATION_SEEDS)
+    assert len(held_out) >= 10 and len(validation) >= 4  # issue 6: at least 10 held-out heads
+    assert not held_out & train and not validation & train
+    # choices are made on the validation heads: they must not be the held-out heads that are reported
+    assert not held_out & validation
+    # training's own validation crops come from validation heads, never from held-out ones
+    assert set(cfg.val_seeds) <= validation
