@@ -29,12 +29,10 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import VALIDATION_SEEDS, machine, model_provenance, update_section  # noqa: E402
 
-from bench_pedqnet import covered_nrmse  # noqa: E402
+from bench_pedqnet import covered_nrmse, heads, load_models  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.frame import B0Frame, mask_box  # noqa: E402
-from pedq_deploy.phantom import make_subject  # noqa: E402
-from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
 KEYS = (("nrmse", "NRMSE"), ("nrmse_covered", "NRMSE, covered"), ("hfen", "HFEN"), ("dgm_edge_sharpness", "DGM edge sharpness"),
@@ -59,16 +57,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subjects", type=int, default=4)
     args = ap.parse_args()
-    found = find_models(None)
-    if found is None:
-        sys.exit("no PedQ-NET models found")
-    pedq = PedqModels(found, backend="onnxruntime")
+    found, pedq = load_models()
     note = machine()
-    seeds = list(VALIDATION_SEEDS)[: args.subjects]
     records = []
-    for i, (seed, tilt) in enumerate(zip(seeds, np.linspace(0.0, 30.0, len(seeds)))):
-        age = "neonate" if i % 2 == 0 else "infant"
-        s = make_subject(seed=seed, age=age, tilt_deg=float(tilt), snr=100.0, echo_time=4.92e-3)
+    for seed, age, tilt, s in heads(list(VALIDATION_SEEDS)[: args.subjects], snr=100.0, echo_time=4.92e-3):
         local, eroded = subject_local_field(s, unwrap="lsq")
         # the frame pedq-run builds (PedqModels.reconstruct), and the network's chi in it
         frame = B0Frame.build(local.shape, s.voxel_size, s.b0_direction, pedq.manifests["recon"].voxel_size[0],
@@ -81,7 +73,7 @@ def main() -> None:
                 "truth through the frame, cubic back": back_cubic(frame, truth),
                 "PedQ-NET, trilinear back (pedq-run)": frame.from_frame(net),
                 "PedQ-NET, cubic back": back_cubic(frame, net)}
-        rec = {"seed": seed, "age": age, "tilt_deg": float(tilt), "scores": {k: score(v, s, eroded) for k, v in outs.items()}}
+        rec = {"seed": seed, "age": age, "tilt_deg": tilt, "scores": {k: score(v, s, eroded) for k, v in outs.items()}}
         records.append(rec)
         print(f"seed {seed} {age}: " + "; ".join(f"{k} edge {v['dgm_edge_sharpness']:.3f}" for k, v in rec["scores"].items()), flush=True)
     out = Path(__file__).with_name("results") / "frame_resampling.json"

@@ -54,6 +54,25 @@ REFINED = "PedQ-NET + TV refinement"  # pedq-run --refine: its seconds include t
 QSM_KEYS = ("nrmse", "nrmse_covered", "hfen", "ssim", "xsim", "dgm_edge_sharpness", "dgm_mean_abs_error_ppm", "coverage")
 
 
+def heads(seeds, **protocol):
+    """The benchmark heads of ``seeds``: neonates and infants alternating, tilts spread over 0-30 deg.
+
+    Yields (seed, age, tilt in degrees, subject); ``protocol`` goes to ``make_subject`` (snr,
+    echo_time, and a grid's shape and voxel size)."""
+    seeds = list(seeds)
+    for i, (seed, tilt) in enumerate(zip(seeds, np.linspace(0.0, 30.0, len(seeds)))):
+        age = "neonate" if i % 2 == 0 else "infant"
+        yield seed, age, float(tilt), make_subject(seed=seed, age=age, tilt_deg=float(tilt), **protocol)
+
+
+def load_models(models=None) -> tuple[Path, PedqModels]:
+    """PedQ-NET models from ``models`` (default: the shipped ones): their folder, and loaded on onnxruntime."""
+    found = find_models(models)
+    if found is None:
+        sys.exit("no PedQ-NET models found: train and export them first (README, 'Training')")
+    return found, PedqModels(found, backend="onnxruntime")
+
+
 def covered_nrmse(chi, truth, eroded) -> float:
     """NRMSE where V-SHARP left values, both maps referenced to their mean there."""
     return M.nrmse(np.where(eroded, chi - chi[eroded].mean(), 0.0), np.where(eroded, truth - truth[eroded].mean(), 0.0), eroded)
@@ -143,21 +162,15 @@ def main() -> None:
                     help="validation heads (seeds 2000-2009) instead of the held-out ones: for choosing a model or a setting")
     ap.add_argument("--section", default="pedqnet", help="RESULTS.md section; also names results/SECTION.json and the figure")
     args = ap.parse_args()
-    found = find_models(args.models)
-    if found is None:
-        sys.exit("no PedQ-NET models found: train and export them first (README, 'Training')")
-    pedq = PedqModels(found, backend="onnxruntime")
+    found, pedq = load_models(args.models)
     tvnet = PedqModels(args.tv_models, backend="onnxruntime") if Path(args.tv_models, "recon.json").is_file() else None
     note = machine()
     seeds = list(VALIDATION_SEEDS if args.validation else HELD_OUT_SEEDS)[: args.subjects]
-    tilts = np.linspace(0.0, 30.0, len(seeds))
     records = []
     out_dir = Path(__file__).with_name("results")
     out_dir.mkdir(exist_ok=True)
-    for i, (seed, tilt) in enumerate(zip(seeds, tilts)):
-        age = "neonate" if i % 2 == 0 else "infant"
-        s = make_subject(seed=seed, age=age, tilt_deg=float(tilt), snr=args.snr, echo_time=args.echo_time, **GRIDS[args.grid])
-        rec = {"seed": seed, "age": age, "tilt_deg": float(tilt), "qsm": {}, "masks": {}, "seg_dice": {}, "seconds": {}}
+    for i, (seed, age, tilt, s) in enumerate(heads(seeds, snr=args.snr, echo_time=args.echo_time, **GRIDS[args.grid])):
+        rec = {"seed": seed, "age": age, "tilt_deg": tilt, "qsm": {}, "masks": {}, "seg_dice": {}, "seconds": {}}
         # masks
         masks = {}
         if not args.skip_masks:

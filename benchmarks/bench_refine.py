@@ -27,12 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import VALIDATION_SEEDS, machine, update_section  # noqa: E402
 
-from bench_pedqnet import covered_nrmse  # noqa: E402
+from bench_pedqnet import covered_nrmse, heads, load_models  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.inversion import tv_admm  # noqa: E402
-from pedq_deploy.phantom import make_subject  # noqa: E402
-from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
 SETTINGS = ((4.92e-3, 100.0), (20e-3, 200.0))
@@ -52,21 +50,14 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=4)
     args = ap.parse_args()
     weights = [float(w) for w in args.weights.split(",")]
-    found = find_models(None)
-    if found is None:
-        sys.exit("no PedQ-NET models found")
-    pedq = PedqModels(found, backend="onnxruntime")
+    found, pedq = load_models()
     note = machine()
-    seeds = list(VALIDATION_SEEDS)[: args.subjects]
-    tilts = np.linspace(0.0, 30.0, len(seeds))
     records = []
     for te, snr in SETTINGS:
-        for i, (seed, tilt) in enumerate(zip(seeds, tilts)):
-            age = "neonate" if i % 2 == 0 else "infant"
-            s = make_subject(seed=seed, age=age, tilt_deg=float(tilt), snr=snr, echo_time=te)
+        for seed, age, tilt, s in heads(list(VALIDATION_SEEDS)[: args.subjects], snr=snr, echo_time=te):
             local, eroded = subject_local_field(s, unwrap="lsq")
             net = pedq.reconstruct(local, eroded, s.voxel_size, s.b0_direction)
-            rec = {"seed": seed, "age": age, "tilt_deg": float(tilt), "echo_time": te, "snr": snr, "scores": {}, "seconds": {}}
+            rec = {"seed": seed, "age": age, "tilt_deg": tilt, "echo_time": te, "snr": snr, "scores": {}, "seconds": {}}
             rec["scores"]["PedQ-NET"] = score(net, s, eroded)
             t0 = time.perf_counter()
             rec["scores"]["TV"] = score(tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60), s, eroded)
