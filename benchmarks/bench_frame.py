@@ -24,34 +24,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import VALIDATION_SEEDS, machine, model_provenance, update_section  # noqa: E402
 
-from bench_pedqnet import covered_nrmse, heads, load_models  # noqa: E402
+from bench_pedqnet import heads, load_models  # noqa: E402
+from bench_refine import KEYS, score  # noqa: E402
 
-from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.frame import B0Frame, mask_box  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
-
-KEYS = (("nrmse", "NRMSE"), ("nrmse_covered", "NRMSE, covered"), ("hfen", "HFEN"), ("dgm_edge_sharpness", "DGM edge sharpness"),
-        ("dgm_mean_abs_error_ppm", "DGM mean abs error (ppm)"))
-
-
-def back_cubic(frame: B0Frame, volume: np.ndarray) -> np.ndarray:
-    """``frame.from_frame`` with a cubic spline (prefiltered: it interpolates) instead of trilinear."""
-    m = frame.rotation * np.asarray(frame.voxel_size)[None, :] / frame.frame_voxel
-    return ndi.affine_transform(np.asarray(volume, np.float32), m, -frame.origin / frame.frame_voxel,
-                                output_shape=frame.shape, order=3, mode="constant", cval=0.0, prefilter=True)
-
-
-def score(chi, s, eroded) -> dict:
-    chi = np.where(eroded, chi - chi[eroded].mean(), 0.0)
-    q = M.score_qsm(chi, s.chi, s.brain_mask, s.labels)
-    return {"nrmse": q["nrmse"], "nrmse_covered": covered_nrmse(chi, s.chi, eroded), "hfen": q["hfen"],
-            "dgm_edge_sharpness": q["dgm_edge_sharpness"], "dgm_mean_abs_error_ppm": q["dgm_mean_abs_error_ppm"]}
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -70,10 +51,12 @@ def main() -> None:
         net = pedq._run("recon", field[None], roi)[0]
         truth = frame.to_frame(np.where(eroded, s.chi, 0.0))
         outs = {"truth through the frame, trilinear back": frame.from_frame(truth),
-                "truth through the frame, cubic back": back_cubic(frame, truth),
+                "truth through the frame, cubic back": frame.from_frame(truth, order=3),
                 "PedQ-NET, trilinear back (pedq-run)": frame.from_frame(net),
-                "PedQ-NET, cubic back": back_cubic(frame, net)}
-        rec = {"seed": seed, "age": age, "tilt_deg": tilt, "scores": {k: score(v, s, eroded) for k, v in outs.items()}}
+                "PedQ-NET, cubic back": frame.from_frame(net, order=3)}
+        # each map referenced to its mean where V-SHARP left values, as pedq-run's maps are
+        rec = {"seed": seed, "age": age, "tilt_deg": tilt,
+               "scores": {k: score(np.where(eroded, v - v[eroded].mean(), 0.0), s, eroded) for k, v in outs.items()}}
         records.append(rec)
         print(f"seed {seed} {age}: " + "; ".join(f"{k} edge {v['dgm_edge_sharpness']:.3f}" for k, v in rec["scores"].items()), flush=True)
     out = Path(__file__).with_name("results") / "frame_resampling.json"

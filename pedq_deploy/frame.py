@@ -95,7 +95,7 @@ class B0Frame:
         m = (self.rotation.T * self.frame_voxel) / np.asarray(self.voxel_size)[:, None]
         off = (self.rotation.T @ self.origin) / np.asarray(self.voxel_size)
         return ndi.affine_transform(np.asarray(volume, np.float32), m, off, output_shape=self.frame_shape, order=order,
-                                    mode="constant", cval=cval, prefilter=False)
+                                    mode="constant", cval=cval, prefilter=order > 1)
 
     def from_frame(self, volume: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
         if tuple(volume.shape) != self.frame_shape:
@@ -104,4 +104,4 @@ class B0Frame:
         m = self.rotation * np.asarray(self.voxel_size)[None, :] / self.frame_voxel
         off = -self.origin / self.frame_voxel
         return ndi.affine_transform(np.asarray(volume, np.float32), m, off, output_shape=self.shape, order=order,
-                                    mode="constant", cval=cval, prefilter=False)
+                                    mode="constant", cval=cval, prefilter=order > 1)
