@@ -26,8 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import HELD_OUT_SEEDS, machine, update_section  # noqa: E402
 
+from bench_pedqnet import heads  # noqa: E402
+
 from pedq_deploy import metrics as M  # noqa: E402
-from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.preprocess import UNWRAP_METHODS  # noqa: E402
 from pedq_deploy.runtime import PipelineConfig, run_case  # noqa: E402
 from pedq_deploy.runtime.pipeline import REFINE_WEIGHT  # noqa: E402
@@ -66,13 +67,10 @@ def main() -> None:
         sys.exit("--pedq needs the shipped models (mask, recon)")
     methods = {k: v for k, v in (PEDQ_METHODS if args.pedq else METHODS).items() if v[1] != "network" or models is not None}
     seeds = list(HELD_OUT_SEEDS)[: args.subjects]
-    tilts = np.linspace(0.0, 30.0, len(seeds))
     load_note = machine()
     records = []
-    for i, (seed, tilt) in enumerate(zip(seeds, tilts)):
-        age = "neonate" if i % 2 == 0 else "infant"
-        s = make_subject(seed=seed, age=age, tilt_deg=float(tilt), snr=100.0)
-        rec = {"seed": seed, "age": age, "tilt_deg": float(tilt), "methods": {}}
+    for seed, age, tilt, s in heads(seeds, snr=100.0):
+        rec = {"seed": seed, "age": age, "tilt_deg": tilt, "methods": {}}
         for name, (inversion, mask, refine) in methods.items():
             cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion=inversion, unwrap=args.unwrap,
                                  masker="network" if mask == "network" else "classic", refine_weight=refine)
@@ -103,7 +101,7 @@ def main() -> None:
     unwrap_note = "" if args.section == "accuracy" else f", {args.unwrap} unwrapping"
     title = "pedq-run end to end with its networks, against TV on the same mask" if args.pedq else "Conventional QSM on held-out phantoms (the baseline)"
     lines = [f"## {title}{unwrap_note}", "",
-             f"{len(records)} subjects (seeds {seeds[0]}-{seeds[-1]}; neonates and infants alternating; tilts {tilts[0]:.0f}-{tilts[-1]:.0f} deg), "
+             f"{len(records)} subjects (seeds {seeds[0]}-{seeds[-1]}; neonates and infants alternating; tilts {records[0]['tilt_deg']:.0f}-{records[-1]['tilt_deg']:.0f} deg), "
              "256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100. `pedq-run`'s pipeline with its defaults "
              f"({args.unwrap} unwrapping, V-SHARP in the mask named; the network mask is the shipped masking UNETR's). Mean ± SD over subjects. "
              "Scored over the whole truth brain mask, uncovered voxels counted as zero; truth referenced to its brain mean, "
