@@ -55,7 +55,7 @@ slim)
     for role in "${roles[@]}"; do
         cp "export/$role.onnx" "export/$role.json" .gpu/export/
     done
-    total=$( (git ls-files -z; printf '%s\0' .gpu .whl) | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+    total=$( (git ls-files -z --cached --others --exclude-standard; printf '%s\0' .gpu .whl) | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
     if (( total > 64 * 1024 * 1024 )); then
         restore
         echo "device_tree.sh: the tree would be $((total / 1024 / 1024)) MiB, over the 64 MiB a call carries: empty .gpu/ of other things (restored)" >&2
