@@ -31,7 +31,6 @@ from _report import VALIDATION_SEEDS, machine, model_provenance, update_section 
 from bench_pedqnet import heads, load_models  # noqa: E402
 from bench_refine import KEYS, score  # noqa: E402
 
-from pedq_deploy.frame import B0Frame, mask_box  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
 def main() -> None:
@@ -44,11 +43,7 @@ def main() -> None:
     for seed, age, tilt, s in heads(list(VALIDATION_SEEDS)[: args.subjects], snr=100.0, echo_time=4.92e-3):
         local, eroded = subject_local_field(s, unwrap="lsq")
         # the frame pedq-run builds (PedqModels.reconstruct), and the network's chi in it
-        frame = B0Frame.build(local.shape, s.voxel_size, s.b0_direction, pedq.manifests["recon"].voxel_size[0],
-                              box=mask_box(eroded, s.voxel_size))
-        field = frame.to_frame(np.where(eroded, local, 0.0))
-        roi = frame.to_frame(eroded.astype(np.float32)) > 0
-        net = pedq._run("recon", field[None], roi)[0]
+        frame, net = pedq.reconstruct_in_frame(local, eroded, s.voxel_size, s.b0_direction)
         truth = frame.to_frame(np.where(eroded, s.chi, 0.0))
         outs = {"truth through the frame, trilinear back": frame.from_frame(truth),
                 "truth through the frame, cubic back": frame.from_frame(truth, order=3),

@@ -162,29 +162,65 @@ class PedqModels:
             raise InputError("the masking network found no brain: check the magnitude image")
         return brain
 
-    def reconstruct(self, local_field: np.ndarray, mask: np.ndarray, voxel_size, b0) -> np.ndarray:
-        """chi (ppm, referenced to its mean in ``mask``) from the local field, via the B0-aligned frame."""
+    def reconstruct_in_frame(self, local_field: np.ndarray, mask: np.ndarray, voxel_size, b0) -> tuple[B0Frame, np.ndarray]:
+        """The reconstruction network's raw output in its B0-aligned frame, and that frame (built on
+        ``mask``'s box): what :meth:`reconstruct` brings back to the input grid."""
         m = self.manifests["recon"]
         frame = B0Frame.build(local_field.shape, voxel_size, b0, m.voxel_size[0], box=mask_box(mask, voxel_size))
         f = frame.to_frame(np.where(mask, local_field, 0.0))
         roi = frame.to_frame(mask.astype(np.float32)) > 0  # windows without brain are not run
-        chi = frame.from_frame(self._run("recon", f[None], roi)[0])
+        return frame, self._run("recon", f[None], roi)[0]
+
+    def reconstruct(self, local_field: np.ndarray, mask: np.ndarray, voxel_size, b0) -> np.ndarray:
+        """chi (ppm, referenced to its mean in ``mask``) from the local field, via the B0-aligned frame."""
+        frame, chi_frame = self.reconstruct_in_frame(local_field, mask, voxel_size, b0)
+        chi = frame.from_frame(chi_frame)
         return np.where(mask, chi - chi[mask].mean(), 0.0).astype(np.float32)
 
-    def segment(self, chi: np.ndarray, mask: np.ndarray, voxel_size) -> np.ndarray:
-        """FreeSurfer labels of the 8 deep grey matter structures, on the input grid."""
+    def _seg_probability(self, chi: np.ndarray, mask: np.ndarray, voxel_size, b0=None) -> np.ndarray:
+        """Class probabilities (C, *chi.shape) of the segmentation network, on the input grid.
+        ``b0`` None: the network runs on the voxel axes (resampled to its voxel size); else in the
+        B0-aligned frame of ``b0``, in which it was trained (anatomy turned by the head's tilt)."""
+        m = self.manifests["seg"]
+        if b0 is None:
+            x = resample_to(chi, voxel_size, m.voxel_size)
+            roi = resample_to(mask.astype(np.float32), voxel_size, m.voxel_size) > 0
+            back = lambda a: resample_back(a, chi.shape)  # noqa: E731
+        else:
+            frame = B0Frame.build(chi.shape, voxel_size, b0, m.voxel_size[0])
+            x = frame.to_frame(chi)
+            roi = frame.to_frame(mask.astype(np.float32)) > 0
+            back = frame.from_frame
+        logits = self._run("seg", x[None], roi)
+        prob = np.exp(logits - logits.max(axis=0, keepdims=True))
+        prob /= prob.sum(axis=0, keepdims=True)
+        return np.stack([back(p) for p in prob])
+
+    SEG_ORIENTATIONS = ("voxel", "b0", "both")
+
+    def segment(self, chi: np.ndarray, mask: np.ndarray, voxel_size, b0=None, orientation: str = "voxel") -> np.ndarray:
+        """FreeSurfer labels of the 8 deep grey matter structures, on the input grid.
+
+        The network runs on the central box of ``mask`` (:func:`dgm_box`) resampled to its voxel
+        size; ``orientation``: ``"voxel"`` on the voxel axes, ``"b0"`` in the B0-aligned frame of
+        ``b0`` (as the network was trained), ``"both"`` the mean of the two probabilities. Each
+        class probability is interpolated back to the input grid before the most probable class is
+        taken."""
+        if orientation not in self.SEG_ORIENTATIONS:
+            raise InputError(f"segmentation orientation must be one of {', '.join(self.SEG_ORIENTATIONS)}, got {orientation!r}")
+        if orientation != "voxel" and b0 is None:
+            raise InputError(f"segmentation orientation {orientation!r} needs the B0 direction")
         m = self.manifests["seg"]
         label_map = {int(k): int(v) for k, v in m.raw["label_map"].items()}
         box = dgm_box(mask)
-        x = resample_to(chi[box], voxel_size, m.voxel_size)
-        roi = resample_to(mask[box].astype(np.float32), voxel_size, m.voxel_size) > 0
-        logits = self._run("seg", x[None], roi)
-        cls = np.argmax(logits, axis=0).astype(np.uint8)
-        cls = resample_back(cls, chi[box].shape, order=0)
-        out = np.zeros(chi.shape, np.uint8)
+        c, mb = np.asarray(chi, np.float32)[box], np.asarray(mask, bool)[box]
+        ways = {"voxel": [None], "b0": [b0], "both": [None, b0]}[orientation]
+        prob = sum(self._seg_probability(c, mb, voxel_size, w) for w in ways)
+        cls = np.argmax(prob, axis=0)
         sub = np.zeros(cls.shape, np.uint8)
-        for c, fs in label_map.items():
-            sub[cls == c] = fs
+        for k, fs in label_map.items():
+            sub[cls == k] = fs
+        out = np.zeros(chi.shape, np.uint8)
         out[box] = sub
         out[~mask] = 0
         return out

@@ -1,0 +1,98 @@
+"""Which orientation the segmentation network should run in: the voxel axes or the B0-aligned frame.
+
+The segmentation UNETR was trained in the B0-aligned frame (its manifest's ``frame``: ``b0``):
+there the head's anatomy is turned by its tilt, and the reconstruction's streaks lie along the
+frame's z axis. ``pedq-run`` has run it on the voxel axes, where the anatomy is upright and the
+streaks are tilted. This scores ``PedqModels.segment``'s three orientations (``voxel``, ``b0``, and
+``both``: the mean of the two probabilities) on the same PedQ-NET map of each head.
+
+Heads: validation seeds 2000-2009 (a setting is being chosen, so not the held-out heads), neonates
+and infants alternating, tilts 0-30 deg, source protocol (TE 4.92 ms, SNR 100), ``lsq``
+unwrapping, V-SHARP in the true brain mask, PedQ-NET's map as ``bench_pedqnet.py`` makes it.
+
+``.venv/bin/python benchmarks/bench_seg_orientation.py [--subjects 10] [--models DIR]`` ->
+"seg_orientation" section of RESULTS.md and results/seg_orientation.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import VALIDATION_SEEDS, machine, model_provenance, update_section  # noqa: E402
+
+from bench_pedqnet import heads, load_models  # noqa: E402
+
+from pedq_deploy import metrics as M  # noqa: E402
+from pedq_deploy.training.data import subject_local_field  # noqa: E402
+
+ORIENTATIONS = ("voxel", "b0", "both")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--subjects", type=int, default=10)
+    ap.add_argument("--models", help="PedQ-NET models (recon, seg); default: the shipped ones")
+    args = ap.parse_args()
+    found, pedq = load_models(args.models)
+    if not pedq.has("seg"):
+        sys.exit(f"no segmentation model (seg.json) in {found}")
+    note = machine()
+    records = []
+    for seed, age, tilt, s in heads(list(VALIDATION_SEEDS)[: args.subjects], snr=100.0, echo_time=4.92e-3):
+        local, eroded = subject_local_field(s, unwrap="lsq")
+        chi = pedq.reconstruct(local, eroded, s.voxel_size, s.b0_direction)
+        rec = {"seed": seed, "age": age, "tilt_deg": tilt, "dice": {}, "seconds": {}}
+        for o in ORIENTATIONS:
+            t0 = time.perf_counter()
+            lab = pedq.segment(chi, eroded, s.voxel_size, b0=s.b0_direction, orientation=o)
+            rec["seconds"][o] = time.perf_counter() - t0
+            rec["dice"][o] = {M.FS_DGM_NAMES[k]: M.dice(lab == k, s.labels == k) for k in M.FS_DGM_NAMES}
+        records.append(rec)
+        print(f"seed {seed} {age} tilt {tilt:.0f}: " + "; ".join(f"{o} {np.mean(list(rec['dice'][o].values())):.3f}"
+                                                                for o in ORIENTATIONS), flush=True)
+    pedq.close()
+    out = Path(__file__).with_name("results") / "seg_orientation.json"
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"records": records, "machine": note}, indent=1))
+    tmp.replace(out)
+    update_section("seg_orientation", report(records, found, args, note))
+
+
+def report(records, models_dir, args, note) -> str:
+    mean = lambda r, o: float(np.mean(list(r["dice"][o].values())))  # noqa: E731
+    lines = ["## Segmentation: voxel axes or B0-aligned frame (validation heads)", "",
+             f"Validation heads (seeds {records[0]['seed']}-{records[-1]['seed']}, not the held-out 1000-1009; neonates and infants "
+             "alternating, tilts 0-30 deg), source protocol (TE 4.92 ms, SNR 100), least-squares unwrapping, V-SHARP in the true brain "
+             "mask, PedQ-NET's map. The segmentation network was trained in the B0-aligned frame; `voxel` runs it on the voxel axes, "
+             "`b0` in the B0-aligned frame, `both` averages the two probabilities. Dice against the true labels; mean over the 8 "
+             "structures, then mean ± SD over heads.",
+             f"Segmentation network: {model_provenance(models_dir, 'seg')}.",
+             f"Machine: {note}. Script: `benchmarks/bench_seg_orientation.py" + ("" if args.subjects == 10 else f" --subjects {args.subjects}")
+             + "`; raw numbers in `benchmarks/results/seg_orientation.json`.", "",
+             "| orientation | mean Dice | tilt < 15 deg | tilt >= 15 deg | neonates | infants | heads best | seconds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    best = [max(ORIENTATIONS, key=lambda o: mean(r, o)) for r in records]
+    for o in ORIENTATIONS:
+        groups = [[mean(r, o) for r in records if cond(r)] for cond in
+                  (lambda r: True, lambda r: r["tilt_deg"] < 15, lambda r: r["tilt_deg"] >= 15,
+                   lambda r: r["age"] == "neonate", lambda r: r["age"] == "infant")]
+        cells = [f"{np.mean(g):.3f} ± {np.std(g):.3f}" if g else "-" for g in groups]
+        secs = np.median([r["seconds"][o] for r in records])
+        lines.append(f"| {o} | " + " | ".join(cells) + f" | {best.count(o)} | {secs:.1f} |")
+    names = list(records[0]["dice"][ORIENTATIONS[0]])
+    lines += ["", "Per structure (mean Dice over heads):", "", "| orientation | " + " | ".join(names) + " |",
+              "| --- |" + " ---: |" * len(names)]
+    for o in ORIENTATIONS:
+        lines.append(f"| {o} | " + " | ".join(f"{np.mean([r['dice'][o][n] for r in records]):.3f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
