@@ -488,3 +488,45 @@ def test_subject_local_field_unwraps_with_the_method_asked_for(monkeypatch):
     assert np.abs(drawn["lsq"].local_field - drawn["laplacian"].local_field).max() > 1e-4
     with pytest.raises(InputError, match="unwrap must be one of"):
         load_config(None, unwrap="romeo")
+
+
+def test_a_seg_run_learns_from_the_maps_pedq_run_makes(tmp_path):
+    """kind "seg": the segmentation UNETR alone, on the chi an exported recon network makes through
+    pedq-run's own code (PedqModels.reconstruct, then seg_grid); its export says it works on the
+    voxel axes."""
+    from pedq_deploy.export import export_checkpoint, export_network
+    from pedq_deploy.runtime.networks import PedqModels, seg_grid
+    from pedq_deploy.training import data
+    from pedq_deploy.training.trainer import train
+
+    class Identity(torch.nn.Module):  # chi = the local field: a map whose every voxel is known
+        def forward(self, x):
+            return x * 1.0
+
+    export_network(Identity(), "recon", 1, (16, 16, 16), tmp_path / "recon", voxel_size=(3.0, 3.0, 3.0))
+    cfg = tiny(seg_recon=str(tmp_path / "recon"), foreground_fraction=1.0, crops_per_subject=2)
+    s = data.seg_subject(7, cfg, np.random.default_rng(3))
+    ref = data.prepare_subject(7, cfg, np.random.default_rng(3))
+    eroded = ref.params["loss_mask"]
+    models = PedqModels(tmp_path / "recon", backend="onnxruntime")
+    _, x, roi = seg_grid(models.reconstruct(ref.local_field, eroded, ref.voxel_size, ref.b0_direction), eroded, ref.voxel_size, (3.0,) * 3)
+    models.close()
+    np.testing.assert_array_equal(s.chi, x)
+    np.testing.assert_array_equal(s.mask, roi)
+    assert s.labels.shape == x.shape and s.labels.any() and not s.labels[~roi].any()
+    tr = Trainer("seg", cfg, "unused")
+    assert set(tr.models) == {"seg"}
+    samples = tr.stream.next_batch()
+    assert samples[0].labels.any()  # foreground_fraction 1: centred on a structure
+    first = tr.train_step(samples)["total"]
+    for _ in range(6):
+        last = tr.train_step(samples)["total"]
+    assert last < first, (first, last)
+    train("seg", cfg.__class__(**{**cfg.__dict__, "steps": 2, "validate_every": 2, "checkpoint_every": 2}), tmp_path / "run", quiet=True)
+    val = (tmp_path / "run" / "val_log.csv").read_text().splitlines()
+    assert val[0] == "step,dgm_dice" and 0.0 <= float(val[1].split(",")[1]) <= 1.0
+    paths = export_checkpoint(tmp_path / "run", tmp_path / "exported")
+    assert [p.name for p in paths] == ["seg.json"]
+    assert json.loads(paths[0].read_text())["frame"] == "voxel"
+    with pytest.raises(InputError, match="seg_recon"):
+        Trainer("seg", tiny(), "unused")

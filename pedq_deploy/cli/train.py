@@ -9,7 +9,7 @@ from ._common import echo_err, entry_point
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("kind", type=click.Choice(["mask", "recon", "joint", "tv"]))
+@click.argument("kind", type=click.Choice(["mask", "recon", "joint", "tv", "seg"]))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="JSON config (see pedq_deploy/training/config.py).")
 @click.option("--out", "outdir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoint, logs; resumed if present.")
 @click.option("--steps", type=int, help="Override the config's number of steps.")
@@ -20,7 +20,8 @@ from ._common import echo_err, entry_point
 @click.option("--data-workers", type=int, help="Processes preparing phantom subjects ahead (default: the config's; use most cores with a GPU).")
 @click.option("-q", "--quiet", is_flag=True)
 def command(kind, config_path, outdir, steps, device, time_limit, init_from, init_roles, data_workers, quiet):
-    """Train KIND: mask (UNETR), recon (U-Net, model loss), joint (recon + segmentation UNETR), tv (nnU-Net_TV ablation).
+    """Train KIND: mask (UNETR), recon (U-Net, model loss), joint (recon + segmentation UNETR), tv (nnU-Net_TV ablation),
+    seg (the segmentation UNETR alone, on the maps an exported recon network makes through pedq-run's code: config seg_recon).
 
     Data are drawn on the fly from the phantom; checkpoints every few steps; rerunning with the
     same --out resumes.

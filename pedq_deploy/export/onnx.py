@@ -41,8 +41,11 @@ class ExportError(PedqError):
 
 
 def export_network(model: torch.nn.Module, role: str, in_channels: int, patch, out_dir: str | Path, *,
-                   voxel_size, provenance: dict | None = None, rtol: float = 1e-3, atol: float = 1e-4) -> Path:
-    """Export one network to ``out_dir/{role}.onnx`` + ``{role}.json``; returns the manifest path."""
+                   voxel_size, provenance: dict | None = None, rtol: float = 1e-3, atol: float = 1e-4, frame: str | None = None) -> Path:
+    """Export one network to ``out_dir/{role}.onnx`` + ``{role}.json``; returns the manifest path.
+
+    ``frame``: the orientation the network was trained in, ``"b0"`` (the B0-aligned frame) or
+    ``"voxel"`` (the scan's axes); default ``"b0"`` for recon and seg, ``"voxel"`` for mask."""
     import onnxruntime as ort
 
     out = Path(out_dir)
@@ -84,7 +87,7 @@ def export_network(model: torch.nn.Module, role: str, in_channels: int, patch, o
         "dynamic_axes": {"input": [0], "output": [0]},
         "patch": list(patch),
         "voxel_size_mm": [float(v) for v in voxel_size],
-        "frame": "b0" if role in ("recon", "seg") else "voxel",
+        "frame": frame or ("b0" if role in ("recon", "seg") else "voxel"),
         "label_map": {str(i): fs for i, fs in enumerate(SEG_CLASSES)} if role == "seg" else ({"0": 0, "1": 1} if role == "mask" else None),
         "normalisation": NORMALISATION[role],
         "opset": OPSET,
@@ -127,5 +130,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
     # a network the run kept frozen has the weights it was loaded with: its record is that model's
     start = state.get("init_from") or {}
     own = {name: (start[name].get("training") or {}) if name in cfg.frozen and name in start else provenance for name in models}
-    return [export_network(m, name, 1, patches[name], out_dir, voxel_size=voxels[name], provenance=own[name])
+    # a seg run's UNETR learnt on the voxel axes (pedq-run's segmentation grid), the others' in the B0 frame
+    frames = {"recon": "b0", "seg": "voxel" if state["kind"] == "seg" else "b0", "mask": "voxel"}
+    return [export_network(m, name, 1, patches[name], out_dir, voxel_size=voxels[name], provenance=own[name], frame=frames[name])
             for name, m in models.items()]

@@ -21,7 +21,7 @@ from ..frame import B0Frame, mask_box
 from ..preprocess import normalise_magnitude
 from .sliding_window import sliding_window_inference
 
-__all__ = ["PedqModels", "find_models", "resample_to", "resample_back"]
+__all__ = ["PedqModels", "find_models", "resample_to", "resample_back", "dgm_box", "seg_grid"]
 
 ENV = "PEDQ_MODELS"
 
@@ -78,6 +78,20 @@ def resample_back(volume: np.ndarray, shape, order: int = 1) -> np.ndarray:
     sl = tuple(slice(0, min(a, b)) for a, b in zip(shape, out.shape))
     fixed[sl] = out[sl]
     return fixed
+
+
+def seg_grid(chi: np.ndarray, mask: np.ndarray, voxel_size, target_voxel) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]:
+    """What the segmentation network sees on the voxel axes: the deep grey matter box of ``mask``
+    (:func:`dgm_box`), and chi and the mask there resampled to ``target_voxel`` (the network's
+    grid). Returns (box, chi on the network's grid, mask there). Training (``pedq-train seg``)
+    draws its crops from the same function, so the network learns from what it is given here."""
+    box = dgm_box(mask)
+    return (box, *_to_seg_grid(np.asarray(chi, np.float32)[box], np.asarray(mask, bool)[box], voxel_size, target_voxel))
+
+
+def _to_seg_grid(chi_box: np.ndarray, mask_box: np.ndarray, voxel_size, target_voxel) -> tuple[np.ndarray, np.ndarray]:
+    return (resample_to(chi_box, voxel_size, target_voxel),
+            resample_to(mask_box.astype(np.float32), voxel_size, target_voxel) > 0)
 
 
 class PedqModels:

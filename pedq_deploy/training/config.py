@@ -9,7 +9,7 @@ from ..errors import InputError
 
 __all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL", "LEGACY", "SEG_INPUTS", "MODEL_TARGETS"]
 
-KINDS = ("mask", "recon", "joint", "tv")
+KINDS = ("mask", "recon", "joint", "tv", "seg")
 SEG_INPUTS = ("masked", "raw")
 MODEL_TARGETS = ("input", "repeat")
 # what a checkpoint that predates a field did (where that differs from the field's default now)
@@ -77,6 +77,9 @@ class TrainConfig:
     # to its mean there, zero outside, as pedq-run gives it; "raw": the U-Net's output as it comes
     # (runs before this field trained so: LEGACY)
     seg_input: str = "masked"
+    # seg: the folder of exported models whose reconstruction network makes the maps the segmentation
+    # UNETR trains on, through pedq-run's own code (PedqModels.reconstruct, then seg_grid)
+    seg_recon: str | None = None
     frozen: tuple[str, ...] = ()  # networks whose weights stay as loaded (joint: ("recon",) trains the segmentation UNETR alone)
     weight_decay: float = 1e-5
     seed: int = 0

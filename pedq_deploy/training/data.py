@@ -6,6 +6,10 @@ so the networks learn from the local fields they will be given, errors and noise
 For the reconstruction and segmentation networks the preprocessed subject is then resampled into
 the B0-aligned frame (:class:`pedq_deploy.frame.B0Frame`), exactly as the runtime does: the network
 always sees B0 along its z axis on an isotropic grid, whatever the head's tilt.
+The segmentation UNETR alone (``pedq-train seg``) learns instead from the maps an exported
+reconstruction network makes of the subject, through the runtime's own code: ``PedqModels.reconstruct``
+on the local field, then the deep grey matter box on the voxel axes resampled to the network's grid
+(:func:`pedq_deploy.runtime.networks.seg_grid`), as ``pedq-run`` segments.
 Crops of one subject come from an RNG seeded by the subject index: the stream's whole state is
 two counters, saved in checkpoints.
 """
@@ -22,7 +26,7 @@ from ..physics import phase_per_ppm, phase_to_ppm
 from ..preprocess import normalise_magnitude, unwrap_phase, vsharp
 from .config import TrainConfig
 
-__all__ = ["Sample", "PhantomStream", "prepare_subject", "subject_local_field"]
+__all__ = ["Sample", "SegSubject", "PhantomStream", "prepare_subject", "seg_subject", "subject_local_field"]
 
 
 @dataclass
@@ -85,6 +89,54 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, fr
     return to_b0_frame(s, cfg.frame_voxel) if frame else s
 
 
+@dataclass
+class SegSubject:
+    """One head as the segmentation network meets it in ``pedq-run``: the reconstruction network's
+    chi in the deep grey matter box, on the segmentation network's grid, the eroded mask there, and
+    the true labels resampled (nearest) to that grid."""
+    chi: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+    seed: int
+
+
+_RECON_MODELS: dict = {}  # exported models folder -> PedqModels, one per process (a data worker keeps its own)
+
+
+def seg_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator) -> SegSubject:
+    """Subject ``seed`` drawn as :func:`prepare_subject` draws it, reconstructed by the exported
+    network in ``cfg.seg_recon`` and brought to the segmentation network's grid as pedq-run does."""
+    from ..errors import InputError
+    from ..runtime.networks import PedqModels, resample_to, seg_grid
+
+    if not cfg.seg_recon:
+        raise InputError("a seg run needs seg_recon in its config: the folder of the exported models whose recon network makes the maps")
+    if cfg.seg_recon not in _RECON_MODELS:
+        _RECON_MODELS[cfg.seg_recon] = PedqModels(cfg.seg_recon, backend="onnxruntime")
+    s = prepare_subject(seed, cfg, rng)
+    eroded = s.params["loss_mask"]
+    chi = _RECON_MODELS[cfg.seg_recon].reconstruct(s.local_field, eroded, s.voxel_size, s.b0_direction)
+    target = (cfg.frame_voxel,) * 3
+    box, x, roi = seg_grid(chi, eroded, s.voxel_size, target)
+    labels = resample_to(np.where(eroded, s.labels, 0)[box], s.voxel_size, target, order=0).astype(np.uint8)
+    return SegSubject(x, roi, labels, seed)
+
+
+def _seg_sample_from(s: SegSubject, crop_rng, cfg: TrainConfig, foreground_fraction: float) -> Sample:
+    """A ``seg_region`` crop centred on a labelled voxel (with probability ``foreground_fraction``)
+    or on a voxel of the mask; zero-padded where the box is smaller than the crop."""
+    size = tuple(int(n) for n in cfg.seg_region)
+    pool = s.labels > 0 if crop_rng.random() < foreground_fraction and s.labels.any() else s.mask
+    idx = np.flatnonzero(pool)
+    centre = np.unravel_index(idx[crop_rng.integers(idx.size)], pool.shape)
+    origin = tuple(min(max(int(c) - n // 2, 0), m - n) if m >= n else (m - n) // 2 for c, n, m in zip(centre, size, pool.shape))
+    take = lambda a, dtype: crop_array(a, origin, size, dtype)  # noqa: E731
+    zeros = np.zeros(size, np.float32)
+    mask = take(s.mask, np.float32)
+    return Sample(take(s.chi, np.float32), mask, zeros, zeros, take(s.labels, np.uint8), zeros, zeros,
+                  np.array([0.0, 0.0, 1.0], np.float32), 0.0, zeros)
+
+
 def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foreground_fraction: float = 0.0) -> Sample:
     # crop the preprocessed arrays together (random_crop copies the subject's arrays)
     c = random_crop(s, cfg.patch, crop_rng, brain_fraction=brain_fraction, foreground_fraction=foreground_fraction)
@@ -97,11 +149,22 @@ def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foregroun
                   np.asarray(s.b0_direction, np.float32), phase_per_ppm(s.echo_time, s.field_strength), target)
 
 
-def _subject_for(cfg: TrainConfig, index: int, frame: bool):
-    """Subject ``index`` of a stream: its seed and its RNG depend on the index alone (so any process can make it)."""
+def _subject_for(cfg: TrainConfig, index: int, frame: bool | str):
+    """Subject ``index`` of a stream: its seed and its RNG depend on the index alone (so any process
+    can make it). ``frame``: True for the B0-aligned frame, ``"seg"`` for a :class:`SegSubject`."""
     lo, hi = cfg.train_seeds
     seed = lo + (cfg.seed * 7919 + index) % (hi - lo)
-    return prepare_subject(seed, cfg, np.random.default_rng([cfg.seed, index]), frame=frame)
+    rng = np.random.default_rng([cfg.seed, index])
+    if frame == "seg":
+        return seg_subject(seed, cfg, rng)
+    return prepare_subject(seed, cfg, rng, frame=frame)
+
+
+def draw_sample(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foreground_fraction: float = 0.0) -> Sample:
+    """One crop of a prepared subject (a phantom subject, or a :class:`SegSubject`)."""
+    if isinstance(s, SegSubject):
+        return _seg_sample_from(s, crop_rng, cfg, foreground_fraction)
+    return _sample_from(s, crop_rng, cfg, brain_fraction, foreground_fraction)
 
 
 def _worker_init() -> None:
@@ -133,7 +196,7 @@ class PhantomStream:
     workers, because a subject depends on its index alone. Call ``close()`` when done.
     """
 
-    def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9, *, frame: bool = False, foreground_fraction: float = 0.0,
+    def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9, *, frame: bool | str = False, foreground_fraction: float = 0.0,
                  workers: int = 0):
         self.cfg = cfg
         self.foreground_fraction = foreground_fraction
@@ -178,12 +241,12 @@ class PhantomStream:
             self._subject = _subject_for(self.cfg, self.subject_index, self.frame)
         self._crop_rng = np.random.default_rng([self.cfg.seed, self.subject_index, 1])
         for _ in range(self.crop_index):  # replay crops already used (resume mid-subject)
-            _sample_from(self._subject, self._crop_rng, self.cfg, self.brain_fraction, self.foreground_fraction)
+            draw_sample(self._subject, self._crop_rng, self.cfg, self.brain_fraction, self.foreground_fraction)
 
     def next_sample(self) -> Sample:
         if self._subject is None:
             self._load_subject()
-        sample = _sample_from(self._subject, self._crop_rng, self.cfg, self.brain_fraction, self.foreground_fraction)
+        sample = draw_sample(self._subject, self._crop_rng, self.cfg, self.brain_fraction, self.foreground_fraction)
         self.crop_index += 1
         if self.crop_index >= self.cfg.crops_per_subject:
             self.subject_index += 1

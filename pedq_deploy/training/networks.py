@@ -94,4 +94,6 @@ def build(kind: str, cfg: TrainConfig) -> dict[str, nn.Module]:
         return {"recon": ReconNet(cfg)}
     if kind == "joint":
         return {"recon": ReconNet(cfg), "seg": SegNet(cfg)}
+    if kind == "seg":
+        return {"seg": SegNet(cfg)}
     raise ValueError(f"unknown kind {kind!r}")

@@ -16,7 +16,7 @@ import torch
 from .. import metrics as M
 from ..errors import InputError
 from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig
-from .data import PhantomStream, Sample, _sample_from, prepare_subject
+from .data import PhantomStream, Sample, draw_sample, prepare_subject, seg_subject
 from .losses import model_loss, tv_loss
 from .networks import SEG_CLASSES, build
 
@@ -56,8 +56,10 @@ class Trainer:
         groups = [{"params": list(m.parameters()), "lr": cfg.seg_lr if (k == "seg" and cfg.seg_lr is not None) else cfg.lr}
                   for k, m in self.models.items() if k not in self.frozen]
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame=kind != "mask",
-                                    foreground_fraction=cfg.foreground_fraction if kind == "joint" else 0.0, workers=cfg.data_workers)
+        if kind == "seg" and not cfg.seg_recon:
+            raise InputError("a seg run needs seg_recon in its config: the folder of the exported models whose recon network makes the maps")
+        self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame="seg" if kind == "seg" else kind != "mask",
+                                    foreground_fraction=cfg.foreground_fraction if kind in ("joint", "seg") else 0.0, workers=cfg.data_workers)
         if self.device.type == "cuda":  # fixed patch shapes: let cuDNN pick its fastest kernels; TF32 matrix products
             torch.backends.cudnn.benchmark = True
             torch.set_float32_matmul_precision("high")
@@ -66,11 +68,11 @@ class Trainer:
         self.train_seconds = 0.0  # wall time of all training steps, over every resume
         self.hardware: list[str] = []  # where the steps ran (one entry per resume on other hardware)
         self._seg_loss = self._mask_loss = None
-        if kind in ("joint", "mask"):
+        if kind in ("joint", "mask", "seg"):
             from monai.losses import DiceCELoss
 
             loss = DiceCELoss(to_onehot_y=True, softmax=True)
-            self._seg_loss = loss if kind == "joint" else None
+            self._seg_loss = loss if kind in ("joint", "seg") else None
             self._mask_loss = loss if kind == "mask" else None
         self._val = None
         self.init_from: dict = {}  # the exported models this run started from (fine-tuning), if any
@@ -119,7 +121,7 @@ class Trainer:
         batch = {"field": st("field_ppm")[:, None], "target": st("target_ppm")[:, None], "mask": st("mask"), "weight": st("weight"),
                  "direction": st("direction"), "rad_per_ppm": torch.tensor([s.rad_per_ppm for s in samples], device=self.device),
                  "magnitude": st("magnitude")[:, None], "brain": st("brain")[:, None]}
-        if self.kind == "joint":  # only the segmentation loss needs class indices
+        if self.kind in ("joint", "seg"):  # only the segmentation loss needs class indices
             batch["classes"] = torch.from_numpy(np.stack([_labels_to_classes(s.labels) for s in samples]))[:, None].to(self.device)
         return batch
 
@@ -146,6 +148,9 @@ class Trainer:
         if self.kind == "mask":
             logits = self.models["mask"](batch["magnitude"])
             return {"total": self._mask_loss(logits, batch["brain"].long())}
+        if self.kind == "seg":  # the input is the reconstruction network's chi, as pedq-run gives it
+            loss = self._seg_loss(self.models["seg"](batch["field"]), batch["classes"])
+            return {"seg": loss, "total": loss}
         chi = self.reconstruct(batch)
         lm = model_loss(chi[:, 0], batch["target"][:, 0] * batch["rad_per_ppm"][:, None, None, None], batch["weight"], batch["mask"],
                         batch["direction"], (self.cfg.frame_voxel,) * 3, batch["rad_per_ppm"])
@@ -176,12 +181,14 @@ class Trainer:
     # ---- validation --------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        if self.kind == "seg":
+            return self._validate_seg()
         if self._val is None:  # held-out subjects, one central-ish crop each, drawn once
             self._val = []
             for seed in self.cfg.val_seeds:
                 s = prepare_subject(seed, self.cfg, np.random.default_rng([seed, 99]), frame=self.kind != "mask")
                 # joint: a crop on the deep grey matter, so the segmentation Dice is defined
-                self._val.append(_sample_from(s, np.random.default_rng(seed), self.cfg, 1.0, 1.0 if self.kind == "joint" else 0.0))
+                self._val.append(draw_sample(s, np.random.default_rng(seed), self.cfg, 1.0, 1.0 if self.kind == "joint" else 0.0))
         for m in self.models.values():
             m.eval()
         rows = []
@@ -202,6 +209,23 @@ class Trainer:
                 row["dgm_dice"] = float(np.mean([M.dice(seg == c, cls == c) for c in range(1, len(SEG_CLASSES)) if (cls == c).any()] or [np.nan]))
             rows.append(row)
         return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+
+    def _validate_seg(self) -> dict[str, float]:
+        """Mean Dice of the 8 structures over the validation heads' whole deep grey matter boxes
+        (sliding window, as pedq-run runs the exported network)."""
+        from monai.inferers import sliding_window_inference
+
+        if self._val is None:
+            self._val = [seg_subject(seed, self.cfg, np.random.default_rng([seed, 99])) for seed in self.cfg.val_seeds]
+        net = self.models["seg"].eval()
+        rows = []
+        for s in self._val:
+            x = torch.from_numpy(s.chi)[None, None].to(self.device)
+            pred = sliding_window_inference(x, self.cfg.seg_region, 1, net, overlap=0.5, mode="gaussian").argmax(1)[0].cpu().numpy()
+            pred[~s.mask] = 0
+            cls = _labels_to_classes(s.labels)
+            rows.append(np.mean([M.dice(pred == c, cls == c) for c in range(1, len(SEG_CLASSES))]))
+        return {"dgm_dice": float(np.mean(rows))}
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self) -> None:
