@@ -10,8 +10,8 @@ Heads: validation seeds 2000-2009 (a setting is being chosen, so not the held-ou
 and infants alternating, tilts 0-30 deg, source protocol (TE 4.92 ms, SNR 100), ``lsq``
 unwrapping, V-SHARP in the true brain mask, PedQ-NET's map as ``bench_pedqnet.py`` makes it.
 
-``.venv/bin/python benchmarks/bench_seg_orientation.py [--subjects 10] [--models DIR]`` ->
-"seg_orientation" section of RESULTS.md and results/seg_orientation.json.
+``.venv/bin/python benchmarks/bench_seg_orientation.py [--subjects 10] [--models DIR] [--section NAME]`` ->
+"seg_orientation" (or NAME) section of RESULTS.md and results/seg_orientation.json (NAME.json).
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--models", help="PedQ-NET models (recon, seg); default: the shipped ones")
+    ap.add_argument("--section", default="seg_orientation", help="RESULTS.md section; also names results/SECTION.json")
     args = ap.parse_args()
     found, pedq = load_models(args.models)
     if not pedq.has("seg"):
@@ -57,17 +58,18 @@ def main() -> None:
         print(f"seed {seed} {age} tilt {tilt:.0f}: " + "; ".join(f"{o} {np.mean(list(rec['dice'][o].values())):.3f}"
                                                                 for o in ORIENTATIONS), flush=True)
     pedq.close()
-    out = Path(__file__).with_name("results") / "seg_orientation.json"
+    out = Path(__file__).with_name("results") / f"{args.section}.json"
     out.parent.mkdir(exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"records": records, "machine": note}, indent=1))
     tmp.replace(out)
-    update_section("seg_orientation", report(records, found, args, note))
+    update_section(args.section, report(records, found, args, note))
 
 
 def report(records, models_dir, args, note) -> str:
     mean = lambda r, o: float(np.mean(list(r["dice"][o].values())))  # noqa: E731
-    lines = ["## Segmentation: voxel axes or B0-aligned frame (validation heads)", "",
+    title = "" if args.models is None else f", models `{args.models}`"
+    lines = [f"## Segmentation: voxel axes or B0-aligned frame (validation heads{title})", "",
              f"Validation heads (seeds {records[0]['seed']}-{records[-1]['seed']}, not the held-out 1000-1009; neonates and infants "
              "alternating, tilts 0-30 deg), source protocol (TE 4.92 ms, SNR 100), least-squares unwrapping, V-SHARP in the true brain "
              "mask, PedQ-NET's map. The segmentation network was trained in the B0-aligned frame; `voxel` runs it on the voxel axes, "
@@ -75,7 +77,9 @@ def report(records, models_dir, args, note) -> str:
              "structures, then mean ± SD over heads.",
              f"Segmentation network: {model_provenance(models_dir, 'seg')}.",
              f"Machine: {note}. Script: `benchmarks/bench_seg_orientation.py" + ("" if args.subjects == 10 else f" --subjects {args.subjects}")
-             + "`; raw numbers in `benchmarks/results/seg_orientation.json`.", "",
+             + ("" if args.models is None else f" --models {args.models}")
+             + ("" if args.section == "seg_orientation" else f" --section {args.section}")
+             + f"`; raw numbers in `benchmarks/results/{args.section}.json`.", "",
              "| orientation | mean Dice | tilt < 15 deg | tilt >= 15 deg | neonates | infants | heads best | seconds |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     best = [max(ORIENTATIONS, key=lambda o: mean(r, o)) for r in records]
