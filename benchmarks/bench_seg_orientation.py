@@ -10,7 +10,7 @@ Heads: validation seeds 2000-2009 (a setting is being chosen, so not the held-ou
 and infants alternating, tilts 0-30 deg, source protocol (TE 4.92 ms, SNR 100), ``lsq``
 unwrapping, V-SHARP in the true brain mask, PedQ-NET's map as ``bench_pedqnet.py`` makes it.
 
-``.venv/bin/python benchmarks/bench_seg_orientation.py [--subjects 10] [--models DIR] [--section NAME]`` ->
+``.venv/bin/python benchmarks/bench_seg_orientation.py [--subjects 10] [--models DIR] [--section NAME] [--from-json]`` ->
 "seg_orientation" (or NAME) section of RESULTS.md and results/seg_orientation.json (NAME.json).
 """
 from __future__ import annotations
@@ -29,6 +29,8 @@ from _report import VALIDATION_SEEDS, machine, model_provenance, update_section 
 from bench_pedqnet import heads, load_models  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
+from pedq_deploy.backends import load_manifest  # noqa: E402
+from pedq_deploy.runtime.networks import find_models  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
 ORIENTATIONS = ("voxel", "b0", "both")
@@ -39,7 +41,13 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--models", help="PedQ-NET models (recon, seg); default: the shipped ones")
     ap.add_argument("--section", default="seg_orientation", help="RESULTS.md section; also names results/SECTION.json")
+    ap.add_argument("--from-json", action="store_true", help="rewrite the section from results/SECTION.json without rerunning")
     args = ap.parse_args()
+    out = Path(__file__).with_name("results") / f"{args.section}.json"
+    if args.from_json:
+        saved = json.loads(out.read_text())
+        update_section(args.section, report(saved["records"], find_models(args.models), args, saved["machine"]))
+        return
     found, pedq = load_models(args.models)
     if not pedq.has("seg"):
         sys.exit(f"no segmentation model (seg.json) in {found}")
@@ -58,7 +66,6 @@ def main() -> None:
         print(f"seed {seed} {age} tilt {tilt:.0f}: " + "; ".join(f"{o} {np.mean(list(rec['dice'][o].values())):.3f}"
                                                                 for o in ORIENTATIONS), flush=True)
     pedq.close()
-    out = Path(__file__).with_name("results") / f"{args.section}.json"
     out.parent.mkdir(exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"records": records, "machine": note}, indent=1))
@@ -69,10 +76,12 @@ def main() -> None:
 def report(records, models_dir, args, note) -> str:
     mean = lambda r, o: float(np.mean(list(r["dice"][o].values())))  # noqa: E731
     title = "" if args.models is None else f", models `{args.models}`"
+    trained = {"b0": "in the B0-aligned frame (a `joint` run)", "voxel": "on the voxel axes (a `seg` run)"}.get(
+        load_manifest(Path(models_dir) / "seg.json").raw.get("frame"), "in an unrecorded orientation")
     lines = [f"## Segmentation: voxel axes or B0-aligned frame (validation heads{title})", "",
              f"Validation heads (seeds {records[0]['seed']}-{records[-1]['seed']}, not the held-out 1000-1009; neonates and infants "
              "alternating, tilts 0-30 deg), source protocol (TE 4.92 ms, SNR 100), least-squares unwrapping, V-SHARP in the true brain "
-             "mask, PedQ-NET's map. The segmentation network was trained in the B0-aligned frame; `voxel` runs it on the voxel axes, "
+             f"mask, PedQ-NET's map. The segmentation network was trained {trained}; `voxel` runs it on the voxel axes, "
              "`b0` in the B0-aligned frame, `both` averages the two probabilities. Dice against the true labels; mean over the 8 "
              "structures, then mean ± SD over heads.",
              f"Segmentation network: {model_provenance(models_dir, 'seg')}.",
