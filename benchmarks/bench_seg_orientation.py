@@ -30,8 +30,6 @@ from bench_pedqnet import heads, load_models  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.backends import load_manifest  # noqa: E402
-from pedq_deploy.physics import phase_to_ppm  # noqa: E402
-from pedq_deploy.preprocess import unwrap_phase, vsharp  # noqa: E402
 from pedq_deploy.runtime.networks import find_models  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
@@ -58,12 +56,9 @@ def main() -> None:
     note = machine()
     records = []
     for seed, age, tilt, s in heads(list(VALIDATION_SEEDS)[: args.subjects], snr=100.0, echo_time=4.92e-3):
-        if args.mask == "true":
-            local, eroded = subject_local_field(s, unwrap="lsq")
-        else:  # pedq-run's default: the masking network's mask for unwrapping, V-SHARP and the box
-            brain = pedq.mask(s.magnitude, s.voxel_size)
-            total = phase_to_ppm(unwrap_phase(s.phase, s.voxel_size, "lsq", mask=brain, magnitude=s.magnitude), s.echo_time, s.field_strength)
-            local, eroded = vsharp(total, brain, s.voxel_size)
+        # --mask network: pedq-run's default, the masking network's mask for unwrapping, V-SHARP and the box
+        brain = pedq.mask(s.magnitude, s.voxel_size) if args.mask == "network" else None
+        local, eroded = subject_local_field(s, unwrap="lsq", mask=brain)
         chi = pedq.reconstruct(local, eroded, s.voxel_size, s.b0_direction)
         rec = {"seed": seed, "age": age, "tilt_deg": tilt, "dice": {}, "seconds": {}}
         for o in ORIENTATIONS:
@@ -90,7 +85,7 @@ def report(records, models_dir, args, note) -> str:
     lines = [f"## Segmentation: voxel axes or B0-aligned frame (validation heads{title})", "",
              f"Validation heads (seeds {records[0]['seed']}-{records[-1]['seed']}, not the held-out 1000-1009; neonates and infants "
              "alternating, tilts 0-30 deg), source protocol (TE 4.92 ms, SNR 100), least-squares unwrapping, V-SHARP in the "
-             + ("true brain mask" if getattr(args, "mask", "true") == "true" else "masking network's brain mask (as `pedq-run`), which also sets the segmentation box")
+             + ("true brain mask" if args.mask == "true" else "masking network's brain mask (as `pedq-run`), which also sets the segmentation box")
              + f", PedQ-NET's map. The segmentation network was trained {trained}; `voxel` runs it on the voxel axes, "
              "`b0` in the B0-aligned frame, `both` averages the two probabilities. Dice against the true labels; mean over the 8 "
              "structures, then mean ± SD over heads.",
@@ -98,7 +93,7 @@ def report(records, models_dir, args, note) -> str:
              f"Machine: {note}. Script: `benchmarks/bench_seg_orientation.py" + ("" if args.subjects == 10 else f" --subjects {args.subjects}")
              + ("" if args.models is None else f" --models {args.models}")
              + ("" if args.section == "seg_orientation" else f" --section {args.section}")
-             + ("" if getattr(args, "mask", "true") == "true" else f" --mask {args.mask}")
+             + ("" if args.mask == "true" else f" --mask {args.mask}")
              + f"`; raw numbers in `benchmarks/results/{args.section}.json`.", "",
              "| orientation | mean Dice | tilt < 15 deg | tilt >= 15 deg | neonates | infants | heads best | seconds |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -130,7 +130,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
     # a network the run kept frozen has the weights it was loaded with: its record is that model's
     start = state.get("init_from") or {}
     own = {name: (start[name].get("training") or {}) if name in cfg.frozen and name in start else provenance for name in models}
-    # a seg run's UNETR learnt on the voxel axes (pedq-run's segmentation grid), the others' in the B0 frame
-    frames = {"recon": "b0", "seg": "voxel" if state["kind"] == "seg" else "b0", "mask": "voxel"}
-    return [export_network(m, name, 1, patches[name], out_dir, voxel_size=voxels[name], provenance=own[name], frame=frames[name])
+    # a seg run's UNETR learnt on the voxel axes (pedq-run's segmentation grid); the others keep export_network's default
+    return [export_network(m, name, 1, patches[name], out_dir, voxel_size=voxels[name], provenance=own[name],
+                           frame="voxel" if state["kind"] == "seg" else None)
             for name, m in models.items()]

@@ -197,8 +197,7 @@ class PedqModels:
         B0-aligned frame of ``b0``, in which it was trained (anatomy turned by the head's tilt)."""
         m = self.manifests["seg"]
         if b0 is None:
-            x = resample_to(chi, voxel_size, m.voxel_size)
-            roi = resample_to(mask.astype(np.float32), voxel_size, m.voxel_size) > 0
+            x, roi = _to_seg_grid(chi, mask, voxel_size, m.voxel_size)  # chi and mask: the box already (as seg_grid)
             back = lambda a: resample_back(a, chi.shape)  # noqa: E731
         else:
             frame = B0Frame.build(chi.shape, voxel_size, b0, m.voxel_size[0])

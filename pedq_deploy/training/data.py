@@ -56,15 +56,16 @@ def to_b0_frame(s, frame_voxel: float):
                    voxel_size=(frame_voxel,) * 3, b0_direction=np.array([0.0, 0.0, 1.0]), params=params)
 
 
-def subject_local_field(s, phase=None, unwrap: str = "laplacian"):
+def subject_local_field(s, phase=None, unwrap: str = "laplacian", mask=None):
     """(local field in ppm, V-SHARP-eroded mask) of a single-echo phantom subject (``phase``: another
     echo of it, by default its own): unwrapping with ``unwrap`` (one of ``UNWRAP_METHODS``; Laplacian by
     default, what the shipped models trained on; pedq-run's default is ``"lsq"``) and V-SHARP inside
-    the true brain mask."""
+    ``mask`` (default: the true brain mask)."""
     phase = s.phase if phase is None else phase
-    unwrapped = unwrap_phase(phase, s.voxel_size, unwrap, mask=s.brain_mask, magnitude=s.magnitude)
+    mask = s.brain_mask if mask is None else mask
+    unwrapped = unwrap_phase(phase, s.voxel_size, unwrap, mask=mask, magnitude=s.magnitude)
     total = phase_to_ppm(unwrapped, s.echo_time, s.field_strength)
-    return vsharp(total, s.brain_mask, s.voxel_size)
+    return vsharp(total, mask, s.voxel_size)
 
 
 def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, frame: bool = False):
@@ -103,14 +104,20 @@ class SegSubject:
 _RECON_MODELS: dict = {}  # exported models folder -> PedqModels, one per process (a data worker keeps its own)
 
 
+def require_seg_recon(cfg: TrainConfig) -> None:
+    """A seg run's maps come from ``cfg.seg_recon``: raise when it is not set."""
+    if not cfg.seg_recon:
+        from ..errors import InputError
+
+        raise InputError("a seg run needs seg_recon in its config: the folder of the exported models whose recon network makes the maps")
+
+
 def seg_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator) -> SegSubject:
     """Subject ``seed`` drawn as :func:`prepare_subject` draws it, reconstructed by the exported
     network in ``cfg.seg_recon`` and brought to the segmentation network's grid as pedq-run does."""
-    from ..errors import InputError
     from ..runtime.networks import PedqModels, resample_to, seg_grid
 
-    if not cfg.seg_recon:
-        raise InputError("a seg run needs seg_recon in its config: the folder of the exported models whose recon network makes the maps")
+    require_seg_recon(cfg)
     if cfg.seg_recon not in _RECON_MODELS:
         _RECON_MODELS[cfg.seg_recon] = PedqModels(cfg.seg_recon, backend="onnxruntime")
     s = prepare_subject(seed, cfg, rng)

@@ -16,7 +16,7 @@ import torch
 from .. import metrics as M
 from ..errors import InputError
 from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig
-from .data import PhantomStream, Sample, draw_sample, prepare_subject, seg_subject
+from .data import PhantomStream, Sample, draw_sample, prepare_subject, require_seg_recon, seg_subject
 from .losses import model_loss, tv_loss
 from .networks import SEG_CLASSES, build
 
@@ -56,8 +56,8 @@ class Trainer:
         groups = [{"params": list(m.parameters()), "lr": cfg.seg_lr if (k == "seg" and cfg.seg_lr is not None) else cfg.lr}
                   for k, m in self.models.items() if k not in self.frozen]
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if kind == "seg" and not cfg.seg_recon:
-            raise InputError("a seg run needs seg_recon in its config: the folder of the exported models whose recon network makes the maps")
+        if kind == "seg":  # before any data worker starts
+            require_seg_recon(cfg)
         self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame="seg" if kind == "seg" else kind != "mask",
                                     foreground_fraction=cfg.foreground_fraction if kind in ("joint", "seg") else 0.0, workers=cfg.data_workers)
         if self.device.type == "cuda":  # fixed patch shapes: let cuDNN pick its fastest kernels; TF32 matrix products
