@@ -45,21 +45,29 @@ def find_models(models_dir: str | Path | None = None) -> Path | None:
 DGM_BOX_FRACTION = 0.65
 
 
-def dgm_box(mask: np.ndarray, fraction: float = DGM_BOX_FRACTION) -> tuple[slice, slice, slice]:
+def dgm_box(mask: np.ndarray, fraction=DGM_BOX_FRACTION, shift=0.0) -> tuple[slice, slice, slice]:
     """The central box where the deep grey matter lies: the brain's centre of mass +- ``fraction``
     of the brain's half extent along each axis. Thalami, caudate, putamen and pallidum sit within
     about half the half extent of the centre (in neonates and infants, tilted up to 30 degrees on
     the phantom: at most 0.52 / 0.40 / 0.25 along x / y / z), so 0.65 leaves a margin and the
-    segmentation network runs on about a quarter of the brain's bounding box."""
+    segmentation network runs on about a quarter of the brain's bounding box.
+
+    ``fraction`` and ``shift`` (the centre moved by that share of the half extent) may be one
+    number or one per axis: ``pedq-train seg`` draws them at random, so that the network meets the
+    boxes other masks give (a masking network's mask reaches further in z: a box 1.1-1.4 times as
+    long)."""
     idx = np.nonzero(mask)
     if idx[0].size == 0:
         raise InputError("the brain mask is empty")
+    fraction, shift = np.broadcast_to(np.asarray(fraction, float), (3,)), np.broadcast_to(np.asarray(shift, float), (3,))
     box = []
     for ax in range(3):
         lo, hi = int(idx[ax].min()), int(idx[ax].max())
-        c = float(idx[ax].mean())
-        half = (hi - lo) / 2.0 * fraction
-        box.append(slice(max(int(np.floor(c - half)), lo), min(int(np.ceil(c + half)) + 1, hi + 1)))
+        full = (hi - lo) / 2.0
+        c = float(idx[ax].mean()) + shift[ax] * full
+        half = full * fraction[ax]
+        start = min(max(int(np.floor(c - half)), lo), hi)
+        box.append(slice(start, max(min(int(np.ceil(c + half)) + 1, hi + 1), start + 1)))
     return tuple(box)
 
 

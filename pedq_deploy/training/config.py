@@ -80,6 +80,16 @@ class TrainConfig:
     # seg: the folder of exported models whose reconstruction network makes the maps the segmentation
     # UNETR trains on, through pedq-run's own code (PedqModels.reconstruct, then seg_grid)
     seg_recon: str | None = None
+    # seg: each crop's deep grey matter box drawn with a fraction (dgm_box) uniform in this range on
+    # each axis, its centre moved by up to +-seg_box_shift of the brain's half extent, and the box
+    # placed anywhere in the window where it is smaller. Without it (the defaults) every box is
+    # the true mask's, centred in the window, and the network learns positions in the window,
+    # which a masking network's longer box breaks
+    seg_box_fraction: tuple[float, float] = (0.65, 0.65)
+    seg_box_shift: float = 0.0
+    # seg: share of heads masked by the masking network in seg_recon (unwrapping, V-SHARP, the
+    # reconstruction and the box on its mask, as pedq-run runs) instead of the true brain mask
+    seg_network_mask: float = 0.0
     frozen: tuple[str, ...] = ()  # networks whose weights stay as loaded (joint: ("recon",) trains the segmentation UNETR alone)
     weight_decay: float = 1e-5
     seed: int = 0
@@ -128,6 +138,13 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         raise InputError(f"model_target must be one of {', '.join(MODEL_TARGETS)}, got {cfg.model_target!r}")
     if isinstance(cfg.frozen, str) or not all(isinstance(r, str) for r in cfg.frozen):
         raise InputError(f"frozen must be a list of network names, got {cfg.frozen!r}")
+    f = cfg.seg_box_fraction
+    if not (isinstance(f, tuple) and len(f) == 2 and all(isinstance(v, (int, float)) for v in f) and 0.2 <= f[0] <= f[1] <= 1.5):
+        raise InputError(f"seg_box_fraction must be [low, high] with 0.2 <= low <= high <= 1.5, got {cfg.seg_box_fraction!r}")
+    if not isinstance(cfg.seg_box_shift, (int, float)) or not 0 <= cfg.seg_box_shift <= 0.5:
+        raise InputError(f"seg_box_shift must be in [0, 0.5], got {cfg.seg_box_shift!r}")
+    if not isinstance(cfg.seg_network_mask, (int, float)) or not 0 <= cfg.seg_network_mask <= 1:
+        raise InputError(f"seg_network_mask must be a share in [0, 1], got {cfg.seg_network_mask!r}")
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:
         raise InputError(f"data_workers must be a whole number >= 0, got {cfg.data_workers!r}")
     return cfg

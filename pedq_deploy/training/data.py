@@ -16,6 +16,7 @@ two counters, saved in checkpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from ..frame import B0Frame, mask_box
 from ..phantom import make_subject, random_crop
 from ..phantom.crops import crop_array
 from ..physics import phase_per_ppm, phase_to_ppm
+from ..runtime.networks import DGM_BOX_FRACTION
 from ..preprocess import normalise_magnitude, unwrap_phase, vsharp
 from .config import TrainConfig
 
@@ -94,53 +96,87 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, fr
 class SegSubject:
     """One head as the segmentation network meets it in ``pedq-run``: the reconstruction network's
     chi in the deep grey matter box, on the segmentation network's grid, the eroded mask there, and
-    the true labels resampled (nearest) to that grid."""
+    the true labels resampled (nearest) to that grid. ``scan``: when crops draw their own boxes
+    (``seg_box_*``), chi, the eroded mask and the labels on the scan's grid, and its voxel size."""
     chi: np.ndarray
     mask: np.ndarray
     labels: np.ndarray
     seed: int
+    scan: tuple | None = None
+    network_mask: bool = False
 
 
 _RECON_MODELS: dict = {}  # exported models folder -> PedqModels, one per process (a data worker keeps its own)
 
 
 def require_seg_recon(cfg: TrainConfig) -> None:
-    """A seg run's maps come from ``cfg.seg_recon``: raise when it is not set."""
+    """A seg run's maps come from ``cfg.seg_recon``: raise when it is not set (or, with
+    ``seg_network_mask``, when the folder has no masking network)."""
+    from ..errors import InputError
+
     if not cfg.seg_recon:
-        from ..errors import InputError
-
         raise InputError("a seg run needs seg_recon in its config: the folder of the exported models whose recon network makes the maps")
+    if cfg.seg_network_mask > 0 and not (Path(cfg.seg_recon) / "mask.json").is_file():
+        raise InputError(f"seg_network_mask needs a masking network (mask.json) in seg_recon ({cfg.seg_recon})")
 
 
-def seg_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator) -> SegSubject:
+def _box_augmented(cfg: TrainConfig) -> bool:
+    return cfg.seg_box_fraction[0] != cfg.seg_box_fraction[1] or cfg.seg_box_fraction[0] != DGM_BOX_FRACTION or cfg.seg_box_shift > 0
+
+
+def seg_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, augment: bool | None = None) -> SegSubject:
     """Subject ``seed`` drawn as :func:`prepare_subject` draws it, reconstructed by the exported
-    network in ``cfg.seg_recon`` and brought to the segmentation network's grid as pedq-run does."""
+    network in ``cfg.seg_recon`` and brought to the segmentation network's grid as pedq-run does:
+    on the true brain mask, or (a ``cfg.seg_network_mask`` share of heads) on the masking network's.
+    ``augment`` (default: whether the config draws boxes) keeps the scan-grid arrays for crops."""
     from ..runtime.networks import PedqModels, resample_to, seg_grid
 
     require_seg_recon(cfg)
     if cfg.seg_recon not in _RECON_MODELS:
         _RECON_MODELS[cfg.seg_recon] = PedqModels(cfg.seg_recon, backend="onnxruntime")
+    models = _RECON_MODELS[cfg.seg_recon]
     s = prepare_subject(seed, cfg, rng)
-    eroded = s.params["loss_mask"]
-    chi = _RECON_MODELS[cfg.seg_recon].reconstruct(s.local_field, eroded, s.voxel_size, s.b0_direction)
+    local, eroded = s.local_field, s.params["loss_mask"]
+    network = cfg.seg_network_mask > 0 and bool(rng.random() < cfg.seg_network_mask)
+    if network:  # as pedq-run: the masking network's mask for unwrapping, V-SHARP and all that follows
+        local, eroded = subject_local_field(s, unwrap=cfg.unwrap, mask=models.mask(s.magnitude, s.voxel_size))
+    chi = models.reconstruct(local, eroded, s.voxel_size, s.b0_direction)
     target = (cfg.frame_voxel,) * 3
+    labels = np.where(eroded, s.labels, 0).astype(np.uint8)
     box, x, roi = seg_grid(chi, eroded, s.voxel_size, target)
-    labels = resample_to(np.where(eroded, s.labels, 0)[box], s.voxel_size, target, order=0).astype(np.uint8)
-    return SegSubject(x, roi, labels, seed)
+    grid_labels = resample_to(labels[box], s.voxel_size, target, order=0).astype(np.uint8)
+    augment = _box_augmented(cfg) if augment is None else augment
+    scan = (chi, eroded, labels, tuple(s.voxel_size)) if augment else None
+    return SegSubject(x, roi, grid_labels, seed, scan, network)
+
+
+def _drawn_box(s: SegSubject, crop_rng, cfg: TrainConfig):
+    """(chi, mask, labels) on the network's grid in a box drawn as ``cfg.seg_box_*`` say, cut and
+    resampled by the runtime's own functions (:func:`dgm_box`, ``_to_seg_grid``)."""
+    from ..runtime.networks import _to_seg_grid, dgm_box, resample_to
+
+    chi, mask, labels, voxel_size = s.scan
+    box = dgm_box(mask, crop_rng.uniform(*cfg.seg_box_fraction, size=3), crop_rng.uniform(-1, 1, size=3) * cfg.seg_box_shift)
+    x, roi = _to_seg_grid(chi[box], mask[box], voxel_size, (cfg.frame_voxel,) * 3)
+    return x, roi, resample_to(labels[box], voxel_size, (cfg.frame_voxel,) * 3, order=0).astype(np.uint8)
 
 
 def _seg_sample_from(s: SegSubject, crop_rng, cfg: TrainConfig, foreground_fraction: float) -> Sample:
     """A ``seg_region`` crop centred on a labelled voxel (with probability ``foreground_fraction``)
-    or on a voxel of the mask; zero-padded where the box is smaller than the crop."""
+    or on a voxel of the mask; zero-padded where the box is smaller than the crop: the box centred
+    in the crop, or, when the subject keeps its scan (``seg_box_*``), a box drawn for this crop and
+    placed at random in it."""
     size = tuple(int(n) for n in cfg.seg_region)
-    pool = s.labels > 0 if crop_rng.random() < foreground_fraction and s.labels.any() else s.mask
+    chi, roi, labels = (s.chi, s.mask, s.labels) if s.scan is None else _drawn_box(s, crop_rng, cfg)
+    pool = labels > 0 if crop_rng.random() < foreground_fraction and labels.any() else roi
     idx = np.flatnonzero(pool)
     centre = np.unravel_index(idx[crop_rng.integers(idx.size)], pool.shape)
-    origin = tuple(min(max(int(c) - n // 2, 0), m - n) if m >= n else (m - n) // 2 for c, n, m in zip(centre, size, pool.shape))
+    small = (lambda m, n: int(crop_rng.integers(m - n, 1))) if s.scan is not None else (lambda m, n: (m - n) // 2)
+    origin = tuple(min(max(int(c) - n // 2, 0), m - n) if m >= n else small(m, n) for c, n, m in zip(centre, size, pool.shape))
     take = lambda a, dtype: crop_array(a, origin, size, dtype)  # noqa: E731
     zeros = np.zeros(size, np.float32)
-    mask = take(s.mask, np.float32)
-    return Sample(take(s.chi, np.float32), mask, zeros, zeros, take(s.labels, np.uint8), zeros, zeros,
+    mask = take(roi, np.float32)
+    return Sample(take(chi, np.float32), mask, zeros, zeros, take(labels, np.uint8), zeros, zeros,
                   np.array([0.0, 0.0, 1.0], np.float32), 0.0, zeros)
 
 

@@ -216,7 +216,7 @@ class Trainer:
         from monai.inferers import sliding_window_inference
 
         if self._val is None:
-            self._val = [seg_subject(seed, self.cfg, np.random.default_rng([seed, 99])) for seed in self.cfg.val_seeds]
+            self._val = [seg_subject(seed, self.cfg, np.random.default_rng([seed, 99]), augment=False) for seed in self.cfg.val_seeds]
         net = self.models["seg"].eval()
         rows = []
         for s in self._val:
