@@ -98,3 +98,17 @@ def test_deep_grey_matter_box_holds_every_structure(seed, age, tilt):
     inside[box] = True
     assert (s.labels > 0).any() and not ((s.labels > 0) & ~inside).any()
     assert inside.sum() < 0.5 * np.prod([b.stop - b.start for b in mask_box(s.brain_mask, s.voxel_size, 0.0)])
+
+
+def test_deep_grey_matter_box_fraction_and_shift_per_axis():
+    """A slab of known extent: the box is the centre +- fraction * half extent, moved by shift *
+    half extent, axis by axis, and stays inside the mask's extent."""
+    from pedq_deploy.runtime.networks import dgm_box
+
+    m = np.zeros((60, 50, 40), bool)
+    m[10:51, 5:46, 0:40] = True  # centres 30, 25, 19.5; half extents 20, 20, 19.5
+    assert dgm_box(m, 0.5) == (slice(20, 41), slice(15, 36), slice(9, 31))
+    assert dgm_box(m, (0.5, 0.25, 1.0), (0.25, -0.5, 0.0)) == (slice(25, 46), slice(10, 21), slice(0, 40))
+    assert dgm_box(m, 0.5, 2.0) == (slice(50, 51), slice(45, 46), slice(39, 40))  # pushed out: one voxel at the edge, never empty
+    with pytest.raises(InputError, match="empty"):
+        dgm_box(np.zeros((4, 4, 4), bool))

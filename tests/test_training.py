@@ -530,3 +530,74 @@ def test_a_seg_run_learns_from_the_maps_pedq_run_makes(tmp_path):
     assert json.loads(paths[0].read_text())["frame"] == "voxel"
     with pytest.raises(InputError, match="seg_recon"):
         Trainer("seg", tiny(), "unused")
+
+
+def _identity_recon(folder):
+    from pedq_deploy.export import export_network
+
+    class Identity(torch.nn.Module):  # chi = the local field: a map whose every voxel is known
+        def forward(self, x):
+            return x * 1.0
+
+    export_network(Identity(), "recon", 1, (16, 16, 16), folder, voxel_size=(3.0, 3.0, 3.0))
+
+
+def test_seg_crops_draw_their_own_box_as_the_runtime_would_cut_it(tmp_path):
+    """seg_box_*: each crop's box is dgm_box with the drawn fraction and shift, cut and resampled by
+    the runtime's own function, and placed anywhere in the window; validation keeps the true box."""
+    from pedq_deploy.runtime.networks import _to_seg_grid, dgm_box
+    from pedq_deploy.training import data
+
+    _identity_recon(tmp_path / "recon")
+    cfg = tiny(seg_recon=str(tmp_path / "recon"), seg_box_fraction=(0.3, 0.6), seg_box_shift=0.2, seg_region=(32, 32, 32))
+    s = data.seg_subject(7, cfg, np.random.default_rng(3))
+    plain = data.seg_subject(7, cfg, np.random.default_rng(3), augment=False)
+    assert s.scan is not None and plain.scan is None
+    np.testing.assert_array_equal(s.chi, plain.chi)  # the true box on the network's grid, as before
+    chi, mask, labels, voxel_size = s.scan
+    origins, sizes = set(), set()
+    for k in range(6):
+        rng = np.random.default_rng(k)
+        sample = data.draw_sample(s, np.random.default_rng(k), cfg, 0.9, 0.5)
+        box = dgm_box(mask, rng.uniform(0.3, 0.6, size=3), rng.uniform(-1, 1, size=3) * 0.2)
+        x, roi = _to_seg_grid(chi[box], mask[box], voxel_size, (3.0,) * 3)
+        assert all(n <= 32 for n in x.shape)  # the whole box lies in the window: find where
+        where = np.argwhere(sample.mask > 0)
+        o = tuple(where.min(0) - np.argwhere(roi).min(0))
+        np.testing.assert_array_equal(sample.field_ppm[o[0]:o[0] + x.shape[0], o[1]:o[1] + x.shape[1], o[2]:o[2] + x.shape[2]], x)
+        assert sample.mask.sum() == roi.sum() and sample.labels[sample.mask == 0].max() == 0
+        origins.add(o)
+        sizes.add(x.shape)
+    assert len(origins) > 1 and len(sizes) > 1
+    with pytest.raises(InputError, match="seg_box_fraction"):
+        load_config(None, seg_box_fraction=[0.7, 0.5])
+    with pytest.raises(InputError, match="seg_network_mask needs a masking network"):
+        data.require_seg_recon(tiny(seg_recon=str(tmp_path / "recon"), seg_network_mask=0.5))
+
+
+def test_seg_heads_may_be_masked_by_the_masking_network(tmp_path):
+    """seg_network_mask 1: unwrapping, V-SHARP, the reconstruction and the box all on the exported
+    masking network's mask, as pedq-run runs them."""
+    from pedq_deploy.export import export_network
+    from pedq_deploy.runtime.networks import PedqModels, seg_grid
+    from pedq_deploy.training import data
+    from pedq_deploy.training.data import subject_local_field
+
+    class Threshold(torch.nn.Module):  # brain = normalised magnitude above 0.5
+        def forward(self, x):
+            return torch.cat([torch.zeros_like(x), 40.0 * (x - 0.5)], 1)
+
+    _identity_recon(tmp_path / "models")
+    export_network(Threshold(), "mask", 1, (16, 16, 16), tmp_path / "models", voxel_size=(3.0, 3.0, 3.0))
+    cfg = tiny(seg_recon=str(tmp_path / "models"), seg_network_mask=1.0)
+    s = data.seg_subject(7, cfg, np.random.default_rng(3))
+    assert s.network_mask
+    ref = data.prepare_subject(7, cfg, np.random.default_rng(3))
+    models = PedqModels(tmp_path / "models", backend="onnxruntime")
+    brain = models.mask(ref.magnitude, ref.voxel_size)
+    assert not np.array_equal(brain, ref.brain_mask)
+    local, eroded = subject_local_field(ref, unwrap=cfg.unwrap, mask=brain)
+    _, x, roi = seg_grid(models.reconstruct(local, eroded, ref.voxel_size, ref.b0_direction), eroded, ref.voxel_size, (3.0,) * 3)
+    models.close()
+    np.testing.assert_array_equal(s.chi, x)
+    np.testing.assert_array_equal(s.mask, roi)
