@@ -24,8 +24,8 @@ from ..frame import B0Frame, mask_box
 from ..phantom import make_subject, random_crop
 from ..phantom.crops import crop_array
 from ..physics import phase_per_ppm, phase_to_ppm
-from ..runtime.networks import DGM_BOX_FRACTION
 from ..preprocess import normalise_magnitude, unwrap_phase, vsharp
+from ..runtime.networks import DGM_BOX_FRACTION
 from .config import TrainConfig
 
 __all__ = ["Sample", "SegSubject", "PhantomStream", "prepare_subject", "seg_subject", "subject_local_field"]
