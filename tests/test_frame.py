@@ -112,3 +112,20 @@ def test_deep_grey_matter_box_fraction_and_shift_per_axis():
     assert dgm_box(m, 0.5, 2.0) == (slice(50, 51), slice(45, 46), slice(39, 40))  # pushed out: one voxel at the edge, never empty
     with pytest.raises(InputError, match="empty"):
         dgm_box(np.zeros((4, 4, 4), bool))
+
+
+def test_mask_from_probability_keeps_the_largest_component_above_the_threshold_filled():
+    from pedq_deploy.runtime.networks import mask_from_probability
+
+    p = np.zeros((30, 30, 30), np.float32)
+    p[5:20, 5:20, 5:20] = 0.8  # the brain, with a hole ...
+    p[10:13, 10:13, 10:13] = 0.1
+    p[5:20, 5:20, 19] = 0.6  # ... and a rim of doubtful voxels
+    p[25:28, 25:28, 25:28] = 0.95  # a smaller detached blob
+    at_half = mask_from_probability(p, 0.5)
+    assert at_half.sum() == 15 ** 3 and at_half[11, 11, 11] and not at_half[26, 26, 26]
+    assert mask_from_probability(p, 0.7).sum() == 15 * 15 * 14  # the rim drops out
+    with pytest.raises(InputError, match="between 0 and 1"):
+        mask_from_probability(p, 1.0)
+    with pytest.raises(InputError, match="found no brain"):
+        mask_from_probability(p, 0.99)

@@ -21,7 +21,7 @@ from ..frame import B0Frame, mask_box
 from ..preprocess import normalise_magnitude
 from .sliding_window import sliding_window_inference
 
-__all__ = ["PedqModels", "find_models", "resample_to", "resample_back", "dgm_box", "seg_grid"]
+__all__ = ["PedqModels", "find_models", "resample_to", "resample_back", "dgm_box", "seg_grid", "mask_from_probability"]
 
 ENV = "PEDQ_MODELS"
 
@@ -102,6 +102,24 @@ def _to_seg_grid(chi_box: np.ndarray, mask_box: np.ndarray, voxel_size, target_v
             resample_to(mask_box.astype(np.float32), voxel_size, target_voxel) > 0)
 
 
+def check_threshold(threshold: float) -> None:
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"the mask threshold must lie between 0 and 1, got {threshold}")
+
+
+def mask_from_probability(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The brain mask of a brain probability map: above ``threshold``, its largest component, holes filled."""
+    check_threshold(threshold)
+    brain = probability > threshold
+    lab, n = ndi.label(brain)
+    if n > 1:
+        brain = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    brain = ndi.binary_fill_holes(brain)
+    if not brain.any():
+        raise InputError("the masking network found no brain: check the magnitude image")
+    return brain
+
+
 class PedqModels:
     """Loads and verifies the manifests once; runners are activated on first use and reused."""
 
@@ -173,16 +191,11 @@ class PedqModels:
             prob = 0.5 * (prob + flip(self._mask_probability(flip(x), flip(head))))
         return resample_back(prob, magnitude.shape)
 
-    def mask(self, magnitude: np.ndarray, voxel_size, mirror_axis: int | None = None) -> np.ndarray:
-        """Brain mask: the probability (:meth:`mask_probability`) above 0.5, its largest component, holes filled."""
-        brain = self.mask_probability(magnitude, voxel_size, mirror_axis) > 0.5
-        lab, n = ndi.label(brain)
-        if n > 1:
-            brain = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
-        brain = ndi.binary_fill_holes(brain)
-        if not brain.any():
-            raise InputError("the masking network found no brain: check the magnitude image")
-        return brain
+    def mask(self, magnitude: np.ndarray, voxel_size, mirror_axis: int | None = None, threshold: float = 0.5) -> np.ndarray:
+        """Brain mask: the probability (:meth:`mask_probability`) above ``threshold``, its largest
+        component, holes filled (:func:`mask_from_probability`)."""
+        check_threshold(threshold)
+        return mask_from_probability(self.mask_probability(magnitude, voxel_size, mirror_axis), threshold)
 
     def reconstruct_in_frame(self, local_field: np.ndarray, mask: np.ndarray, voxel_size, b0) -> tuple[B0Frame, np.ndarray]:
         """The reconstruction network's raw output in its B0-aligned frame, and that frame (built on
