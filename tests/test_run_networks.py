@@ -170,6 +170,9 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["parameters"]["inversion"] == "pedq" and prov["mask_source"] == "network"
     assert prov["parameters"]["mask_mirror"] is False and set(prov["backend_used"]) == {"recon", "seg", "mask"}
+    from pedq_deploy.runtime.networks import MASK_THRESHOLD
+
+    assert prov["parameters"]["mask_threshold"] == MASK_THRESHOLD  # the default, recorded
     assert set(prov["models"]) == {"recon", "seg", "mask"}
     seg = nib.load(str(out / "segmentation.nii.gz"))
     ref = nib.load(str(phantom_dir / "magnitude.nii.gz"))
@@ -223,6 +226,9 @@ def test_pedq_run_model_errors_exit_2(phantom_dir, tiny_models, tmp_path):
     assert r.returncode == 2 and "needs the PedQ-NET models" in r.stderr and "Traceback" not in r.stderr
     r = run(base + ["-o", tmp_path / "b", "--models", tmp_path / "nowhere"])
     assert r.returncode == 2 and "models folder not found" in r.stderr
+    r = run(base + ["-o", tmp_path / "t", "--models", tiny_models, "--mask-threshold", "1.5"])
+    assert r.returncode == 2 and "mask threshold must lie between 0 and 1" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "t").exists()
     bad = tmp_path / "bad_models"
     shutil.copytree(tiny_models, bad)
     data = bytearray((bad / "seg.onnx").read_bytes())

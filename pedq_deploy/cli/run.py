@@ -41,6 +41,9 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("--mask-mirror/--no-mask-mirror", default=False, show_default=True,
               help="Run the masking network on the left-right mirror image too and average the probabilities (twice the masking time; "
                    "no clear gain on held-out heads, see benchmarks/RESULTS.md).")
+@click.option("--mask-threshold", type=float,
+              help="The masking network's brain probability above which a voxel is brain (default: the one chosen on validation heads, "
+                   "section 'mask_threshold' of benchmarks/RESULTS.md; provenance.json records it).")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), help="Folder of exported models (default: $PEDQ_MODELS, else the shipped ones; 'none': no networks).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--unwrap", type=click.Choice(["laplacian", "lsq", "quality"]), default="lsq", show_default=True,
@@ -67,7 +70,7 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
               help="With --bids: auto (a local Dask cluster when Dask is installed), local, none (in this process), or a Dask scheduler address.")
 @click.option("--workers", type=int, help="With --bids and a local cluster: number of worker processes (default: what cores and memory allow).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, labels_path, inversion, masker, mask_mirror, models_dir, backend,
+def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, labels_path, inversion, masker, mask_mirror, mask_threshold, models_dir, backend,
             unwrap, tkd_threshold, tv_lambda, tv_iterations, refine, refine_weight, vsharp_radii, dicom_out, dicom_format, bids, participant_label, session,
             scheduler, workers, quiet):
     from ..errors import InputError
@@ -85,6 +88,7 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         inversion=inversion,
         masker=masker,
         mask_mirror=mask_mirror,
+        **({"mask_threshold": mask_threshold} if mask_threshold is not None else {}),
         vsharp_radii=radii,
         tkd_threshold=tkd_threshold,
         tv_lambda=tv_lambda,

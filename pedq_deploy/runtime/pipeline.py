@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..metrics import FS_DGM_NAMES
 from ..physics import b0_direction_from_affine, check_direction, phase_per_ppm, phase_to_ppm
 from ..postprocess.segqc import segmentation_checks
+from .networks import MASK_THRESHOLD
 
 __all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "STAGES"]
 
@@ -50,6 +51,7 @@ class PipelineConfig:
     refine_weight: float = 0.0
     masker: str = "auto"  # network when a mask model is loaded, else classic
     mask_mirror: bool = False  # the masking network also on the left-right mirror image (test-time mirroring)
+    mask_threshold: float = MASK_THRESHOLD  # the masking network's brain probability above which a voxel is brain
 
     @property
     def echo_times(self) -> tuple[float, ...]:
@@ -67,6 +69,8 @@ class PipelineConfig:
             raise InputError(f"field strength must be positive (tesla), got {self.field_strength}")
         if self.inversion not in INVERSIONS:
             raise InputError(f"unknown inversion {self.inversion!r} ({', '.join(INVERSIONS)})")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise InputError(f"the mask threshold must lie between 0 and 1, got {self.mask_threshold}")
         if self.masker not in MASKERS:
             raise InputError(f"unknown masker {self.masker!r} ({', '.join(MASKERS)})")
         if self.unwrap not in UNWRAPPERS:
@@ -171,7 +175,8 @@ def run_case(
             raise InputError("--masker network needs a mask model (mask.json) in the models folder")
         # mirrored along the head's left-right axis (the voxel axis nearest the world x axis) as well
         lr_axis = int(np.argmax(np.abs(np.asarray(affine, float)[0, :3])))
-        brain = stage("mask", models.mask, first, voxel_size, mirror_axis=lr_axis if config.mask_mirror else None)
+        brain = stage("mask", models.mask, first, voxel_size, mirror_axis=lr_axis if config.mask_mirror else None,
+                      threshold=config.mask_threshold)
         mask_source = "network"
     elif mask is None:
         brain = stage("mask", classic_mask, first, voxel_size)
