@@ -48,6 +48,20 @@ def update_section(name: str, markdown: str) -> None:
     os.replace(tmp, RESULTS)
 
 
+def write_records(path: Path, records: list, note: str) -> None:
+    """A benchmark's raw records and the machine note, as JSON at ``path`` (written whole or not at all)."""
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"records": records, "machine": note}, indent=1))
+    os.replace(tmp, path)
+
+
+def read_records(path: Path) -> tuple[list, str]:
+    """What :func:`write_records` wrote: (records, machine note)."""
+    saved = json.loads(Path(path).read_text())
+    return saved["records"], saved["machine"]
+
+
 def training_chain(training: dict, role: str) -> list[dict]:
     """The training runs behind one exported model, oldest first: each run's manifest record keeps
     the record of the ``role`` model it started from under ``init_from`` (fine-tuning). A network

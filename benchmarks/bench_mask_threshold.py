@@ -24,7 +24,6 @@ of RESULTS.md and results/NAME.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import HELD_OUT_SEEDS, VALIDATION_SEEDS, machine, model_provenance, update_section  # noqa: E402
+from _report import HELD_OUT_SEEDS, machine, model_provenance, read_records, update_section, write_records  # noqa: E402
 
-from bench_pedqnet import heads, load_models  # noqa: E402
+from bench_pedqnet import load_models, source_heads  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.runtime.networks import find_models, mask_from_probability  # noqa: E402
@@ -73,8 +72,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(__file__).with_name("results") / f"{args.section}.json"
     if args.from_json:
-        saved = json.loads(out.read_text())
-        update_section(args.section, report(saved["records"], find_models(args.models), args, saved["machine"]))
+        records, note = read_records(out)
+        update_section(args.section, report(records, find_models(args.models), args, note))
         return
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     if not thresholds or not all(0 < t < 1 for t in thresholds):
@@ -84,7 +83,7 @@ def main() -> None:
         sys.exit(f"no masking model (mask.json) in {found}")
     note = machine()
     records = []
-    for seed, age, tilt, s in heads(list(HELD_OUT_SEEDS if args.held_out else VALIDATION_SEEDS)[: args.subjects], snr=100.0, echo_time=4.92e-3):
+    for seed, age, tilt, s in source_heads(args.held_out, args.subjects):
         ideal = subject_local_field(s, unwrap="lsq")
         prob = pedq.mask_probability(s.magnitude, s.voxel_size)
         rec = {"seed": seed, "age": age, "tilt_deg": tilt, "masks": {TRUE: score(s, pedq, s.brain_mask, ideal)}}
@@ -94,10 +93,7 @@ def main() -> None:
         print(f"seed {seed} {age} tilt {tilt:.0f}: " + "; ".join(
             f"{k} dice {r['dice']:.3f} field {r['dgm_field_error']:.2f} seg {r.get('seg_dice', float('nan')):.2f}" for k, r in rec["masks"].items()), flush=True)
     pedq.close()
-    out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"records": records, "machine": note}, indent=1))
-    tmp.replace(out)
+    write_records(out, records, note)
     update_section(args.section, report(records, found, args, note))
 
 

@@ -65,6 +65,12 @@ def heads(seeds, **protocol):
         yield seed, age, float(tilt), make_subject(seed=seed, age=age, tilt_deg=float(tilt), **protocol)
 
 
+def source_heads(held_out: bool, subjects: int):
+    """:func:`heads` at the source protocol (TE 4.92 ms, SNR 100): the first ``subjects`` held-out
+    heads (seeds 1000-1009) or validation heads (2000-2009)."""
+    return heads(list(HELD_OUT_SEEDS if held_out else VALIDATION_SEEDS)[:subjects], snr=100.0, echo_time=4.92e-3)
+
+
 def load_models(models=None) -> tuple[Path, PedqModels]:
     """PedQ-NET models from ``models`` (default: the shipped ones): their folder, and loaded on onnxruntime."""
     found = find_models(models)

@@ -17,7 +17,6 @@ unwrapping, V-SHARP in the true brain mask, PedQ-NET's map as ``bench_pedqnet.py
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import HELD_OUT_SEEDS, VALIDATION_SEEDS, machine, model_provenance, update_section  # noqa: E402
+from _report import HELD_OUT_SEEDS, machine, model_provenance, read_records, update_section, write_records  # noqa: E402
 
-from bench_pedqnet import heads, load_models  # noqa: E402
+from bench_pedqnet import load_models, source_heads  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.backends import load_manifest  # noqa: E402
@@ -53,15 +52,15 @@ def main() -> None:
         sys.exit(f"--orientations: a comma-separated list of {', '.join(ORIENTATIONS)}")
     out = Path(__file__).with_name("results") / f"{args.section}.json"
     if args.from_json:
-        saved = json.loads(out.read_text())
-        update_section(args.section, report(saved["records"], find_models(args.models), args, saved["machine"]))
+        records, note = read_records(out)
+        update_section(args.section, report(records, find_models(args.models), args, note))
         return
     found, pedq = load_models(args.models)
     if not pedq.has("seg"):
         sys.exit(f"no segmentation model (seg.json) in {found}")
     note = machine()
     records = []
-    for seed, age, tilt, s in heads(list(HELD_OUT_SEEDS if args.held_out else VALIDATION_SEEDS)[: args.subjects], snr=100.0, echo_time=4.92e-3):
+    for seed, age, tilt, s in source_heads(args.held_out, args.subjects):
         # --mask network: pedq-run's default, the masking network's mask for unwrapping, V-SHARP and the box
         brain = pedq.mask(s.magnitude, s.voxel_size) if args.mask == "network" else None
         local, eroded = subject_local_field(s, unwrap="lsq", mask=brain)
@@ -76,10 +75,7 @@ def main() -> None:
         print(f"seed {seed} {age} tilt {tilt:.0f}: " + "; ".join(f"{o} {np.mean(list(rec['dice'][o].values())):.3f}"
                                                                 for o in args.orientations), flush=True)
     pedq.close()
-    out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"records": records, "machine": note}, indent=1))
-    tmp.replace(out)
+    write_records(out, records, note)
     update_section(args.section, report(records, found, args, note))
 
 
