@@ -219,6 +219,29 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     np.testing.assert_array_equal(refined.segmentation, plain.segmentation)  # the segmentation network sees the network's map
 
 
+def test_after_tkd_or_tv_the_segmentation_network_still_segments_the_network_map(small_subject, tiny_models):
+    """The segmentation UNETR learnt on the reconstruction network's maps: a TKD or TV run with
+    models gets the labels a pedq run gets (the network's map is made for it), not labels of a map
+    it never saw."""
+    from pedq_deploy.physics import phase_to_ppm
+    from pedq_deploy.preprocess import vsharp
+    from pedq_deploy.runtime.networks import PedqModels
+    from pedq_deploy.runtime.pipeline import PipelineConfig, run_case
+
+    s = small_subject
+    models = PedqModels(tiny_models)
+    runs = {inv: run_case(s.magnitude, s.phase, s.affine, s.voxel_size,
+                          PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion=inv), models=models)
+            for inv in ("pedq", "tkd", "tv")}
+    _, eroded = vsharp(phase_to_ppm(runs["tkd"].phase_unwrapped, s.echo_time, s.field_strength), runs["tkd"].mask, s.voxel_size)
+    on_tkd_map = models.segment(runs["tkd"].qsm, eroded, s.voxel_size)
+    models.close()
+    assert np.abs(runs["tv"].qsm - runs["pedq"].qsm).max() > 1e-3  # other maps ...
+    for inv in ("tkd", "tv"):
+        np.testing.assert_array_equal(runs[inv].segmentation, runs["pedq"].segmentation)  # ... the same labels
+    assert not np.array_equal(on_tkd_map, runs["pedq"].segmentation)  # labelling TKD's own map would differ
+
+
 def test_pedq_run_model_errors_exit_2(phantom_dir, tiny_models, tmp_path):
     base = [phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz"]
     env = {**os.environ, "PEDQ_MODELS": "none"}  # no models at all, not even the shipped ones

@@ -116,6 +116,14 @@ def _check_arrays(magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | N
         raise InputError(f"labels shape {np.shape(labels)} differs from magnitude shape {magnitude.shape}")
 
 
+def _segment_network_map(models, chi_network, local, eroded, voxel_size, b0) -> np.ndarray:
+    """The segmentation network's labels of the reconstruction network's map (``chi_network``; made
+    here from the local field when another inversion ran)."""
+    if chi_network is None:
+        chi_network = models.reconstruct(local, eroded, voxel_size, b0)
+    return models.segment(chi_network, eroded, voxel_size)
+
+
 def run_case(
     magnitude: np.ndarray,
     phase: np.ndarray,
@@ -200,7 +208,7 @@ def run_case(
         chi = stage("inversion", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations)
     else:
         chi = stage("inversion", models.reconstruct, local, eroded, voxel_size, b0)
-    chi_network = chi  # what the segmentation network was trained on
+    chi_network = chi if config.inversion == "pedq" else None  # what the segmentation network was trained on
     if config.refine_weight > 0:
         chi = stage("refine", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations,
                     prior=chi, prior_weight=config.refine_weight)
@@ -217,8 +225,8 @@ def run_case(
     segmentation = None
     if labels is not None:  # where chi has values (the eroded mask), as the network's labels
         segmentation = stage("segmentation", np.where, eroded, labels, 0)
-    elif with_seg:
-        segmentation = stage("segmentation", models.segment, chi_network, eroded, voxel_size)
+    elif with_seg:  # after TKD or TV too, the network segments the reconstruction network's map, which it learnt on
+        segmentation = stage("segmentation", _segment_network_map, models, chi_network, local, eroded, voxel_size, b0)
     seg_qc = None
     if segmentation is not None:  # anatomy's plausibility checks, structure by structure (postprocess.segqc)
         seg_qc = {FS_DGM_NAMES[k]: f for k, f in segmentation_checks(segmentation, brain, affine, FS_DGM_NAMES).items()}
