@@ -48,18 +48,26 @@ def update_section(name: str, markdown: str) -> None:
     os.replace(tmp, RESULTS)
 
 
-def write_records(path: Path, records: list, note: str) -> None:
-    """A benchmark's raw records and the machine note, as JSON at ``path`` (written whole or not at all)."""
+def write_records(path: Path, records: list, note: str, models_dir=None) -> None:
+    """A benchmark's raw records, the machine note and (``models_dir``) the manifests of the models
+    it ran, as JSON at ``path`` (written whole or not at all): a section rebuilt from it later
+    describes the models that made the numbers, whatever the folder holds by then."""
+    manifests = {}
+    for role in ("mask", "recon", "seg"):
+        f = Path(models_dir or "", f"{role}.json")
+        if models_dir is not None and f.is_file():
+            manifests[role] = json.loads(f.read_text())
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"records": records, "machine": note}, indent=1))
+    tmp.write_text(json.dumps({"records": records, "machine": note, "manifests": manifests}, indent=1))
     os.replace(tmp, path)
 
 
-def read_records(path: Path) -> tuple[list, str]:
-    """What :func:`write_records` wrote: (records, machine note)."""
+def read_records(path: Path) -> tuple[list, str, dict | None]:
+    """What :func:`write_records` wrote: (records, machine note, manifests by role; None where the
+    file predates them)."""
     saved = json.loads(Path(path).read_text())
-    return saved["records"], saved["machine"]
+    return saved["records"], saved["machine"], saved.get("manifests")
 
 
 def training_chain(training: dict, role: str) -> list[dict]:
@@ -90,10 +98,12 @@ def describe_chain(chain: list[dict]) -> str:
     return text
 
 
-def model_provenance(models_dir, role: str = "recon") -> str:
-    """describe_chain of the ``role`` model exported in ``models_dir``, from its manifest."""
+def model_provenance(models_dir, role: str = "recon", manifests: dict | None = None) -> str:
+    """describe_chain of the ``role`` model exported in ``models_dir``, from its manifest (or from
+    ``manifests[role]``, as :func:`read_records` gives them)."""
     try:
-        raw = json.loads((Path(models_dir) / f"{role}.json").read_text())["training"]
+        manifest = manifests[role] if manifests else json.loads((Path(models_dir) / f"{role}.json").read_text())
+        raw = manifest["training"]
         return describe_chain(training_chain(raw, role))
     except (OSError, KeyError, ValueError):
         return "provenance unavailable"

@@ -72,8 +72,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(__file__).with_name("results") / f"{args.section}.json"
     if args.from_json:
-        records, note = read_records(out)
-        update_section(args.section, report(records, find_models(args.models), args, note))
+        records, note, manifests = read_records(out)
+        update_section(args.section, report(records, find_models(args.models), args, note, manifests))
         return
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     if not thresholds or not all(0 < t < 1 for t in thresholds):
@@ -93,7 +93,7 @@ def main() -> None:
         print(f"seed {seed} {age} tilt {tilt:.0f}: " + "; ".join(
             f"{k} dice {r['dice']:.3f} field {r['dgm_field_error']:.2f} seg {r.get('seg_dice', float('nan')):.2f}" for k, r in rec["masks"].items()), flush=True)
     pedq.close()
-    write_records(out, records, note)
+    write_records(out, records, note, found)
     update_section(args.section, report(records, found, args, note))
 
 
@@ -102,7 +102,7 @@ COLUMNS = (("dice", "mask Dice", "{:.3f}"), ("false_ml", "false mL", "{:.1f}"), 
            ("dgm_mean_abs_error_ppm", "DGM mean abs error (ppm)", "{:.4f}"), ("seg_dice", "segmentation Dice", "{:.3f}"))
 
 
-def report(records, models_dir, args, note) -> str:
+def report(records, models_dir, args, note, manifests: dict | None = None) -> str:
     held_out = records[0]["seed"] in HELD_OUT_SEEDS
     kind = "held-out" if held_out else "validation"
     names = list(records[0]["masks"])
@@ -113,7 +113,7 @@ def report(records, models_dir, args, note) -> str:
              "`pedq-run` makes them. Rows: the masking network's probability above each threshold (largest component, holes filled), and the "
              "true brain mask. \"DGM local field error\": RMS of the local field's difference from the one V-SHARP gives in the true mask, over "
              "the deep grey matter both eroded masks keep, over the RMS of that field (0: as with the true mask). Mean ± SD over heads.",
-             f"Masking network: {model_provenance(models_dir, 'mask')}. Segmentation network: {model_provenance(models_dir, 'seg')}.",
+             f"Masking network: {model_provenance(models_dir, 'mask', manifests)}. Segmentation network: {model_provenance(models_dir, 'seg', manifests)}.",
              f"Machine: {note}. Script: `benchmarks/bench_mask_threshold.py" + ("" if len(records) == 10 else f" --subjects {len(records)}")
              + ("" if args.models is None else f" --models {args.models}") + (" --held-out" if held_out else "")
              + ("" if args.section == "mask_threshold" else f" --section {args.section}")

@@ -52,8 +52,8 @@ def main() -> None:
         sys.exit(f"--orientations: a comma-separated list of {', '.join(ORIENTATIONS)}")
     out = Path(__file__).with_name("results") / f"{args.section}.json"
     if args.from_json:
-        records, note = read_records(out)
-        update_section(args.section, report(records, find_models(args.models), args, note))
+        records, note, manifests = read_records(out)
+        update_section(args.section, report(records, find_models(args.models), args, note, manifests))
         return
     found, pedq = load_models(args.models)
     if not pedq.has("seg"):
@@ -75,18 +75,18 @@ def main() -> None:
         print(f"seed {seed} {age} tilt {tilt:.0f}: " + "; ".join(f"{o} {np.mean(list(rec['dice'][o].values())):.3f}"
                                                                 for o in args.orientations), flush=True)
     pedq.close()
-    write_records(out, records, note)
+    write_records(out, records, note, found)
     update_section(args.section, report(records, found, args, note))
 
 
-def report(records, models_dir, args, note) -> str:
+def report(records, models_dir, args, note, manifests: dict | None = None) -> str:
     mean = lambda r, o: float(np.mean(list(r["dice"][o].values())))  # noqa: E731
     title = "" if args.models is None else f", models `{args.models}`"
     done = list(records[0]["dice"])  # the orientations run
     held_out = records[0]["seed"] in HELD_OUT_SEEDS
     kind = "held-out" if held_out else "validation"
     trained = {"b0": "in the B0-aligned frame (a `joint` run)", "voxel": "on the voxel axes (a `seg` run)"}.get(
-        load_manifest(Path(models_dir) / "seg.json").raw.get("frame"), "in an unrecorded orientation")
+        (manifests["seg"] if manifests else load_manifest(Path(models_dir) / "seg.json").raw).get("frame"), "in an unrecorded orientation")
     lines = [f"## Segmentation: voxel axes or B0-aligned frame ({kind} heads{title})", "",
              f"{kind.capitalize()} heads (seeds {records[0]['seed']}-{records[-1]['seed']}"
              + ("" if held_out else ", not the held-out 1000-1009") + "; neonates and infants "
@@ -95,7 +95,7 @@ def report(records, models_dir, args, note) -> str:
              + f", PedQ-NET's map. The segmentation network was trained {trained}; `voxel` runs it on the voxel axes, "
              "`b0` in the B0-aligned frame, `both` averages the two probabilities. Dice against the true labels; mean over the 8 "
              "structures, then mean ± SD over heads.",
-             f"Segmentation network: {model_provenance(models_dir, 'seg')}.",
+             f"Segmentation network: {model_provenance(models_dir, 'seg', manifests)}.",
              f"Machine: {note}. Script: `benchmarks/bench_seg_orientation.py" + ("" if len(records) == 10 else f" --subjects {len(records)}")
              + ("" if args.models is None else f" --models {args.models}")
              + ("" if args.section == "seg_orientation" else f" --section {args.section}")
