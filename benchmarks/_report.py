@@ -52,11 +52,8 @@ def write_records(path: Path, records: list, note: str, models_dir=None) -> None
     """A benchmark's raw records, the machine note and (``models_dir``) the manifests of the models
     it ran, as JSON at ``path`` (written whole or not at all): a section rebuilt from it later
     describes the models that made the numbers, whatever the folder holds by then."""
-    manifests = {}
-    for role in ("mask", "recon", "seg"):
-        f = Path(models_dir or "", f"{role}.json")
-        if models_dir is not None and f.is_file():
-            manifests[role] = json.loads(f.read_text())
+    files = [Path(models_dir, f"{role}.json") for role in ("mask", "recon", "seg")] if models_dir is not None else []
+    manifests = {f.stem: json.loads(f.read_text()) for f in files if f.is_file()}
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"records": records, "machine": note, "manifests": manifests}, indent=1))

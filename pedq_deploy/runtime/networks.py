@@ -93,12 +93,14 @@ def resample_back(volume: np.ndarray, shape, order: int = 1) -> np.ndarray:
     return fixed
 
 
-def seg_grid(chi: np.ndarray, mask: np.ndarray, voxel_size, target_voxel) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]:
+def seg_grid(chi: np.ndarray, mask: np.ndarray, voxel_size, target_voxel, fraction=DGM_BOX_FRACTION,
+             shift=0.0) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]:
     """What the segmentation network sees on the voxel axes: the deep grey matter box of ``mask``
-    (:func:`dgm_box`), and chi and the mask there resampled to ``target_voxel`` (the network's
-    grid). Returns (box, chi on the network's grid, mask there). Training (``pedq-train seg``)
-    draws its crops from the same function, so the network learns from what it is given here."""
-    box = dgm_box(mask)
+    (:func:`dgm_box`, with ``fraction`` and ``shift``), and chi and the mask there resampled to
+    ``target_voxel`` (the network's grid). Returns (box, chi on the network's grid, mask there).
+    Training (``pedq-train seg``) draws its crops from the same function, so the network learns
+    from what it is given here."""
+    box = dgm_box(mask, fraction, shift)
     return (box, *_to_seg_grid(np.asarray(chi, np.float32)[box], np.asarray(mask, bool)[box], voxel_size, target_voxel))
 
 

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..metrics import FS_DGM_NAMES
 from ..physics import b0_direction_from_affine, check_direction, phase_per_ppm, phase_to_ppm
 from ..postprocess.segqc import segmentation_checks
-from .networks import MASK_THRESHOLD
+from .networks import MASK_THRESHOLD, check_threshold
 
 __all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "STAGES"]
 
@@ -69,8 +69,7 @@ class PipelineConfig:
             raise InputError(f"field strength must be positive (tesla), got {self.field_strength}")
         if self.inversion not in INVERSIONS:
             raise InputError(f"unknown inversion {self.inversion!r} ({', '.join(INVERSIONS)})")
-        if not 0.0 < self.mask_threshold < 1.0:
-            raise InputError(f"the mask threshold must lie between 0 and 1, got {self.mask_threshold}")
+        check_threshold(self.mask_threshold)
         if self.masker not in MASKERS:
             raise InputError(f"unknown masker {self.masker!r} ({', '.join(MASKERS)})")
         if self.unwrap not in UNWRAPPERS:

@@ -25,7 +25,7 @@ from ..phantom import make_subject, random_crop
 from ..phantom.crops import crop_array
 from ..physics import phase_per_ppm, phase_to_ppm
 from ..preprocess import normalise_magnitude, unwrap_phase, vsharp
-from ..runtime.networks import DGM_BOX_FRACTION
+from ..runtime.networks import DGM_BOX_FRACTION, PedqModels, resample_to, seg_grid
 from .config import TrainConfig
 
 __all__ = ["Sample", "SegSubject", "PhantomStream", "prepare_subject", "seg_subject", "subject_local_field"]
@@ -129,8 +129,6 @@ def seg_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, augmen
     network in ``cfg.seg_recon`` and brought to the segmentation network's grid as pedq-run does:
     on the true brain mask, or (a ``cfg.seg_network_mask`` share of heads) on the masking network's.
     ``augment`` (default: whether the config draws boxes) keeps the scan-grid arrays for crops."""
-    from ..runtime.networks import PedqModels, resample_to, seg_grid
-
     require_seg_recon(cfg)
     if cfg.seg_recon not in _RECON_MODELS:
         _RECON_MODELS[cfg.seg_recon] = PedqModels(cfg.seg_recon, backend="onnxruntime")
@@ -141,24 +139,25 @@ def seg_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, augmen
     if network:  # as pedq-run: the masking network's mask for unwrapping, V-SHARP and all that follows
         local, eroded = subject_local_field(s, unwrap=cfg.unwrap, mask=models.mask(s.magnitude, s.voxel_size))
     chi = models.reconstruct(local, eroded, s.voxel_size, s.b0_direction)
-    target = (cfg.frame_voxel,) * 3
     labels = np.where(eroded, s.labels, 0).astype(np.uint8)
-    box, x, roi = seg_grid(chi, eroded, s.voxel_size, target)
-    grid_labels = resample_to(labels[box], s.voxel_size, target, order=0).astype(np.uint8)
     augment = _box_augmented(cfg) if augment is None else augment
-    scan = (chi, eroded, labels, tuple(s.voxel_size)) if augment else None
-    return SegSubject(x, roi, grid_labels, seed, scan, network)
+    scan = (chi, eroded, labels, tuple(s.voxel_size))
+    return SegSubject(*_seg_view(scan, cfg), seed, scan if augment else None, network)
+
+
+def _seg_view(scan: tuple, cfg: TrainConfig, fraction=DGM_BOX_FRACTION, shift=0.0):
+    """(chi, mask, labels) on the network's grid in the deep grey matter box of ``scan`` (chi, the
+    eroded mask, the labels, the voxel size on the scan's grid), cut and resampled by the runtime's
+    own :func:`seg_grid`; the labels nearest-neighbour."""
+    chi, mask, labels, voxel_size = scan
+    target = (cfg.frame_voxel,) * 3
+    box, x, roi = seg_grid(chi, mask, voxel_size, target, fraction, shift)
+    return x, roi, resample_to(labels[box], voxel_size, target, order=0).astype(np.uint8)
 
 
 def _drawn_box(s: SegSubject, crop_rng, cfg: TrainConfig):
-    """(chi, mask, labels) on the network's grid in a box drawn as ``cfg.seg_box_*`` say, cut and
-    resampled by the runtime's own functions (:func:`dgm_box`, ``_to_seg_grid``)."""
-    from ..runtime.networks import _to_seg_grid, dgm_box, resample_to
-
-    chi, mask, labels, voxel_size = s.scan
-    box = dgm_box(mask, crop_rng.uniform(*cfg.seg_box_fraction, size=3), crop_rng.uniform(-1, 1, size=3) * cfg.seg_box_shift)
-    x, roi = _to_seg_grid(chi[box], mask[box], voxel_size, (cfg.frame_voxel,) * 3)
-    return x, roi, resample_to(labels[box], voxel_size, (cfg.frame_voxel,) * 3, order=0).astype(np.uint8)
+    """:func:`_seg_view` of a box drawn as ``cfg.seg_box_*`` say."""
+    return _seg_view(s.scan, cfg, crop_rng.uniform(*cfg.seg_box_fraction, size=3), crop_rng.uniform(-1, 1, size=3) * cfg.seg_box_shift)
 
 
 def _seg_sample_from(s: SegSubject, crop_rng, cfg: TrainConfig, foreground_fraction: float) -> Sample:
