@@ -601,3 +601,41 @@ def test_seg_heads_may_be_masked_by_the_masking_network(tmp_path):
     models.close()
     np.testing.assert_array_equal(s.chi, x)
     np.testing.assert_array_equal(s.mask, roi)
+
+
+def test_recon_heads_may_be_masked_by_the_masking_network(tmp_path):
+    """recon_network_mask 1: the local field and the loss mask come from the exported masking
+    network's mask, as pedq-run makes them; 0 keeps the true mask; bad settings are refused."""
+    from pedq_deploy.export import export_network
+    from pedq_deploy.runtime.networks import PedqModels
+    from pedq_deploy.training import data
+    from pedq_deploy.training.data import subject_local_field
+
+    class Threshold(torch.nn.Module):  # brain = normalised magnitude above 0.5
+        def forward(self, x):
+            return torch.cat([torch.zeros_like(x), 40.0 * (x - 0.5)], 1)
+
+    _identity_recon(tmp_path / "models")
+    export_network(Threshold(), "mask", 1, (16, 16, 16), tmp_path / "models", voxel_size=(3.0, 3.0, 3.0))
+    true = data.prepare_subject(7, tiny(), np.random.default_rng(3))
+    s = data.prepare_subject(7, tiny(recon_network_mask=1.0, mask_model=str(tmp_path / "models")), np.random.default_rng(3))
+    assert s.params["network_mask"] and not true.params["network_mask"]
+    models = PedqModels(tmp_path / "models", backend="onnxruntime")
+    brain = models.mask(true.magnitude, true.voxel_size)
+    models.close()
+    assert not np.array_equal(brain, true.brain_mask)
+    local, eroded = subject_local_field(true, unwrap="laplacian", mask=brain)
+    np.testing.assert_array_equal(s.local_field, local)
+    np.testing.assert_array_equal(s.params["loss_mask"], eroded)
+    assert not np.array_equal(s.params["loss_mask"], true.params["loss_mask"])
+
+    cfg = tmp_path / "c.json"
+    for bad, match in (({"recon_network_mask": 1.5}, "share"), ({"recon_network_mask": 0.5, "seg_network_mask": 0.5}, "give one"),
+                       ({"recon_network_mask": 0.5, "model_target": "repeat"}, "repeat")):
+        cfg.write_text(json.dumps(bad))
+        with pytest.raises(InputError, match=match):
+            load_config(cfg)
+    with pytest.raises(InputError, match="no mask network"):
+        Trainer("recon", tiny(recon_network_mask=0.5, mask_model=str(tmp_path)), tmp_path / "run")
+    with pytest.raises(InputError, match="not mask"):
+        Trainer("mask", tiny(recon_network_mask=0.5, mask_model=str(tmp_path / "models")), tmp_path / "run")

@@ -90,6 +90,11 @@ class TrainConfig:
     # seg: share of heads masked by the masking network in seg_recon (unwrapping, V-SHARP, the
     # reconstruction and the box on its mask, as pedq-run runs) instead of the true brain mask
     seg_network_mask: float = 0.0
+    # joint / recon / tv: the share of heads whose unwrapping, V-SHARP and loss mask use the masking
+    # network of the exported models folder mask_model (brain probability > its default threshold),
+    # as pedq-run masks by default, instead of the true brain mask
+    recon_network_mask: float = 0.0
+    mask_model: str | None = None
     frozen: tuple[str, ...] = ()  # networks whose weights stay as loaded (joint: ("recon",) trains the segmentation UNETR alone)
     weight_decay: float = 1e-5
     seed: int = 0
@@ -145,6 +150,12 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         raise InputError(f"seg_box_shift must be in [0, 0.5], got {cfg.seg_box_shift!r}")
     if not isinstance(cfg.seg_network_mask, (int, float)) or not 0 <= cfg.seg_network_mask <= 1:
         raise InputError(f"seg_network_mask must be a share in [0, 1], got {cfg.seg_network_mask!r}")
+    if not isinstance(cfg.recon_network_mask, (int, float)) or not 0 <= cfg.recon_network_mask <= 1:
+        raise InputError(f"recon_network_mask must be a share in [0, 1], got {cfg.recon_network_mask!r}")
+    if cfg.recon_network_mask > 0 and cfg.seg_network_mask > 0:
+        raise InputError("recon_network_mask and seg_network_mask: give one (a seg run masks its heads with seg_network_mask)")
+    if cfg.recon_network_mask > 0 and cfg.model_target == "repeat":
+        raise InputError("recon_network_mask does not go with model_target 'repeat' (the repeat scan's field is made in the true mask)")
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:
         raise InputError(f"data_workers must be a whole number >= 0, got {cfg.data_workers!r}")
     return cfg

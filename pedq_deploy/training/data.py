@@ -83,7 +83,11 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, fr
         s.magnitude, s.phase, s.echo_time = s.magnitude[..., 0], s.phase[..., 0], te
         s.params["echo_time"] = te
         s.params["target_field"], _ = subject_local_field(s, second, unwrap=cfg.unwrap)
-    local, eroded = subject_local_field(s, unwrap=cfg.unwrap)
+    mask = None
+    if cfg.recon_network_mask > 0 and rng.random() < cfg.recon_network_mask:  # as pedq-run masks by default
+        mask = exported_models(cfg.mask_model, "mask").mask(s.magnitude, s.voxel_size)
+    s.params["network_mask"] = mask is not None
+    local, eroded = subject_local_field(s, unwrap=cfg.unwrap, mask=mask)
     mag = normalise_magnitude(s.magnitude)  # the runtime's own normalisation
     # keep the subject but with the preprocessed field and the eroded mask for the loss
     s.local_field = local
@@ -109,6 +113,17 @@ class SegSubject:
 _RECON_MODELS: dict = {}  # exported models folder -> PedqModels, one per process (a data worker keeps its own)
 
 
+def exported_models(folder: str | None, role: str) -> PedqModels:
+    """The exported models in ``folder`` (kept open, one per process), which must hold ``role``."""
+    from ..errors import InputError
+
+    if not folder or not (Path(folder) / f"{role}.json").is_file():
+        raise InputError(f"no {role} network ({role}.json) in the exported models folder {folder!r}")
+    if folder not in _RECON_MODELS:
+        _RECON_MODELS[folder] = PedqModels(folder, backend="onnxruntime")
+    return _RECON_MODELS[folder]
+
+
 def require_seg_recon(cfg: TrainConfig) -> None:
     """A seg run's maps come from ``cfg.seg_recon``: raise when it is not set (or, with
     ``seg_network_mask``, when the folder has no masking network)."""
@@ -130,9 +145,7 @@ def seg_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, augmen
     on the true brain mask, or (a ``cfg.seg_network_mask`` share of heads) on the masking network's.
     ``augment`` (default: whether the config draws boxes) keeps the scan-grid arrays for crops."""
     require_seg_recon(cfg)
-    if cfg.seg_recon not in _RECON_MODELS:
-        _RECON_MODELS[cfg.seg_recon] = PedqModels(cfg.seg_recon, backend="onnxruntime")
-    models = _RECON_MODELS[cfg.seg_recon]
+    models = exported_models(cfg.seg_recon, "recon")
     s = prepare_subject(seed, cfg, rng)
     local, eroded = s.local_field, s.params["loss_mask"]
     network = cfg.seg_network_mask > 0 and bool(rng.random() < cfg.seg_network_mask)

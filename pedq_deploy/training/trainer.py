@@ -16,7 +16,7 @@ import torch
 from .. import metrics as M
 from ..errors import InputError
 from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig
-from .data import PhantomStream, Sample, draw_sample, prepare_subject, require_seg_recon, seg_subject
+from .data import PhantomStream, Sample, draw_sample, exported_models, prepare_subject, require_seg_recon, seg_subject
 from .losses import model_loss, tv_loss
 from .networks import SEG_CLASSES, build
 
@@ -58,6 +58,10 @@ class Trainer:
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if kind == "seg":  # before any data worker starts
             require_seg_recon(cfg)
+        if cfg.recon_network_mask > 0:
+            if kind not in ("joint", "recon", "tv"):
+                raise InputError(f"recon_network_mask is for the joint, recon and tv runs, not {kind}")
+            exported_models(cfg.mask_model, "mask")
         self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame="seg" if kind == "seg" else kind != "mask",
                                     foreground_fraction=cfg.foreground_fraction if kind in ("joint", "seg") else 0.0, workers=cfg.data_workers)
         if self.device.type == "cuda":  # fixed patch shapes: let cuDNN pick its fastest kernels; TF32 matrix products
