@@ -481,7 +481,7 @@ def test_subject_local_field_unwraps_with_the_method_asked_for(monkeypatch):
 
     assert TrainConfig().unwrap == "laplacian"
     asked = []
-    monkeypatch.setattr(data, "subject_local_field", lambda s, *a, unwrap: asked.append(unwrap) or subject_local_field(s, *a, unwrap=unwrap))
+    monkeypatch.setattr(data, "subject_local_field", lambda s, *a, unwrap, **kw: asked.append(unwrap) or subject_local_field(s, *a, unwrap=unwrap, **kw))
     drawn = {m: data.prepare_subject(11, tiny(unwrap=m), np.random.default_rng(5)) for m in ("lsq", "laplacian")}
     assert asked == ["lsq", "laplacian"]
     assert drawn["lsq"].params["echo_time"] == drawn["laplacian"].params["echo_time"]  # the same draw
