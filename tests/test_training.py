@@ -575,20 +575,27 @@ def test_seg_crops_draw_their_own_box_as_the_runtime_would_cut_it(tmp_path):
         data.require_seg_recon(tiny(seg_recon=str(tmp_path / "recon"), seg_network_mask=0.5))
 
 
+def _threshold_models(folder):
+    """An identity reconstruction network and a masking network that calls brain the normalised
+    magnitude above 0.5 (so its mask differs from the true one), exported to ``folder``."""
+    from pedq_deploy.export import export_network
+
+    class Threshold(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([torch.zeros_like(x), 40.0 * (x - 0.5)], 1)
+
+    _identity_recon(folder)
+    export_network(Threshold(), "mask", 1, (16, 16, 16), folder, voxel_size=(3.0, 3.0, 3.0))
+
+
 def test_seg_heads_may_be_masked_by_the_masking_network(tmp_path):
     """seg_network_mask 1: unwrapping, V-SHARP, the reconstruction and the box all on the exported
     masking network's mask, as pedq-run runs them."""
-    from pedq_deploy.export import export_network
     from pedq_deploy.runtime.networks import PedqModels, seg_grid
     from pedq_deploy.training import data
     from pedq_deploy.training.data import subject_local_field
 
-    class Threshold(torch.nn.Module):  # brain = normalised magnitude above 0.5
-        def forward(self, x):
-            return torch.cat([torch.zeros_like(x), 40.0 * (x - 0.5)], 1)
-
-    _identity_recon(tmp_path / "models")
-    export_network(Threshold(), "mask", 1, (16, 16, 16), tmp_path / "models", voxel_size=(3.0, 3.0, 3.0))
+    _threshold_models(tmp_path / "models")
     cfg = tiny(seg_recon=str(tmp_path / "models"), seg_network_mask=1.0)
     s = data.seg_subject(7, cfg, np.random.default_rng(3))
     assert s.network_mask
@@ -606,17 +613,11 @@ def test_seg_heads_may_be_masked_by_the_masking_network(tmp_path):
 def test_recon_heads_may_be_masked_by_the_masking_network(tmp_path):
     """recon_network_mask 1: the local field and the loss mask come from the exported masking
     network's mask, as pedq-run makes them; 0 keeps the true mask; bad settings are refused."""
-    from pedq_deploy.export import export_network
     from pedq_deploy.runtime.networks import PedqModels
     from pedq_deploy.training import data
     from pedq_deploy.training.data import subject_local_field
 
-    class Threshold(torch.nn.Module):  # brain = normalised magnitude above 0.5
-        def forward(self, x):
-            return torch.cat([torch.zeros_like(x), 40.0 * (x - 0.5)], 1)
-
-    _identity_recon(tmp_path / "models")
-    export_network(Threshold(), "mask", 1, (16, 16, 16), tmp_path / "models", voxel_size=(3.0, 3.0, 3.0))
+    _threshold_models(tmp_path / "models")
     true = data.prepare_subject(7, tiny(), np.random.default_rng(3))
     s = data.prepare_subject(7, tiny(recon_network_mask=1.0, mask_model=str(tmp_path / "models")), np.random.default_rng(3))
     assert s.params["network_mask"] and not true.params["network_mask"]

@@ -70,7 +70,12 @@ def subject_local_field(s, phase=None, unwrap: str = "laplacian", mask=None):
     return vsharp(total, mask, s.voxel_size)
 
 
-def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, frame: bool = False):
+def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, frame: bool = False, network_mask=None):
+    """Subject ``seed``, simulated as ``cfg`` draws it with ``rng`` and preprocessed as pedq-run
+    would. ``network_mask`` (share, folder): that share of heads is unwrapped and run through
+    V-SHARP in the mask of the masking network in the exported models ``folder`` instead of the
+    true brain mask (default: the config's ``recon_network_mask`` and ``mask_model``)."""
+    share, folder = (cfg.recon_network_mask, cfg.mask_model) if network_mask is None else network_mask
     age = cfg.ages[int(rng.integers(len(cfg.ages)))]
     te = float(rng.uniform(*cfg.echo_time_range))
     snr = float(np.exp(rng.uniform(np.log(cfg.snr_range[0]), np.log(cfg.snr_range[1]))))
@@ -84,8 +89,8 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, fr
         s.params["echo_time"] = te
         s.params["target_field"], _ = subject_local_field(s, second, unwrap=cfg.unwrap)
     mask = None
-    if cfg.recon_network_mask > 0 and rng.random() < cfg.recon_network_mask:  # as pedq-run masks by default
-        mask = exported_models(cfg.mask_model, "mask").mask(s.magnitude, s.voxel_size)
+    if share > 0 and rng.random() < share:  # as pedq-run masks by default
+        mask = exported_models(folder, "mask").mask(s.magnitude, s.voxel_size)
     s.params["network_mask"] = mask is not None
     local, eroded = subject_local_field(s, unwrap=cfg.unwrap, mask=mask)
     mag = normalise_magnitude(s.magnitude)  # the runtime's own normalisation
@@ -146,16 +151,14 @@ def seg_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, augmen
     ``augment`` (default: whether the config draws boxes) keeps the scan-grid arrays for crops."""
     require_seg_recon(cfg)
     models = exported_models(cfg.seg_recon, "recon")
-    s = prepare_subject(seed, cfg, rng)
+    # the masking network's mask, for a seg_network_mask share of heads, for unwrapping, V-SHARP and all that follows
+    s = prepare_subject(seed, cfg, rng, network_mask=(cfg.seg_network_mask, cfg.seg_recon))
     local, eroded = s.local_field, s.params["loss_mask"]
-    network = cfg.seg_network_mask > 0 and bool(rng.random() < cfg.seg_network_mask)
-    if network:  # as pedq-run: the masking network's mask for unwrapping, V-SHARP and all that follows
-        local, eroded = subject_local_field(s, unwrap=cfg.unwrap, mask=models.mask(s.magnitude, s.voxel_size))
     chi = models.reconstruct(local, eroded, s.voxel_size, s.b0_direction)
     labels = np.where(eroded, s.labels, 0).astype(np.uint8)
     augment = _box_augmented(cfg) if augment is None else augment
     scan = (chi, eroded, labels, tuple(s.voxel_size))
-    return SegSubject(*_seg_view(scan, cfg), seed, scan if augment else None, network)
+    return SegSubject(*_seg_view(scan, cfg), seed, scan if augment else None, s.params["network_mask"])
 
 
 def _seg_view(scan: tuple, cfg: TrainConfig, fraction=DGM_BOX_FRACTION, shift=0.0):
