@@ -11,7 +11,8 @@ For each threshold on the masking network's probability (and the true brain mask
 mask Dice and false / missed volume against the true brain; the error of the local field in the
 deep grey matter (RMS of the difference from the local field V-SHARP gives in the true mask,
 over the deep grey matter voxels both eroded masks keep, relative to the RMS of that field);
-PedQ-NET's map: NRMSE over the true brain and the mean absolute error of the 8 structures' means;
+PedQ-NET's map: NRMSE and HFEN over the true brain, deep grey matter edge sharpness and the mean
+absolute error of the 8 structures' means;
 and the segmentation network's mean Dice, all as ``pedq-run`` runs them (least-squares unwrapping).
 
 Heads: validation seeds 2000-2009 (a setting is being chosen; ``--held-out``: 1000-1009, to report
@@ -53,7 +54,8 @@ def score(s, pedq, brain, ideal) -> dict:
            "missed_ml": float((~brain & s.brain_mask).sum() * np.prod(s.voxel_size) / 1e3),
            "dgm_field_error": float(np.sqrt(np.mean((local[dgm] - ref) ** 2)) / np.sqrt(np.mean(ref ** 2)))}
     q = M.score_qsm(chi, s.chi, s.brain_mask, s.labels)
-    row.update(nrmse=q["nrmse"], dgm_mean_abs_error_ppm=q["dgm_mean_abs_error_ppm"])
+    row.update(nrmse=q["nrmse"], hfen=q["hfen"], dgm_edge_sharpness=q["dgm_edge_sharpness"],
+               dgm_mean_abs_error_ppm=q["dgm_mean_abs_error_ppm"])
     if pedq.has("seg"):
         lab = pedq.segment(chi, eroded, s.voxel_size)
         row["seg_dice"] = float(np.mean([M.dice(lab == k, s.labels == k) for k in M.FS_DGM_NAMES]))
@@ -99,7 +101,11 @@ def main() -> None:
 
 COLUMNS = (("dice", "mask Dice", "{:.3f}"), ("false_ml", "false mL", "{:.1f}"), ("missed_ml", "missed mL", "{:.1f}"),
            ("dgm_field_error", "DGM local field error", "{:.2f}"), ("nrmse", "PedQ-NET NRMSE", "{:.3f}"),
+           ("hfen", "HFEN", "{:.3f}"), ("dgm_edge_sharpness", "DGM edge sharpness", "{:.3f}"),
            ("dgm_mean_abs_error_ppm", "DGM mean abs error (ppm)", "{:.4f}"), ("seg_dice", "segmentation Dice", "{:.3f}"))
+
+
+NEONATE = (("dgm_field_error", "field error"), ("seg_dice", "seg Dice"), ("dgm_edge_sharpness", "edge sharpness"))
 
 
 def report(records, models_dir, args, note, manifests: dict | None = None) -> str:
@@ -112,20 +118,22 @@ def report(records, models_dir, args, note, manifests: dict | None = None) -> st
              "source protocol (TE 4.92 ms, SNR 100), least-squares unwrapping and V-SHARP in each mask, PedQ-NET's map and segmentation as "
              "`pedq-run` makes them. Rows: the masking network's probability above each threshold (largest component, holes filled), and the "
              "true brain mask. \"DGM local field error\": RMS of the local field's difference from the one V-SHARP gives in the true mask, over "
-             "the deep grey matter both eroded masks keep, over the RMS of that field (0: as with the true mask). Mean ± SD over heads.",
+             "the deep grey matter both eroded masks keep, over the RMS of that field (0: as with the true mask). "
+             + ("NRMSE and HFEN over the true brain; DGM edge sharpness as in the accuracy sections (1: as sharp as the truth). "
+                if any(c[0] == "hfen" for c in cols) else "") + "Mean ± SD over heads.",
              f"Masking network: {model_provenance(models_dir, 'mask', manifests)}. Segmentation network: {model_provenance(models_dir, 'seg', manifests)}.",
              f"Machine: {note}. Script: `benchmarks/bench_mask_threshold.py" + ("" if len(records) == 10 else f" --subjects {len(records)}")
              + ("" if args.models is None else f" --models {args.models}") + (" --held-out" if held_out else "")
              + ("" if args.section == "mask_threshold" else f" --section {args.section}")
              + f" --thresholds {','.join(n for n in names if n != TRUE)}`; raw numbers in `benchmarks/results/{args.section}.json`.", "",
-             "| mask | " + " | ".join(c[1] for c in cols) + " | neonates: field error / seg Dice |", "| --- |" + " ---: |" * (len(cols) + 1)]
+             "| mask | " + " | ".join(c[1] for c in cols) + f" | neonates: {' / '.join(n for k, n in NEONATE if k in records[0]['masks'][names[0]])} |", "| --- |" + " ---: |" * (len(cols) + 1)]
     for n in names:
         cells = []
         for key, _, fmt in cols:
             v = [r["masks"][n][key] for r in records]
             cells.append(f"{fmt.format(np.mean(v))} ± {fmt.format(np.std(v))}")
         neo = [r["masks"][n] for r in records if r["age"] == "neonate"]
-        extra = f"{np.mean([m['dgm_field_error'] for m in neo]):.2f} / " + (f"{np.mean([m['seg_dice'] for m in neo]):.3f}" if "seg_dice" in neo[0] else "-")
+        extra = " / ".join(f"{np.mean([m[k] for m in neo]):.{2 if k == 'dgm_field_error' else 3}f}" for k, _ in NEONATE if k in neo[0])
         lines.append(f"| {n if n == TRUE else 'network > ' + n} | " + " | ".join(cells) + f" | {extra} |")
     return "\n".join(lines) + "\n"
 
