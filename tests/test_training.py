@@ -315,6 +315,32 @@ def test_weights_travel_in_parts_and_export_but_do_not_resume(tmp_path):
     assert not (tmp_path / "again" / "checkpoint.pt").exists()
 
 
+def test_snapshots_keep_each_validated_step_exportable_but_not_resumable(tmp_path):
+    """With ``snapshots`` every validation also keeps that step's weights, so a run's steps can be
+    compared on whole heads afterwards; the last checkpoint alone cannot give an earlier step."""
+    from pedq_deploy.export import export_checkpoint
+    from pedq_deploy.training.trainer import train
+
+    run = tmp_path / "run"
+    train("tv", tiny(steps=4, checkpoint_every=4, validate_every=2, snapshots=True), run, quiet=True)
+    snaps = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert snaps == ["step000002.pt", "step000004.pt"]
+    two = torch.load(run / "snapshots" / "step000002.pt", weights_only=True)
+    four = torch.load(run / "snapshots" / "step000004.pt", weights_only=True)
+    last = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert two["step"] == 2 and four["step"] == 4 and "optimizer" not in two
+    for k, v in last["models"]["recon"].items():  # the last snapshot is the checkpoint's weights
+        torch.testing.assert_close(four["models"]["recon"][k], v, rtol=0, atol=0)
+    assert any(not torch.equal(two["models"]["recon"][k], v) for k, v in last["models"]["recon"].items())
+    manifest = json.loads(export_checkpoint(run / "snapshots" / "step000002.pt", tmp_path / "exported")[0].read_text())
+    assert manifest["training"]["steps"] == 2 and manifest["training"]["validation_log"].startswith("step,")
+    with pytest.raises(InputError, match="snapshots must be"):
+        load_config(None, snapshots="yes")
+    # an operational field: a run resumes with it switched off
+    train("tv", tiny(steps=5, checkpoint_every=4, validate_every=2), run, quiet=True)
+    assert len(list((run / "snapshots").iterdir())) == 2
+
+
 def test_sigterm_checkpoints_and_takes_the_data_workers_down(tmp_path):
     """A scheduler's (or `timeout`'s) SIGTERM ends the run after the step in hand, with a checkpoint
     and exit 0; the data workers go too, so a pipe from the run closes (communicate returns)."""

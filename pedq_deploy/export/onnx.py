@@ -118,7 +118,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
     models = build(state["kind"], cfg)
     for name, m in models.items():
         m.load_state_dict(state["models"][name])
-    val_log = p.parent / "val_log.csv"
+    run_dir = p.parent.parent if p.parent.name == "snapshots" else p.parent  # a snapshot's run keeps the log
+    val_log = run_dir / "val_log.csv"
     provenance = {"kind": state["kind"], "steps": state["step"], "config": state["config"],
                   "train_seeds": list(cfg.train_seeds), "val_seeds": list(cfg.val_seeds),
                   "validation_log": val_log.read_text() if val_log.is_file() else None,

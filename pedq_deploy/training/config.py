@@ -15,7 +15,7 @@ MODEL_TARGETS = ("input", "repeat")
 # what a checkpoint that predates a field did (where that differs from the field's default now)
 LEGACY = {"seg_input": "raw"}
 # fields that change how a run is carried out, not what it computes: a resumed run may change them
-OPERATIONAL = ("steps", "device", "checkpoint_every", "validate_every", "data_workers")
+OPERATIONAL = ("steps", "device", "checkpoint_every", "validate_every", "data_workers", "snapshots")
 
 
 @dataclass
@@ -100,6 +100,10 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     validate_every: int = 100
+    # keep the weights of every validation in OUT/snapshots/stepNNNNNN.pt (no optimizer state:
+    # pedq-export takes one, a run cannot resume from it), so the step to ship can be chosen on
+    # whole heads (benchmarks/) rather than on the run's own validation crops
+    snapshots: bool = False
     device: str = "auto"  # auto: CUDA when present
     extra: dict = field(default_factory=dict)
 
@@ -156,6 +160,8 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         raise InputError("recon_network_mask and seg_network_mask: give one (a seg run masks its heads with seg_network_mask)")
     if cfg.recon_network_mask > 0 and cfg.model_target == "repeat":
         raise InputError("recon_network_mask does not go with model_target 'repeat' (the repeat scan's field is made in the true mask)")
+    if not isinstance(cfg.snapshots, bool):
+        raise InputError(f"snapshots must be true or false, got {cfg.snapshots!r}")
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:
         raise InputError(f"data_workers must be a whole number >= 0, got {cfg.data_workers!r}")
     return cfg

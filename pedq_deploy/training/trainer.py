@@ -23,6 +23,7 @@ from .networks import SEG_CLASSES, build
 __all__ = ["Trainer", "train"]
 
 CHECKPOINT = "checkpoint.pt"
+SNAPSHOTS = "snapshots"
 
 
 def _device(name: str) -> torch.device:
@@ -242,6 +243,19 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.out / CHECKPOINT)
 
+    def save_snapshot(self) -> Path:
+        """The weights as they are now, in ``snapshots/stepNNNNNN.pt`` (weights only: exportable, not resumable)."""
+        folder = self.out / SNAPSHOTS
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"kind": self.kind, "config": json.loads(self.cfg.to_json()), "step": self.step,
+                 "models": {k: m.state_dict() for k, m in self.models.items()},
+                 "train_seconds": self.train_seconds, "hardware": self.hardware, "init_from": self.init_from}
+        path = folder / f"step{self.step:06d}.pt"
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
     def load(self) -> bool:
         path = self.out / CHECKPOINT
         if not path.is_file():
@@ -291,6 +305,8 @@ def _append_row(path: Path, header: list[str], row: list) -> None:
 def _log_validation(tr: Trainer, val_path: Path) -> dict:
     val = tr.validate()
     _append_row(val_path, ["step", *sorted(val)], [tr.step, *(f"{val[k]:.6g}" for k in sorted(val))])
+    if tr.cfg.snapshots:
+        tr.save_snapshot()
     return val
 
 
