@@ -23,6 +23,7 @@ from ..io.checksum import sha256_file
 from ..errors import InputError, PedqError
 from ..training.config import TrainConfig
 from ..training.networks import SEG_CLASSES, build
+from ..training.trainer import SNAPSHOTS
 
 __all__ = ["export_network", "export_checkpoint", "ExportError", "OPSET"]
 
@@ -118,7 +119,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
     models = build(state["kind"], cfg)
     for name, m in models.items():
         m.load_state_dict(state["models"][name])
-    run_dir = p.parent.parent if p.parent.name == "snapshots" else p.parent  # a snapshot's run keeps the log
+    run_dir = p.parent.parent if p.parent.name == SNAPSHOTS else p.parent  # a snapshot's run keeps the log
     val_log = run_dir / "val_log.csv"
     provenance = {"kind": state["kind"], "steps": state["step"], "config": state["config"],
                   "train_seeds": list(cfg.train_seeds), "val_seeds": list(cfg.val_seeds),

@@ -115,18 +115,23 @@ class SegSubject:
     network_mask: bool = False
 
 
-_RECON_MODELS: dict = {}  # exported models folder -> PedqModels, one per process (a data worker keeps its own)
+_EXPORTED_MODELS: dict = {}  # exported models folder -> PedqModels, one per process (a data worker keeps its own)
 
 
-def exported_models(folder: str | None, role: str) -> PedqModels:
-    """The exported models in ``folder`` (kept open, one per process), which must hold ``role``."""
+def require_exported(folder: str | None, role: str) -> None:
+    """Raise unless the exported models folder ``folder`` holds ``role`` (its manifest)."""
     from ..errors import InputError
 
     if not folder or not (Path(folder) / f"{role}.json").is_file():
         raise InputError(f"no {role} network ({role}.json) in the exported models folder {folder!r}")
-    if folder not in _RECON_MODELS:
-        _RECON_MODELS[folder] = PedqModels(folder, backend="onnxruntime")
-    return _RECON_MODELS[folder]
+
+
+def exported_models(folder: str | None, role: str) -> PedqModels:
+    """The exported models in ``folder`` (kept open, one per process), which must hold ``role``."""
+    require_exported(folder, role)
+    if folder not in _EXPORTED_MODELS:
+        _EXPORTED_MODELS[folder] = PedqModels(folder, backend="onnxruntime")
+    return _EXPORTED_MODELS[folder]
 
 
 def require_seg_recon(cfg: TrainConfig) -> None:

@@ -22,6 +22,7 @@ from ..errors import InputError
 __all__ = ["write_weight_parts", "join_weight_parts"]
 
 INDEX = "weights.parts.json"
+RESUME_ONLY = ("optimizer", "torch_rng")  # checkpoint entries that only resuming a run needs
 
 
 def write_weight_parts(run_dir: str | Path, out_dir: str | Path, part_bytes: int = 15 * 2**20) -> list[Path]:
@@ -30,7 +31,7 @@ def write_weight_parts(run_dir: str | Path, out_dir: str | Path, part_bytes: int
     if not src.is_file():
         raise InputError(f"checkpoint not found: {src}")
     state = torch.load(src, map_location="cpu", weights_only=True)
-    slim = {k: v for k, v in state.items() if k not in ("optimizer", "torch_rng")}
+    slim = {k: v for k, v in state.items() if k not in RESUME_ONLY}
     buf = io.BytesIO()
     torch.save(slim, buf)
     data = buf.getvalue()

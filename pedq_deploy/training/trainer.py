@@ -16,9 +16,10 @@ import torch
 from .. import metrics as M
 from ..errors import InputError
 from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig
-from .data import PhantomStream, Sample, draw_sample, exported_models, prepare_subject, require_seg_recon, seg_subject
+from .data import PhantomStream, Sample, draw_sample, prepare_subject, require_exported, require_seg_recon, seg_subject
 from .losses import model_loss, tv_loss
 from .networks import SEG_CLASSES, build
+from .parts import RESUME_ONLY
 
 __all__ = ["Trainer", "train"]
 
@@ -62,7 +63,7 @@ class Trainer:
         if cfg.recon_network_mask > 0:
             if kind not in ("joint", "recon", "tv"):
                 raise InputError(f"recon_network_mask is for the joint, recon and tv runs, not {kind}")
-            exported_models(cfg.mask_model, "mask")
+            require_exported(cfg.mask_model, "mask")  # the data workers open it
         self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame="seg" if kind == "seg" else kind != "mask",
                                     foreground_fraction=cfg.foreground_fraction if kind in ("joint", "seg") else 0.0, workers=cfg.data_workers)
         if self.device.type == "cuda":  # fixed patch shapes: let cuDNN pick its fastest kernels; TF32 matrix products
@@ -233,28 +234,29 @@ class Trainer:
         return {"dgm_dice": float(np.mean(rows))}
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def save(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        state = {"kind": self.kind, "config": json.loads(self.cfg.to_json()), "step": self.step,
-                 "models": {k: m.state_dict() for k, m in self.models.items()}, "optimizer": self.opt.state_dict(),
-                 "stream": self.stream.state(), "torch_rng": torch.get_rng_state(),
-                 "train_seconds": self.train_seconds, "hardware": self.hardware, "init_from": self.init_from}
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / CHECKPOINT)
+    def _state(self) -> dict:
+        return {"kind": self.kind, "config": json.loads(self.cfg.to_json()), "step": self.step,
+                "models": {k: m.state_dict() for k, m in self.models.items()}, "optimizer": self.opt.state_dict(),
+                "stream": self.stream.state(), "torch_rng": torch.get_rng_state(),
+                "train_seconds": self.train_seconds, "hardware": self.hardware, "init_from": self.init_from}
 
-    def save_snapshot(self) -> Path:
-        """The weights as they are now, in ``snapshots/stepNNNNNN.pt`` (weights only: exportable, not resumable)."""
-        folder = self.out / SNAPSHOTS
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {"kind": self.kind, "config": json.loads(self.cfg.to_json()), "step": self.step,
-                 "models": {k: m.state_dict() for k, m in self.models.items()},
-                 "train_seconds": self.train_seconds, "hardware": self.hardware, "init_from": self.init_from}
-        path = folder / f"step{self.step:06d}.pt"
+    @staticmethod
+    def _write(state: dict, path: Path) -> Path:
+        """``torch.save`` to a temporary name, renamed when complete."""
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
         return path
+
+    def save(self) -> None:
+        self._write(self._state(), self.out / CHECKPOINT)
+
+    def save_snapshot(self) -> Path:
+        """The weights as they are now, in ``snapshots/stepNNNNNN.pt``, without what only resuming
+        needs (as ``parts.write_weight_parts`` keeps them): exportable, not resumable."""
+        state = {k: v for k, v in self._state().items() if k not in RESUME_ONLY}
+        return self._write(state, self.out / SNAPSHOTS / f"step{self.step:06d}.pt")
 
     def load(self) -> bool:
         path = self.out / CHECKPOINT
