@@ -1,5 +1,9 @@
 """PedQ-NET training on tiny configs (skipped where torch/MONAI are not installed)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,6 +338,16 @@ def test_snapshots_keep_each_validated_step_exportable_but_not_resumable(tmp_pat
     assert any(not torch.equal(two["models"]["recon"][k], v) for k, v in last["models"]["recon"].items())
     manifest = json.loads(export_checkpoint(run / "snapshots" / "step000002.pt", tmp_path / "exported")[0].read_text())
     assert manifest["training"]["steps"] == 2 and manifest["training"]["validation_log"].startswith("step,")
+    # scripts/snapshot_models.sh: the snapshot's U-Net with the shipped masking and segmentation
+    # networks, as one models folder for the benchmarks' --models
+    script = Path(__file__).resolve().parents[1] / "scripts" / "snapshot_models.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(script), str(run), "2", str(tmp_path / "models")], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["mask.json", "mask.onnx", "recon.json", "recon.onnx", "seg.json", "seg.onnx"]
+    assert json.loads((tmp_path / "models" / "recon.json").read_text())["training"]["steps"] == 2
+    missing = subprocess.run(["bash", str(script), str(run), "3", str(tmp_path / "none")], capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "no snapshot" in missing.stderr and not (tmp_path / "none").exists()
     with pytest.raises(InputError, match="snapshots must be"):
         load_config(None, snapshots="yes")
     # an operational field: a run resumes with it switched off
@@ -345,8 +359,6 @@ def test_sigterm_checkpoints_and_takes_the_data_workers_down(tmp_path):
     """A scheduler's (or `timeout`'s) SIGTERM ends the run after the step in hand, with a checkpoint
     and exit 0; the data workers go too, so a pipe from the run closes (communicate returns)."""
     import signal
-    import subprocess
-    import sys
     import time
 
     cfg = tmp_path / "tiny.json"
