@@ -105,7 +105,10 @@ COLUMNS = (("dice", "mask Dice", "{:.3f}"), ("false_ml", "false mL", "{:.1f}"), 
            ("dgm_mean_abs_error_ppm", "DGM mean abs error (ppm)", "{:.4f}"), ("seg_dice", "segmentation Dice", "{:.3f}"))
 
 
-NEONATE = (("dgm_field_error", "field error"), ("seg_dice", "seg Dice"), ("dgm_edge_sharpness", "edge sharpness"))
+# per age group (neonates' little iron, infants' more): means over that group's heads
+BY_AGE = (("dgm_field_error", "field error", 2), ("seg_dice", "seg Dice", 3), ("dgm_edge_sharpness", "edge sharpness", 3),
+          ("dgm_mean_abs_error_ppm", "DGM error (ppm)", 4))
+AGES = (("neonate", "neonates"), ("infant", "infants"))
 
 
 def report(records, models_dir, args, note, manifests: dict | None = None) -> str:
@@ -113,6 +116,8 @@ def report(records, models_dir, args, note, manifests: dict | None = None) -> st
     kind = "held-out" if held_out else "validation"
     names = list(records[0]["masks"])
     cols = [c for c in COLUMNS if c[0] in records[0]["masks"][names[0]]]
+    by_age = [c for c in BY_AGE if c[0] in records[0]["masks"][names[0]]]
+    ages = [(a, label) for a, label in AGES if any(r["age"] == a for r in records)]
     lines = [f"## The masking network's threshold, and what follows it ({kind} heads" + ("" if args.models is None else f", models `{args.models}`") + ")", "",
              f"{kind.capitalize()} heads (seeds {records[0]['seed']}-{records[-1]['seed']}; neonates and infants alternating, tilts 0-30 deg), "
              "source protocol (TE 4.92 ms, SNR 100), least-squares unwrapping and V-SHARP in each mask, PedQ-NET's map and segmentation as "
@@ -121,20 +126,23 @@ def report(records, models_dir, args, note, manifests: dict | None = None) -> st
              "the deep grey matter both eroded masks keep, over the RMS of that field (0: as with the true mask). "
              + ("NRMSE and HFEN over the true brain; DGM edge sharpness as in the accuracy sections (1: as sharp as the truth). "
                 if any(c[0] == "hfen" for c in cols) else "") + "Mean ± SD over heads.",
-             f"Masking network: {model_provenance(models_dir, 'mask', manifests)}. Segmentation network: {model_provenance(models_dir, 'seg', manifests)}.",
+             f"Masking network: {model_provenance(models_dir, 'mask', manifests)}. Reconstruction network: "
+             f"{model_provenance(models_dir, 'recon', manifests)}. Segmentation network: {model_provenance(models_dir, 'seg', manifests)}.",
              f"Machine: {note}. Script: `benchmarks/bench_mask_threshold.py" + ("" if len(records) == 10 else f" --subjects {len(records)}")
              + ("" if args.models is None else f" --models {args.models}") + (" --held-out" if held_out else "")
              + ("" if args.section == "mask_threshold" else f" --section {args.section}")
              + f" --thresholds {','.join(n for n in names if n != TRUE)}`; raw numbers in `benchmarks/results/{args.section}.json`.", "",
-             "| mask | " + " | ".join(c[1] for c in cols) + f" | neonates: {' / '.join(n for k, n in NEONATE if k in records[0]['masks'][names[0]])} |", "| --- |" + " ---: |" * (len(cols) + 1)]
+             "| mask | " + " | ".join(c[1] for c in cols) + "".join(f" | {label}: {' / '.join(n for k, n, _ in by_age)}" for _, label in ages) + " |",
+             "| --- |" + " ---: |" * (len(cols) + len(ages))]
     for n in names:
         cells = []
         for key, _, fmt in cols:
             v = [r["masks"][n][key] for r in records]
             cells.append(f"{fmt.format(np.mean(v))} ± {fmt.format(np.std(v))}")
-        neo = [r["masks"][n] for r in records if r["age"] == "neonate"]
-        extra = " / ".join(f"{np.mean([m[k] for m in neo]):.{2 if k == 'dgm_field_error' else 3}f}" for k, _ in NEONATE if k in neo[0])
-        lines.append(f"| {n if n == TRUE else 'network > ' + n} | " + " | ".join(cells) + f" | {extra} |")
+        for age, _ in ages:
+            group = [r["masks"][n] for r in records if r["age"] == age]
+            cells.append(" / ".join(f"{np.mean([m[k] for m in group]):.{digits}f}" for k, _, digits in by_age))
+        lines.append(f"| {n if n == TRUE else 'network > ' + n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
