@@ -7,11 +7,11 @@
 #   OUT: default RUN_stepSTEP_models
 #   PYTHON: the interpreter with pedq-deploy installed (default .venv/bin/python)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
   echo "usage: bash scripts/snapshot_models.sh RUN STEP [OUT]" >&2; exit 2
 fi
-run=${1%/}; step=$2; out=${3:-${run}_step${step}_models}
+run=$(realpath -m "$1"); step=$2; out=$(realpath -m "${3:-${run}_step${step}_models}")
+cd "$(dirname "$0")/.."   # export/ and .venv/ are the repository's; RUN and OUT as given, resolved above
 snap=$(printf '%s/snapshots/step%06d.pt' "$run" "$step")
 if [ ! -f "$snap" ]; then
   echo "error: no snapshot $snap (was the run trained with \"snapshots\": true?)" >&2; exit 2
