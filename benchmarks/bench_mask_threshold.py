@@ -14,6 +14,8 @@ over the deep grey matter voxels both eroded masks keep, relative to the RMS of 
 PedQ-NET's map: NRMSE and HFEN over the true brain, deep grey matter edge sharpness and the mean
 absolute error of the 8 structures' means;
 and the segmentation network's mean Dice, all as ``pedq-run`` runs them (least-squares unwrapping).
+Means over all heads, then per age group (neonates' little iron, infants' more): field error,
+segmentation Dice, edge sharpness and deep grey matter error.
 
 Heads: validation seeds 2000-2009 (a setting is being chosen; ``--held-out``: 1000-1009, to report
 it), neonates and infants alternating, tilts 0-30 deg, source protocol (TE 4.92 ms, SNR 100).
