@@ -348,6 +348,18 @@ def test_snapshots_keep_each_validated_step_exportable_but_not_resumable(tmp_pat
     assert json.loads((tmp_path / "models" / "recon.json").read_text())["training"]["steps"] == 2
     missing = subprocess.run(["bash", str(script), str(run), "3", str(tmp_path / "none")], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "no snapshot" in missing.stderr and not (tmp_path / "none").exists()
+    # scripts/average_snapshots.py: the U-Net's weights averaged over the snapshots, as the last
+    # step's snapshot, so snapshot_models.sh exports the average
+    average = [sys.executable, str(script.with_name("average_snapshots.py")), str(run)]
+    done = subprocess.run([*average, str(tmp_path / "avg")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    avg = torch.load(tmp_path / "avg" / "snapshots" / "step000004.pt", weights_only=True)
+    assert avg["averaged_steps"] == [2, 4] and avg["step"] == 4
+    for k, v in avg["models"]["recon"].items():
+        want = (two["models"]["recon"][k] + four["models"]["recon"][k]) / 2 if v.is_floating_point() else four["models"]["recon"][k]
+        torch.testing.assert_close(v, want, rtol=1e-6, atol=1e-7)
+    too_few = subprocess.run([*average, str(tmp_path / "avg4"), "--from-step", "3"], capture_output=True, text=True)
+    assert too_few.returncode == 2 and "fewer than 2 snapshots" in too_few.stderr and not (tmp_path / "avg4").exists()
     with pytest.raises(InputError, match="snapshots must be"):
         load_config(None, snapshots="yes")
     # an operational field: a run resumes with it switched off
