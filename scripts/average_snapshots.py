@@ -10,7 +10,6 @@ buffers (counters) are taken from the last snapshot. Needs torch (the training e
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,12 +23,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    files = sorted((a.run / "snapshots").glob("step*.pt"))
-    files = [f for f in files if int(f.stem[4:]) >= a.from_step]
+    from pedq_deploy.training.trainer import SNAPSHOTS, Trainer
+
+    files = [f for f in sorted((a.run / SNAPSHOTS).glob("step*.pt")) if int(f.stem[4:]) >= a.from_step]
     if len(files) < 2:
-        print(f"error: fewer than 2 snapshots from step {a.from_step} in {a.run / 'snapshots'}", file=sys.stderr)
+        print(f"error: fewer than 2 snapshots from step {a.from_step} in {a.run / SNAPSHOTS}", file=sys.stderr)
         return 2
-    snaps = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
+    snaps = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
     if any(a.role not in s.get("models", {}) for s in snaps):
         print(f"error: not every snapshot in {a.run} holds a {a.role!r} network", file=sys.stderr)
         return 2
@@ -38,12 +38,8 @@ def main(argv=None) -> int:
     for name, value in weights.items():
         if torch.is_floating_point(value):
             weights[name] = torch.stack([s["models"][a.role][name] for s in snaps]).mean(0)
-    out["averaged_steps"] = [int(f.stem[4:]) for f in files]
-    dest = a.out / "snapshots" / files[-1].name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, dest)
+    out["averaged_steps"] = [s["step"] for s in snaps]
+    dest = Trainer._write(out, a.out / SNAPSHOTS / files[-1].name)  # temporary name, renamed when complete
     print(f"{dest}: {a.role} averaged over steps {out['averaged_steps']}")
     return 0
 
