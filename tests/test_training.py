@@ -13,7 +13,7 @@ pytest.importorskip("monai")
 
 from pedq_deploy.errors import InputError  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
-from pedq_deploy.training.config import TrainConfig, load_config  # noqa: E402
+from pedq_deploy.training.config import TrainConfig, load_config, lr_factor  # noqa: E402
 from pedq_deploy.training.data import PhantomStream  # noqa: E402
 from pedq_deploy.training.losses import model_loss, phase_per_ppm  # noqa: E402
 from pedq_deploy.training.trainer import Trainer  # noqa: E402
@@ -84,6 +84,39 @@ def test_joint_run_oversamples_structures_and_gives_the_unetr_its_own_step():
     for _ in range(3):  # (the centre may shift: crops are clamped into this tiny volume)
         assert tr.stream.next_sample().labels.any()
     assert Trainer("recon", tiny(foreground_fraction=1.0), "unused").stream.foreground_fraction == 0.0
+
+
+def test_cosine_schedule_warms_up_then_falls_to_zero_at_the_last_step():
+    const = tiny(steps=10)
+    assert [lr_factor(const, k) for k in (0, 5, 9)] == [1.0, 1.0, 1.0]  # the runs before the schedule
+    cos = tiny(steps=104, lr_schedule="cosine", lr_warmup_steps=4)
+    np.testing.assert_allclose([lr_factor(cos, k) for k in range(5)], [0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(lr_factor(cos, 54), 0.5, atol=1e-12)  # half-way through the cosine
+    np.testing.assert_allclose(lr_factor(cos, 104), 0.0, atol=1e-12)
+    falling = [lr_factor(cos, k) for k in range(4, 105)]
+    assert all(a > b for a, b in zip(falling, falling[1:]))
+
+
+def test_trainer_steps_with_the_scheduled_rate_in_every_group():
+    """Each parameter group (the UNETR's own seg_lr too) takes the schedule's factor of its rate."""
+    cfg = tiny(steps=4, lr_schedule="cosine", lr_warmup_steps=1, seg_lr=1e-4, foreground_fraction=1.0)
+    tr = Trainer("joint", cfg, "unused")
+    try:
+        for k in range(3):
+            tr.train_step()
+            lrs = sorted(g["lr"] for g in tr.opt.param_groups)
+            np.testing.assert_allclose(lrs, [1e-4 * lr_factor(cfg, k), 2e-3 * lr_factor(cfg, k)], rtol=1e-12)
+        assert lr_factor(cfg, 0) == 0.5 and lr_factor(cfg, 1) == 1.0 and lr_factor(cfg, 2) == pytest.approx(0.75)
+    finally:
+        tr.close()
+
+
+def test_schedule_config_is_checked(tmp_path):
+    for bad in ({"lr_schedule": "step"}, {"lr_warmup_steps": -1}, {"lr_warmup_steps": 10, "steps": 10}, {"lr_warmup_steps": 1.5}):
+        p = tmp_path / "c.json"
+        p.write_text(json.dumps(bad))
+        with pytest.raises(InputError, match="lr_"):
+            load_config(p)
 
 
 def test_stream_is_deterministic():

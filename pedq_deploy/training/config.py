@@ -7,11 +7,12 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL", "LEGACY", "SEG_INPUTS", "MODEL_TARGETS"]
+__all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL", "LEGACY", "SEG_INPUTS", "MODEL_TARGETS", "LR_SCHEDULES", "lr_factor"]
 
 KINDS = ("mask", "recon", "joint", "tv", "seg")
 SEG_INPUTS = ("masked", "raw")
 MODEL_TARGETS = ("input", "repeat")
+LR_SCHEDULES = ("constant", "cosine")
 # what a checkpoint that predates a field did (where that differs from the field's default now)
 LEGACY = {"seg_input": "raw"}
 # fields that change how a run is carried out, not what it computes: a resumed run may change them
@@ -73,6 +74,12 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 1e-3
     seg_lr: float | None = None  # joint: the segmentation UNETR's own learning rate (None: lr)
+    # the learning rate over the steps. "constant" (every run before this field). "cosine": rises
+    # linearly over lr_warmup_steps, then falls as a half cosine to 0 at `steps`, so the last
+    # checkpoints settle instead of swinging at a constant step size; the factor depends on the
+    # step alone (a resumed run continues the same curve, unless its `steps` is changed)
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
     # joint: what the segmentation UNETR sees. "masked": chi inside the V-SHARP-eroded mask referenced
     # to its mean there, zero outside, as pedq-run gives it; "raw": the U-Net's output as it comes
     # (runs before this field trained so: LEGACY)
@@ -109,6 +116,19 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (counted from 0) as a fraction of ``cfg.lr``."""
+    import math
+
+    if step < cfg.lr_warmup_steps:
+        return (step + 1) / (cfg.lr_warmup_steps + 1)
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    span = max(cfg.steps - cfg.lr_warmup_steps, 1)
+    done = min(max(step - cfg.lr_warmup_steps, 0), span) / span
+    return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def load_config(path: str | Path | None, **overrides) -> TrainConfig:
@@ -160,6 +180,11 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         raise InputError("recon_network_mask and seg_network_mask: give one (a seg run masks its heads with seg_network_mask)")
     if cfg.recon_network_mask > 0 and cfg.model_target == "repeat":
         raise InputError("recon_network_mask does not go with model_target 'repeat' (the repeat scan's field is made in the true mask)")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise InputError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+    w = cfg.lr_warmup_steps
+    if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w < max(cfg.steps, 1):
+        raise InputError(f"lr_warmup_steps must be a whole number in [0, steps), got {w!r}")
     if not isinstance(cfg.snapshots, bool):
         raise InputError(f"snapshots must be true or false, got {cfg.snapshots!r}")
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:

@@ -15,7 +15,7 @@ import torch
 
 from .. import metrics as M
 from ..errors import InputError
-from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig
+from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig, lr_factor
 from .data import PhantomStream, Sample, draw_sample, prepare_subject, require_exported, require_seg_recon, seg_subject
 from .losses import model_loss, tv_loss
 from .networks import SEG_CLASSES, build
@@ -58,6 +58,7 @@ class Trainer:
         groups = [{"params": list(m.parameters()), "lr": cfg.seg_lr if (k == "seg" and cfg.seg_lr is not None) else cfg.lr}
                   for k, m in self.models.items() if k not in self.frozen]
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self._base_lrs = [g["lr"] for g in groups]  # each group's own rate, before the schedule's factor
         if kind == "seg":  # before any data worker starts
             require_seg_recon(cfg)
         if cfg.recon_network_mask > 0:
@@ -180,6 +181,9 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         parts = self.losses(batch)
         parts["total"].backward()
+        factor = lr_factor(self.cfg, self.step)
+        for g, base in zip(self.opt.param_groups, self._base_lrs):
+            g["lr"] = base * factor
         self.opt.step()
         self.step += 1
         return {k: float(v.detach()) for k, v in parts.items()}
