@@ -352,6 +352,51 @@ def test_weights_travel_in_parts_and_export_but_do_not_resume(tmp_path):
     assert not (tmp_path / "again" / "checkpoint.pt").exists()
 
 
+def test_parts_leave_frozen_networks_behind_and_carry_snapshots_within_a_budget(tmp_path):
+    """A joint run with its UNETR frozen travels as its U-Net alone (the UNETR is the export it
+    started from), with as many snapshots, newest first, as the byte budget holds."""
+    from pedq_deploy.export import export_checkpoint
+    from pedq_deploy.training.trainer import train
+
+    seg_dir = tmp_path / "start"
+    train("joint", tiny(steps=1, checkpoint_every=1, validate_every=100), tmp_path / "first", quiet=True)
+    export_checkpoint(tmp_path / "first", seg_dir)
+    run = tmp_path / "run"
+    train("joint", tiny(steps=3, checkpoint_every=3, validate_every=1, snapshots=True, frozen=("seg",)), run, quiet=True,
+          init_from=seg_dir)
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "checkpoint_parts.py")]
+    recon_bytes = len(_serialised(torch.load(run / "checkpoint.pt", weights_only=True)["models"]["recon"]))
+    done = subprocess.run([*script, "pack", str(run), str(tmp_path / "parts"), "--drop-frozen", "--snapshots",
+                           str(3.5 * recon_bytes / 2**20)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    index = json.loads((tmp_path / "parts" / "weights.parts.json").read_text())
+    assert index["dropped_frozen"] == ["seg"] and index["snapshots"] == ["step000002.pt", "step000003.pt"]  # step 1 over budget
+    done = subprocess.run([*script, "unpack", str(tmp_path / "parts"), str(tmp_path / "back")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    back = torch.load(tmp_path / "back" / "checkpoint.pt", weights_only=True)
+    assert set(back["models"]) == {"recon"} and "packed_snapshots" not in back
+    for name in ("step000002.pt", "step000003.pt"):
+        a = torch.load(run / "snapshots" / name, weights_only=True)["models"]["recon"]
+        b = torch.load(tmp_path / "back" / "snapshots" / name, weights_only=True)["models"]["recon"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [p.name for p in export_checkpoint(tmp_path / "back" / "snapshots" / "step000002.pt", tmp_path / "exp")] == ["recon.json"]
+    # a network missing without having been frozen is an error, not a silent partial export
+    del back["dropped_frozen"]
+    torch.save(back, tmp_path / "back" / "checkpoint.pt")
+    with pytest.raises(InputError, match="lacks the seg"):
+        export_checkpoint(tmp_path / "back", tmp_path / "exp2")
+    tight = subprocess.run([*script, "pack", str(run), str(tmp_path / "p2"), "--snapshots", "0.001"], capture_output=True, text=True)
+    assert tight.returncode == 2 and "over max_bytes" in tight.stderr
+
+
+def _serialised(obj) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def test_snapshots_keep_each_validated_step_exportable_but_not_resumable(tmp_path):
     """With ``snapshots`` every validation also keeps that step's weights, so a run's steps can be
     compared on whole heads afterwards; the last checkpoint alone cannot give an earlier step."""

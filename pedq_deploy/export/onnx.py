@@ -117,6 +117,12 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
         raise InputError(f"cannot read checkpoint {p}: {str(exc).splitlines()[0]}") from None
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
     models = build(state["kind"], cfg)
+    # a checkpoint that travelled without its frozen networks (training.parts, drop_frozen) exports
+    # the others: the frozen ones are the export the run started from
+    dropped = [name for name in models if name not in state["models"]]
+    if any(name not in (state.get("dropped_frozen") or ()) for name in dropped):
+        raise InputError(f"checkpoint {p} lacks the {', '.join(dropped)} network(s) of its {state['kind']} run")
+    models = {name: m for name, m in models.items() if name not in dropped}
     for name, m in models.items():
         m.load_state_dict(state["models"][name])
     run_dir = p.parent.parent if p.parent.name == SNAPSHOTS else p.parent  # a snapshot's run keeps the log

@@ -23,18 +23,50 @@ __all__ = ["write_weight_parts", "join_weight_parts"]
 
 INDEX = "weights.parts.json"
 RESUME_ONLY = ("optimizer", "torch_rng")  # checkpoint entries that only resuming a run needs
+PACKED = "packed_snapshots"  # in the joined bytes: the snapshots that travelled with the checkpoint
 
 
-def write_weight_parts(run_dir: str | Path, out_dir: str | Path, part_bytes: int = 15 * 2**20) -> list[Path]:
-    """Write ``run_dir``'s checkpoint without its optimizer state as parts of at most ``part_bytes``."""
+def _slim(state: dict, drop_frozen: bool) -> dict:
+    """``state`` without what only resuming needs; ``drop_frozen``: without the networks the run kept
+    frozen too (their weights are those of the export the run started from, ``init_from``)."""
+    slim = {k: v for k, v in state.items() if k not in RESUME_ONLY}
+    frozen = [k for k in (state.get("config") or {}).get("frozen") or () if k in slim["models"]]
+    if drop_frozen and frozen:
+        slim["models"] = {k: v for k, v in slim["models"].items() if k not in frozen}
+        slim["dropped_frozen"] = frozen
+    return slim
+
+
+def _bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def write_weight_parts(run_dir: str | Path, out_dir: str | Path, part_bytes: int = 15 * 2**20, *, drop_frozen: bool = False,
+                       max_bytes: int | None = None) -> list[Path]:
+    """Write ``run_dir``'s checkpoint without its optimizer state as parts of at most ``part_bytes``.
+
+    ``drop_frozen``: leave out the networks the run kept frozen (``pedq-export`` then exports the
+    others; the frozen ones are the starting export's). ``max_bytes``: also take the run's snapshots
+    (``snapshots/stepNNNNNN.pt``), newest first, as long as everything stays within that many
+    bytes; ``join_weight_parts`` puts them back in ``RUN_DIR/snapshots``."""
     src = Path(run_dir) / "checkpoint.pt"
     if not src.is_file():
         raise InputError(f"checkpoint not found: {src}")
     state = torch.load(src, map_location="cpu", weights_only=True)
-    slim = {k: v for k, v in state.items() if k not in RESUME_ONLY}
-    buf = io.BytesIO()
-    torch.save(slim, buf)
-    data = buf.getvalue()
+    slim = _slim(state, drop_frozen)
+    data = _bytes(slim)
+    if max_bytes is not None:
+        if len(data) > max_bytes:
+            raise InputError(f"the checkpoint alone is {len(data)} bytes, over max_bytes {max_bytes}")
+        packed = {}
+        for f in sorted((Path(run_dir) / "snapshots").glob("step*.pt"), reverse=True):
+            snap = _slim(torch.load(f, map_location="cpu", weights_only=True), drop_frozen)
+            trial = _bytes({**slim, PACKED: {**packed, f.name: snap}})
+            if len(trial) > max_bytes:
+                break
+            packed[f.name], data = snap, trial
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -43,7 +75,8 @@ def write_weight_parts(run_dir: str | Path, out_dir: str | Path, part_bytes: int
         p.write_bytes(data[i: i + part_bytes])
         paths.append(p)
     index = {"parts": [p.name for p in paths], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-             "kind": state["kind"], "step": state["step"]}
+             "kind": state["kind"], "step": state["step"], "dropped_frozen": slim.get("dropped_frozen", []),
+             "snapshots": sorted(packed) if max_bytes is not None else []}
     (out / INDEX).write_text(json.dumps(index, indent=2))
     return [*paths, out / INDEX]
 
@@ -60,7 +93,17 @@ def join_weight_parts(parts_dir: str | Path, run_dir: str | Path) -> Path:
         raise InputError(f"the weight parts in {parts_dir} are incomplete or corrupt (checksum differs)")
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    tmp = run / "checkpoint.pt.tmp"
+    if index.get("snapshots"):
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        for name, snap in state.pop(PACKED).items():
+            _write_atomic(_bytes(snap), run / "snapshots" / name)
+        data = _bytes(state)
+    return _write_atomic(data, run / "checkpoint.pt")
+
+
+def _write_atomic(data: bytes, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
-    os.replace(tmp, run / "checkpoint.pt")
-    return run / "checkpoint.pt"
+    os.replace(tmp, path)
+    return path
