@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Make the working tree small enough to travel to a lent GPU machine, and put it back afterwards.
 #
-#   bash scripts/device_tree.sh slim [ROLE ...]   # here, before the device call (default roles: recon seg)
-#   bash scripts/device_tree.sh restore           # here, after it (always: the index is changed until then)
+#   bash scripts/device_tree.sh slim [ROLE[:half] ...]  # here, before the device call (default roles: recon seg)
+#   bash scripts/device_tree.sh restore                 # here, after it (always: the index is changed until then)
 #
 # A device call carries the tracked files and at most 64 MiB in all; the shipped ONNX files in
 # export/ are more than that. `slim` untracks them (git rm --cached; the files stay on disk), hides
 # them from the copy (.git/info/exclude, between marker lines) and copies the ROLEs' .onnx/.json
 # into .gpu/export/, which the call names in `carry` (with .whl, the MONAI wheel) and training
 # reads with `--init-from .gpu/export`. `restore` tracks them again and removes the marker lines.
+# ROLE:half carries that model's weights as float16 (scripts/onnx_half.py; device_train.sh turns
+# them back into float32, a close copy): for networks that only help training (a frozen UNETR,
+# the masking network that makes training masks), when recon, seg and mask together are too big.
 # The device side is scripts/device_train.sh; the whole procedure is in export/README.md.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
@@ -29,18 +32,19 @@ case "${1:-}" in
 slim)
     shift
     if [[ $# -gt 0 ]]; then roles=("$@"); else roles=(recon seg); fi
+    py=${PYTHON:-python3}; [[ -z ${PYTHON:-} && -x .venv/bin/python ]] && py=.venv/bin/python
     if grep -qxF "$begin" "$exclude" 2>/dev/null; then
         echo "device_tree.sh: already slim; run 'restore' first" >&2
         exit 2
     fi
-    for role in "${roles[@]}"; do
+    for spec in "${roles[@]}"; do
+        role=${spec%:half}
         if [[ ! -f export/$role.onnx || ! -f export/$role.json ]]; then
             echo "device_tree.sh: export/$role.onnx or export/$role.json not found" >&2
             exit 2
         fi
     done
     if ! compgen -G ".whl/monai-*.whl" > /dev/null; then  # MONAI is not in the device image: it travels as a wheel
-        py=python3; [[ -x .venv/bin/python ]] && py=.venv/bin/python
         version=$("$py" -c "import monai; print(monai.__version__)")
         "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux2014_x86_64 -d .whl "monai==$version"
@@ -52,8 +56,13 @@ slim)
     mkdir -p "$(dirname "$exclude")"
     { echo "$begin"; echo "/export/**/*.onnx"; echo "/.gpu/"; echo "$end"; } >> "$exclude"
     mkdir -p .gpu/export
-    for role in "${roles[@]}"; do
-        cp "export/$role.onnx" "export/$role.json" .gpu/export/
+    for spec in "${roles[@]}"; do
+        role=${spec%:half}
+        if [[ $spec == *:half ]]; then
+            "$py" scripts/onnx_half.py pack export "$role" .gpu/export > /dev/null || { restore; exit 2; }
+        else
+            cp "export/$role.onnx" "export/$role.json" .gpu/export/
+        fi
     done
     total=$( (git ls-files -z --cached --others --exclude-standard; printf '%s\0' .gpu .whl) | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
     if (( total > 64 * 1024 * 1024 )); then

@@ -1,6 +1,9 @@
 """scripts/device_tree.sh: the tree is made small for a device call and put back exactly."""
+import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +21,16 @@ def _git(cwd, *args):
 def clone(tmp_path):
     dst = tmp_path / "repo"
     subprocess.run(["git", "clone", "-q", str(REPO), str(dst)], check=True)
-    shutil.copy(REPO / "scripts" / "device_tree.sh", dst / "scripts" / "device_tree.sh")  # the one under test
+    for name in ("device_tree.sh", "onnx_half.py"):  # the ones under test
+        shutil.copy(REPO / "scripts" / name, dst / "scripts" / name)
     (dst / ".whl").mkdir()
     (dst / ".whl" / "monai-0.0-py3-none-any.whl").write_bytes(b"stand-in: slim fetches MONAI only when missing")
     return dst
 
 
 def _tree(cwd, *args):
-    return subprocess.run(["bash", "scripts/device_tree.sh", *args], cwd=cwd, capture_output=True, text=True)
+    env = {**os.environ, "PYTHON": sys.executable}  # onnx_half.py needs onnx
+    return subprocess.run(["bash", "scripts/device_tree.sh", *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
 def test_slim_then_restore_leaves_the_checkout_as_it_was(clone):
@@ -68,3 +73,42 @@ def test_slim_refuses_an_unknown_role(clone):
     r = _tree(clone, "slim", "nope")
     assert r.returncode == 2 and "export/nope.onnx" in r.stderr
     assert _git(clone, "status", "--porcelain") == status
+
+
+def test_half_roles_travel_at_half_size_and_come_back_as_close_copies(clone):
+    """ROLE:half: the masking network and a frozen UNETR travel as float16 (recon, seg and mask in
+    float32 are over the 64 MiB a call carries); onnx_half.py unpack (device_train.sh, there) gives
+    float32 models within float16 rounding whose manifests check and say so."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from pedq_deploy.backends.manifest import load_manifest
+
+    r = _tree(clone, "slim", "recon", "seg:half", "mask:half")
+    assert r.returncode == 0, r.stderr
+    gpu = clone / ".gpu" / "export"
+    assert sorted(p.name for p in gpu.iterdir()) == ["mask.half.onnx", "mask.json", "recon.json", "recon.onnx", "seg.half.onnx", "seg.json"]
+    assert (gpu / "seg.half.onnx").stat().st_size < 0.55 * (clone / "export" / "seg.onnx").stat().st_size
+    listed = _git(clone, "ls-files", "--cached", "--others", "--exclude-standard").split()
+    size = sum((clone / f).stat().st_size for f in listed if (clone / f).is_file())
+    size += sum(p.stat().st_size for d in (".gpu", ".whl") for p in (clone / d).rglob("*") if p.is_file())
+    assert size < 64 * 2**20
+    done = subprocess.run([sys.executable, "scripts/onnx_half.py", "unpack", str(gpu)], cwd=clone, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not list(gpu.glob("*.half.onnx"))
+    for role in ("seg", "mask"):
+        m = load_manifest(gpu / f"{role}.json")  # the sha256 check holds for the copy
+        raw = json.loads((gpu / f"{role}.json").read_text())
+        original = json.loads((clone / "export" / f"{role}.json").read_text())
+        assert raw["transport"]["float16_rounded"] and raw["transport"]["original_sha256"] == original["sha256"] != m.sha256
+        a = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(clone / "export" / f"{role}.onnx")).graph.initializer}
+        b = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(gpu / f"{role}.onnx")).graph.initializer}
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            assert b[k].dtype == v.dtype
+            np_ok = (abs(b[k].astype("float64") - v) <= 2.0**-11 * abs(v) + 1e-7).all() if v.dtype.kind == "f" else (b[k] == v).all()
+            assert np_ok, k
+    assert _tree(clone, "restore").returncode == 0
+    bad = subprocess.run([sys.executable, "scripts/onnx_half.py", "pack", "export", "nope", str(clone / "x")], cwd=clone,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("onnx_half: error:") and "Traceback" not in bad.stderr

@@ -282,7 +282,7 @@ class Trainer:
             m.load_state_dict(state["models"][k])
         self.opt.load_state_dict(state["optimizer"])
         self.stream.restore(state["stream"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location puts it on the GPU
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.hardware = list(state.get("hardware", []))
