@@ -14,7 +14,7 @@
 # Back here: python scripts/checkpoint_parts.py unpack FILES_AT runs/RUN_NAME, then pedq-export.
 set -uo pipefail
 if [[ $# -lt 5 ]]; then
-    sed -n '2,11p' "$0" >&2
+    sed -n '2,14p' "$0" >&2
     exit 2
 fi
 kind=$1 config=$2 name=$3 init=$4 minutes=$5
