@@ -13,25 +13,20 @@ network being trained or shipped.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
+
+from pedq_deploy.io.bids import write_json_atomic
+from pedq_deploy.io.checksum import sha256_file
+
 
 class HalfError(Exception):
     """Bad input: reported in one line, exit code 2."""
 
 
 KEY = "pedq_half"  # metadata: the names of the initializers stored as float16
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _replace_atomic(save, path: Path) -> None:
@@ -91,8 +86,8 @@ def unpack(folder: Path) -> list[Path]:
         record = json.loads(manifest.read_text())
         record["transport"] = {"float16_rounded": True, "original_sha256": record.get("sha256"),
                                "note": "weights rounded to float16 to travel (scripts/onnx_half.py): a close copy of the original"}
-        record["sha256"] = _sha256(dest)
-        _replace_atomic(lambda p: p.write_text(json.dumps(record, indent=2)), manifest)
+        record["sha256"] = sha256_file(dest)
+        write_json_atomic(manifest, record)
         half.unlink()
         done.append(dest)
     return done

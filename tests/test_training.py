@@ -356,6 +356,7 @@ def test_parts_leave_frozen_networks_behind_and_carry_snapshots_within_a_budget(
     """A joint run with its UNETR frozen travels as its U-Net alone (the UNETR is the export it
     started from), with as many snapshots, newest first, as the byte budget holds."""
     from pedq_deploy.export import export_checkpoint
+    from pedq_deploy.training.parts import _bytes
     from pedq_deploy.training.trainer import train
 
     seg_dir = tmp_path / "start"
@@ -365,7 +366,7 @@ def test_parts_leave_frozen_networks_behind_and_carry_snapshots_within_a_budget(
     train("joint", tiny(steps=3, checkpoint_every=3, validate_every=1, snapshots=True, frozen=("seg",)), run, quiet=True,
           init_from=seg_dir)
     script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "checkpoint_parts.py")]
-    recon_bytes = len(_serialised(torch.load(run / "checkpoint.pt", weights_only=True)["models"]["recon"]))
+    recon_bytes = len(_bytes(torch.load(run / "checkpoint.pt", weights_only=True)["models"]["recon"]))
     done = subprocess.run([*script, "pack", str(run), str(tmp_path / "parts"), "--drop-frozen", "--snapshots",
                            str(3.5 * recon_bytes / 2**20)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -387,14 +388,6 @@ def test_parts_leave_frozen_networks_behind_and_carry_snapshots_within_a_budget(
         export_checkpoint(tmp_path / "back", tmp_path / "exp2")
     tight = subprocess.run([*script, "pack", str(run), str(tmp_path / "p2"), "--snapshots", "0.001"], capture_output=True, text=True)
     assert tight.returncode == 2 and "over max_bytes" in tight.stderr
-
-
-def _serialised(obj) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 def test_snapshots_keep_each_validated_step_exportable_but_not_resumable(tmp_path):
