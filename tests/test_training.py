@@ -144,6 +144,29 @@ def test_data_workers_give_the_same_batches_and_resume(tmp_path):
         load_config(None, data_workers=-1)
 
 
+def test_subjects_per_batch_mixes_heads_and_resumes():
+    """Two subjects per batch of 4: two crops of each, drawn as each subject alone would give
+    them; the group retires together, and a restore mid-group gives the same batches."""
+    cfg = tiny(batch_size=4, crops_per_subject=4, subjects_per_batch=2)
+    one = PhantomStream(tiny(crops_per_subject=4))
+    alone = [one.next_sample().field_ppm for _ in range(12)]  # subjects 0, 1, 2: 4 crops each
+    mixed = PhantomStream(cfg)
+    first, second = mixed.next_batch(), mixed.next_batch()
+    for batch, crops in ((first, (0, 1)), (second, (2, 3))):
+        for got, want in zip(batch, [alone[c] for c in crops] + [alone[4 + c] for c in crops]):
+            np.testing.assert_array_equal(got.field_ppm, want)
+    assert mixed.state() == {"subject_index": 2, "crop_index": 0}
+    third = mixed.next_batch()  # subjects 2 and 3
+    np.testing.assert_array_equal(third[0].field_ppm, alone[8])
+    again = PhantomStream(cfg)
+    again.restore({"subject_index": 0, "crop_index": 2})
+    for got, want in zip(again.next_batch(), second):
+        np.testing.assert_array_equal(got.field_ppm, want.field_ppm)
+    for bad in (dict(subjects_per_batch=3), dict(subjects_per_batch=0), dict(subjects_per_batch=2, crops_per_subject=3)):
+        with pytest.raises(InputError, match="subjects_per_batch"):
+            load_config(None, **{"batch_size": 4, "crops_per_subject": 4, **bad})
+
+
 def test_pedq_train_cli_resumes_and_rejects_bad_config(tmp_path, capsys):
     from pedq_deploy.cli.train import main
 

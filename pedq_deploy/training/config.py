@@ -35,6 +35,12 @@ class TrainConfig:
     # phase unwrapping before V-SHARP (pedq-run --unwrap); every shipped model trained on "laplacian"
     unwrap: str = "laplacian"
     crops_per_subject: int = 4
+    # how many consecutive subjects one batch's crops come from, batch_size / subjects_per_batch from
+    # each; they retire together after crops_per_subject crops each. 1: one subject after another,
+    # so a batch can be all one head (every run before this field). More: each step sees several
+    # heads (ages, tilts, noise), while each head still gives many crops, as a GPU fed by a few data
+    # workers needs
+    subjects_per_batch: int = 1
     data_workers: int = 0  # processes preparing the next subjects ahead (0: in the training process); results do not depend on it
     foreground_fraction: float = 0.0  # joint: share of crops centred on a deep grey matter structure
     train_seeds: tuple[int, int] = (0, 1000)  # subjects drawn from seeds in [a, b)
@@ -187,6 +193,12 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         raise InputError(f"lr_warmup_steps must be a whole number in [0, steps), got {w!r}")
     if not isinstance(cfg.snapshots, bool):
         raise InputError(f"snapshots must be true or false, got {cfg.snapshots!r}")
+    n = cfg.subjects_per_batch
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or cfg.batch_size % n:
+        raise InputError(f"subjects_per_batch must be a whole number >= 1 that divides batch_size ({cfg.batch_size}), got {n!r}")
+    if n > 1 and cfg.crops_per_subject % (cfg.batch_size // n):
+        raise InputError(f"crops_per_subject ({cfg.crops_per_subject}) must be a multiple of batch_size / subjects_per_batch "
+                         f"({cfg.batch_size // n}), so a group of subjects retires together")
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:
         raise InputError(f"data_workers must be a whole number >= 0, got {cfg.data_workers!r}")
     return cfg

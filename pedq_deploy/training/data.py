@@ -257,6 +257,10 @@ class PhantomStream:
     thread or CUDA state is inherited) while the current one is cropped: a GPU step is far shorter
     than one subject's simulation and preprocessing. The batches are the same with or without
     workers, because a subject depends on its index alone. Call ``close()`` when done.
+
+    With ``cfg.subjects_per_batch`` = n > 1 a batch takes ``batch_size / n`` crops from each of n
+    consecutive subjects, which retire together after ``crops_per_subject`` crops each; the state
+    is then the group's first subject and the crops drawn from each.
     """
 
     def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9, *, frame: bool | str = False, foreground_fraction: float = 0.0,
@@ -267,8 +271,7 @@ class PhantomStream:
         self.brain_fraction = brain_fraction
         self.subject_index = 0
         self.crop_index = 0
-        self._subject = None
-        self._crop_rng = None
+        self._lanes = None  # [(subject, crop generator)] being cropped
         self.workers = int(workers)
         self._pool = None
         self._pending: dict = {}  # subject index -> future
@@ -279,7 +282,7 @@ class PhantomStream:
     def restore(self, state: dict) -> None:
         self.subject_index = int(state["subject_index"])
         self.crop_index = int(state["crop_index"])
-        self._subject = None
+        self._lanes = None
         for fut in self._pending.values():
             fut.cancel()
         self._pending.clear()
@@ -290,35 +293,54 @@ class PhantomStream:
             from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
-        # keep every worker busy and one more subject queued per worker
-        for index in range(self.subject_index, self.subject_index + 2 * self.workers + 1):
+        # keep every worker busy and one more subject queued per worker (and the whole next group queued)
+        ahead = max(2 * self.workers + 1, 2 * self.cfg.subjects_per_batch)
+        for index in range(self.subject_index, self.subject_index + ahead):
             if index not in self._pending:
                 self._pending[index] = self._pool.submit(_subject_for, self.cfg, index, self.frame)
 
-    def _load_subject(self):
+    def _load(self, index: int):
+        """Subject ``index`` and its crop generator, advanced past the ``crop_index`` crops already drawn."""
         if self.workers > 0:
             self._prefetch()
-            self._subject = self._pending.pop(self.subject_index).result()
+            subject = self._pending.pop(index).result()
             self._prefetch()
         else:
-            self._subject = _subject_for(self.cfg, self.subject_index, self.frame)
-        self._crop_rng = np.random.default_rng([self.cfg.seed, self.subject_index, 1])
+            subject = _subject_for(self.cfg, index, self.frame)
+        rng = np.random.default_rng([self.cfg.seed, index, 1])
         for _ in range(self.crop_index):  # replay crops already used (resume mid-subject)
-            draw_sample(self._subject, self._crop_rng, self.cfg, self.brain_fraction, self.foreground_fraction)
+            draw_sample(subject, rng, self.cfg, self.brain_fraction, self.foreground_fraction)
+        return subject, rng
+
+    def _draw(self, lane) -> Sample:
+        return draw_sample(lane[0], lane[1], self.cfg, self.brain_fraction, self.foreground_fraction)
 
     def next_sample(self) -> Sample:
-        if self._subject is None:
-            self._load_subject()
-        sample = draw_sample(self._subject, self._crop_rng, self.cfg, self.brain_fraction, self.foreground_fraction)
+        """The next crop, one subject after another (``subjects_per_batch`` 1)."""
+        if self._lanes is None:
+            self._lanes = [self._load(self.subject_index)]
+        sample = self._draw(self._lanes[0])
         self.crop_index += 1
         if self.crop_index >= self.cfg.crops_per_subject:
             self.subject_index += 1
             self.crop_index = 0
-            self._subject = None
+            self._lanes = None
         return sample
 
     def next_batch(self) -> list[Sample]:
-        return [self.next_sample() for _ in range(self.cfg.batch_size)]
+        n = self.cfg.subjects_per_batch
+        if n == 1:
+            return [self.next_sample() for _ in range(self.cfg.batch_size)]
+        if self._lanes is None:
+            self._lanes = [self._load(self.subject_index + j) for j in range(n)]
+        per = self.cfg.batch_size // n
+        batch = [self._draw(lane) for lane in self._lanes for _ in range(per)]
+        self.crop_index += per
+        if self.crop_index >= self.cfg.crops_per_subject:
+            self.subject_index += n
+            self.crop_index = 0
+            self._lanes = None
+        return batch
 
     def close(self) -> None:
         if self._pool is not None:
