@@ -6,7 +6,7 @@ Each subject runs pedq-run's pipeline with TKD and TV on the classic mask, TV on
 network's mask (where the models are found) and TV on the true brain mask (to separate masking from
 inversion errors), with pedq-run's default unwrapping or ``--unwrap``. ``--pedq`` runs pedq-run as a
 user does with the shipped networks instead: the masking network's mask, PedQ-NET without and with
-``--refine``, and TV on the same mask. Scores follow the QSM-CI
+``--refine``, and TKD and TV on the same mask. Scores follow the QSM-CI
 convention (whole truth brain mask, missing voxels count as zero); the QSM-CI scorer's own NRMSE
 and XSIM are reported next to ours where qsm-ci is installed.
 
@@ -31,14 +31,15 @@ from bench_pedqnet import heads  # noqa: E402
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.preprocess import UNWRAP_METHODS  # noqa: E402
 from pedq_deploy.runtime import PipelineConfig, run_case  # noqa: E402
-from pedq_deploy.runtime.pipeline import REFINE_WEIGHT  # noqa: E402
+from pedq_deploy.runtime.pipeline import REFINE_LAMBDA, REFINE_WEIGHT  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 
 # name: (inversion, mask: "classic" | "network" (the shipped masking UNETR, where found) | "true", refine_weight)
 METHODS = {"TKD (classic mask)": ("tkd", "classic", 0.0), "TV (classic mask)": ("tv", "classic", 0.0), "TV (network mask)": ("tv", "network", 0.0),
            "TV (true mask)": ("tv", "true", 0.0)}
-# --pedq: pedq-run end to end with the shipped networks (its default, and with --refine) beside TV on the same network mask
-PEDQ_METHODS = {"TV (network mask)": ("tv", "network", 0.0), "PedQ-NET (network mask)": ("pedq", "network", 0.0),
+# --pedq: pedq-run end to end with the shipped networks (its default, and with --refine) beside TKD and TV on the same network mask
+PEDQ_METHODS = {"TKD (network mask)": ("tkd", "network", 0.0), "TV (network mask)": ("tv", "network", 0.0),
+                "PedQ-NET (network mask)": ("pedq", "network", 0.0),
                 "PedQ-NET + TV refinement (network mask)": ("pedq", "network", REFINE_WEIGHT)}
 KEYS = ("nrmse", "hfen", "ssim", "xsim", "dgm_edge_sharpness", "dgm_mean_abs_error_ppm", "coverage")
 
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--unwrap", choices=UNWRAP_METHODS, default=PipelineConfig.unwrap,
                     help="phase unwrapping (default: pedq-run's)")
     ap.add_argument("--pedq", action="store_true",
-                    help="pedq-run with the shipped networks (mask, PedQ-NET, PedQ-NET --refine) against TV on the network mask")
+                    help="pedq-run with the shipped networks (mask, PedQ-NET, PedQ-NET --refine) against TKD and TV on the network mask")
     ap.add_argument("--section", default="accuracy", help="RESULTS.md section; also names results/SECTION.json")
     args = ap.parse_args()
     found = find_models(None)
@@ -99,7 +100,7 @@ def main() -> None:
         return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
 
     unwrap_note = "" if args.section == "accuracy" else f", {args.unwrap} unwrapping"
-    title = "pedq-run end to end with its networks, against TV on the same mask" if args.pedq else "Conventional QSM on held-out phantoms (the baseline)"
+    title = "pedq-run end to end with its networks, against TKD and TV on the same mask" if args.pedq else "Conventional QSM on held-out phantoms (the baseline)"
     lines = [f"## {title}{unwrap_note}", "",
              f"{len(records)} subjects (seeds {seeds[0]}-{seeds[-1]}; neonates and infants alternating; tilts {records[0]['tilt_deg']:.0f}-{records[-1]['tilt_deg']:.0f} deg), "
              "256x256x80, 0.78x0.78x2 mm, 3 T, TE 4.92 ms, SNR 100. `pedq-run`'s pipeline with its defaults "
@@ -107,7 +108,7 @@ def main() -> None:
              "Scored over the whole truth brain mask, uncovered voxels counted as zero; truth referenced to its brain mean, "
              "output to its eroded-mask mean. NRMSE/HFEN: ratios (0 best). Edge sharpness: 1 = as sharp as the truth."
              + (" PedQ-NET rows: `pedq-run` with the shipped models (masking network, reconstruction U-Net), without and with "
-                f"`--refine` (weight {PEDQ_METHODS['PedQ-NET + TV refinement (network mask)'][2]:g}); each row runs the masking network itself." if args.pedq else ""),
+                f"`--refine` (weight {PEDQ_METHODS['PedQ-NET + TV refinement (network mask)'][2]:g}, TV weight {REFINE_LAMBDA:g}); each row runs the masking network itself." if args.pedq else ""),
              f"Machine: {load_note}. Script: `benchmarks/bench_accuracy.py --unwrap {args.unwrap}{' --pedq' if args.pedq else ''}"
              f"{'' if args.section == 'accuracy' else ' --section ' + args.section}`; raw numbers in `benchmarks/results/{args.section}.json`.", ""]
     for age in (None, "neonate", "infant"):

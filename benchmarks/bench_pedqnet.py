@@ -43,7 +43,7 @@ from pedq_deploy.physics import dipole_kernel  # noqa: E402
 from pedq_deploy.postprocess import segmentation_checks  # noqa: E402
 from pedq_deploy.preprocess import UNWRAP_METHODS, classic_mask  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
-from pedq_deploy.runtime.pipeline import REFINE_WEIGHT  # noqa: E402
+from pedq_deploy.runtime.pipeline import REFINE_LAMBDA, REFINE_WEIGHT  # noqa: E402
 from pedq_deploy.training.config import TrainConfig  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
@@ -206,7 +206,7 @@ def main() -> None:
                          ("TV (iterative)", lambda: tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60)),
                          ("nnU-Net_TV", (lambda: tvnet.reconstruct(local, eroded, s.voxel_size, s.b0_direction)) if tvnet else None),
                          ("PedQ-NET", lambda: pedq.reconstruct(local, eroded, s.voxel_size, s.b0_direction)),
-                         (REFINED, (lambda: tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60,
+                         (REFINED, (lambda: tv_admm(local, eroded, s.voxel_size, s.b0_direction, REFINE_LAMBDA, None, 60,
                                                     prior=outs["PedQ-NET"], prior_weight=args.refine_weight)) if args.refine_weight > 0 else None),
                          ("reference: all-zero map", lambda: np.zeros_like(local))):
             if fn is None:
@@ -263,7 +263,7 @@ def report(records, models_dir, args, note) -> str:
              "(QSM-CI convention); truth referenced to its brain mean, outputs to their eroded-mask mean. \"NRMSE, covered region\": the same "
              "error inside the V-SHARP-eroded mask only, both maps referenced to their mean there. The all-zero map is a reference: "
              "a method scoring near it has recovered little of the truth's contrast. Mean ± SD over subjects."
-             + (f" \"{REFINED}\" (`pedq-run --refine`): TV (lambda 3e-4, 60 iterations) on the same field with PedQ-NET's map as a "
+             + (f" \"{REFINED}\" (`pedq-run --refine`): TV (lambda {REFINE_LAMBDA:g}, 60 iterations) on the same field with PedQ-NET's map as a "
                 f"prior of weight {args.refine_weight:g}; its seconds include the network's." if REFINED in methods else ""),
              f"PedQ-NET: {model_provenance(models_dir)}. nnU-Net_TV: {model_provenance(args.tv_models)}."
              + (f" Segmentation UNETR: {model_provenance(models_dir, 'seg')}." if records[0]["seg_dice"] else ""),

@@ -118,6 +118,7 @@ def bad_inputs(phantom_dir, tmp_path):
         "unknown option value": ([good_m, good_p, "--inversion", "magic"] + te, "magic"),
         "refining no network map": ([good_m, good_p, "--inversion", "tkd", "--refine"] + te, "needs --inversion pedq"),
         "refine weight not positive": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-weight", "0"] + te, "must be positive"),
+        "refine lambda not positive": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-lambda", "-1e-4"] + te, "TV weight must be positive"),
         "labels not whole numbers": ([good_m, good_p, "--labels", _write(tmp_path / "prob.nii.gz", np.full(m.shape, 0.5, np.float32), aff)] + te,
                                      "whole numbers"),
         "labels off the grid": ([good_m, good_p, "--labels", _write(tmp_path / "lab_small.nii.gz", np.zeros(m.shape, np.uint8)[:-2], aff)] + te,
@@ -125,16 +126,17 @@ def bad_inputs(phantom_dir, tmp_path):
     }
 
 
-def test_refine_weight_default_is_the_pipelines():
+def test_refine_defaults_are_the_pipelines():
     from pedq_deploy.cli.run import command
-    from pedq_deploy.runtime.pipeline import REFINE_WEIGHT
+    from pedq_deploy.runtime.pipeline import REFINE_LAMBDA, REFINE_WEIGHT, PipelineConfig
 
     assert next(p for p in command.params if p.name == "refine_weight").default == REFINE_WEIGHT
+    assert next(p for p in command.params if p.name == "refine_lambda").default == REFINE_LAMBDA == PipelineConfig.refine_lambda
 
 
 @pytest.mark.parametrize("case", ["missing file", "not 3D", "shape mismatch", "affine mismatch", "NaN phase",
                                   "non-positive echo time", "echo time in ms", "empty mask", "phase out of range",
-                                  "unknown option value", "refining no network map", "refine weight not positive",
+                                  "unknown option value", "refining no network map", "refine weight not positive", "refine lambda not positive",
                                   "labels not whole numbers", "labels off the grid"])
 def test_bad_input_exits_2_with_one_line_and_no_output(case, bad_inputs, tmp_path, capsys):
     argv, message = bad_inputs[case]

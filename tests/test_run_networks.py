@@ -213,7 +213,9 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     assert "refine" in refined.info["timings_s"] and "refine" not in plain.info["timings_s"]
     local, eroded = vsharp(phase_to_ppm(plain.phase_unwrapped, s.echo_time, s.field_strength), plain.mask, s.voxel_size)
     np.testing.assert_array_equal(local, plain.local_field)
-    expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], prior=plain.qsm, prior_weight=0.03)
+    cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength)
+    expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
+                     prior=plain.qsm, prior_weight=0.03)
     np.testing.assert_allclose(refined.qsm, expect, atol=1e-5)
     assert np.abs(refined.qsm - plain.qsm).max() > 1e-3
     np.testing.assert_array_equal(refined.segmentation, plain.segmentation)  # the segmentation network sees the network's map

@@ -53,10 +53,12 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("--tv-lambda", type=float, default=3e-4, show_default=True)
 @click.option("--tv-iterations", type=int, default=60, show_default=True)
 @click.option("--refine/--no-refine", default=False, show_default=True,
-              help="Refine PedQ-NET's map by TV on the local field, with the map as a prior (--tv-lambda, --tv-iterations): "
+              help="Refine PedQ-NET's map by TV on the local field, with the map as a prior (--refine-lambda, --refine-weight, --tv-iterations): "
                    "the field decides outside the magic-angle cone. Better than the network alone at TE 4.92 ms, worse at 20 ms on validation heads (benchmarks/RESULTS.md).")
 @click.option("--refine-weight", type=float, default=0.03, show_default=True,
               help="With --refine: the prior's weight, in squared dipole-kernel units (the prior decides where D(k)^2 is below it).")
+@click.option("--refine-lambda", type=float, default=1e-4, show_default=True,
+              help="With --refine: its TV weight (plain TV's is --tv-lambda; the prior lets a smaller one keep sharper edges).")
 @click.option("--vsharp-radii", type=str, help="Comma-separated SMV radii in mm (default: 12 mm down to 2x the thickest voxel).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
               help="Label image on the magnitude's grid (FreeSurfer numbers, e.g. a registered atlas): regions.csv from it instead of the segmentation network.")
@@ -71,7 +73,7 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("--workers", type=int, help="With --bids and a local cluster: number of worker processes (default: what cores and memory allow).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, labels_path, inversion, masker, mask_mirror, mask_threshold, models_dir, backend,
-            unwrap, tkd_threshold, tv_lambda, tv_iterations, refine, refine_weight, vsharp_radii, dicom_out, dicom_format, bids, participant_label, session,
+            unwrap, tkd_threshold, tv_lambda, tv_iterations, refine, refine_weight, refine_lambda, vsharp_radii, dicom_out, dicom_format, bids, participant_label, session,
             scheduler, workers, quiet):
     from ..errors import InputError
     from ..runtime.pipeline import STAGES, run_case_files
@@ -94,6 +96,7 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         tv_lambda=tv_lambda,
         tv_iterations=tv_iterations,
         refine_weight=refine_weight if refine else 0.0,
+        refine_lambda=refine_lambda,
     )
     if refine and not refine_weight > 0:
         raise InputError(f"--refine-weight must be positive, got {refine_weight}")

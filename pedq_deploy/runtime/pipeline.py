@@ -29,6 +29,7 @@ INVERSIONS = ("tkd", "tv", "pedq")
 MASKERS = ("auto", "classic", "network")
 UNWRAPPERS = ("laplacian", "lsq", "quality")  # preprocess.UNWRAP_METHODS (not imported here: it loads Numba)
 REFINE_WEIGHT = 0.03  # pedq-run --refine-weight's default (written out in cli/run.py, which must not load Numba to show --help)
+REFINE_LAMBDA = 1e-4  # pedq-run --refine-lambda's default (likewise); chosen with the weight on validation heads (bench_refine_pipeline.py)
 
 
 @dataclass
@@ -49,6 +50,9 @@ class PipelineConfig:
     # (tv_admm's prior_weight; TV's lambda and iterations). Off by default: on validation heads it
     # helped at TE 4.92 ms and hurt at 20 ms, where it inherits the field's errors (benchmarks/bench_refine.py)
     refine_weight: float = 0.0
+    # the refinement's TV weight: below plain TV's (tv_lambda), as the prior damps the noise that
+    # TV alone needs its larger weight against, and sharper edges survive
+    refine_lambda: float = REFINE_LAMBDA
     masker: str = "auto"  # network when a mask model is loaded, else classic
     mask_mirror: bool = False  # the masking network also on the left-right mirror image (test-time mirroring)
     mask_threshold: float = MASK_THRESHOLD  # the masking network's brain probability above which a voxel is brain
@@ -76,6 +80,8 @@ class PipelineConfig:
             raise InputError(f"unknown unwrapping method {self.unwrap!r} ({', '.join(UNWRAPPERS)})")
         if not (np.isfinite(self.refine_weight) and self.refine_weight >= 0):
             raise InputError(f"the refinement's prior weight must be >= 0, got {self.refine_weight}")
+        if not (np.isfinite(self.refine_lambda) and self.refine_lambda > 0):
+            raise InputError(f"the refinement's TV weight must be positive, got {self.refine_lambda}")
         if self.refine_weight > 0 and self.inversion != "pedq":
             raise InputError(f"refinement refines PedQ-NET's map: it needs --inversion pedq (got {self.inversion})")
 
@@ -209,7 +215,7 @@ def run_case(
         chi = stage("inversion", models.reconstruct, local, eroded, voxel_size, b0)
     chi_network = chi if config.inversion == "pedq" else None  # what the segmentation network was trained on
     if config.refine_weight > 0:
-        chi = stage("refine", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations,
+        chi = stage("refine", tv_admm, local, eroded, voxel_size, b0, config.refine_lambda, None, config.tv_iterations,
                     prior=chi, prior_weight=config.refine_weight)
     coverage = float(eroded.sum() / max(int(brain.sum()), 1))
     te_qc = float(np.mean(tes))  # the map's radians are those of the mean echo time

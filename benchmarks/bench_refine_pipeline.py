@@ -1,0 +1,132 @@
+"""The refinement's two weights as ``pedq-run`` runs (network mask), on validation heads.
+
+``pedq-run --refine`` refines PedQ-NET's map by TV ADMM on the local field with the map as a
+quadratic prior: ``min 1/2 |D chi - f|^2 + lambda |grad chi|_1 + alpha/2 |chi - chi_net|^2``.
+``bench_refine.py`` chose alpha with lambda fixed at TV's 3e-4, on fields made in the true brain
+mask. This sweeps both (lambda, alpha) on what a user gets: the shipped masking network's mask
+(threshold 0.7), ``lsq`` unwrapping and V-SHARP in that mask, then the shipped U-Net. TV alone
+is run at every lambda too, so what lambda does by itself is visible beside what the prior adds.
+
+Every head's mask, local field and network map are computed once; each (lambda, alpha) is one
+TV run on them. Heads: the validation seeds 2000-2009 (neonates and infants alternating, tilts
+0-30 deg), by default at the source protocol (TE 4.92 ms, SNR 100); the held-out 1000-1009 stay for
+``bench_accuracy.py --pedq``.
+
+``.venv/bin/python benchmarks/bench_refine_pipeline.py [--lambdas 1e-4,2e-4,3e-4] [--weights 0.003,0.01,0.03]
+[--subjects 10] [--echo-time S] [--snr X] [--section S]`` -> "refine_pipeline" section of RESULTS.md and results/refine_pipeline.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import VALIDATION_SEEDS, machine, update_section  # noqa: E402
+
+from bench_pedqnet import covered_nrmse, heads, load_models  # noqa: E402
+
+from pedq_deploy import metrics as M  # noqa: E402
+from pedq_deploy.inversion import tv_admm  # noqa: E402
+from pedq_deploy.physics import phase_to_ppm  # noqa: E402
+from pedq_deploy.preprocess import unwrap_phase, vsharp  # noqa: E402
+from pedq_deploy.runtime.networks import MASK_THRESHOLD  # noqa: E402
+from pedq_deploy.runtime.pipeline import PipelineConfig  # noqa: E402
+
+KEYS = (("nrmse", "NRMSE"), ("nrmse_covered", "NRMSE, covered"), ("hfen", "HFEN"), ("xsim", "XSIM"),
+        ("dgm_edge_sharpness", "DGM edge sharpness"), ("dgm_mean_abs_error_ppm", "DGM mean abs error (ppm)"))
+
+
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def score(chi, s, eroded) -> dict:
+    q = M.score_qsm(chi, s.chi, s.brain_mask, s.labels)
+    return {"nrmse": q["nrmse"], "nrmse_covered": covered_nrmse(chi, s.chi, eroded), "hfen": q["hfen"], "xsim": q["xsim"],
+            "dgm_edge_sharpness": q["dgm_edge_sharpness"], "dgm_mean_abs_error_ppm": q["dgm_mean_abs_error_ppm"]}
+
+
+def pipeline_field(models, s, cfg: PipelineConfig):
+    """``run_case``'s steps up to the local field, with the network mask: (brain, local field, eroded mask)."""
+    brain = models.mask(s.magnitude, s.voxel_size, threshold=cfg.mask_threshold)
+    unwrapped = unwrap_phase(s.phase, s.voxel_size, cfg.unwrap, mask=brain, magnitude=s.magnitude)
+    local, eroded = vsharp(phase_to_ppm(unwrapped, s.echo_time, s.field_strength), brain, s.voxel_size, cfg.vsharp_radii,
+                           cfg.vsharp_threshold)
+    return brain, local, eroded
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lambdas", default="1e-4,2e-4,3e-4", help="TV weights to try, comma-separated")
+    ap.add_argument("--weights", default="0.003,0.01,0.03", help="prior weights to try, comma-separated")
+    ap.add_argument("--subjects", type=int, default=10)
+    ap.add_argument("--echo-time", type=float, default=4.92e-3, help="seconds (default: the source protocol's)")
+    ap.add_argument("--snr", type=float, default=100.0)
+    ap.add_argument("--section", default="refine_pipeline", help="RESULTS.md section; also names results/SECTION.json")
+    args = ap.parse_args()
+    lambdas, weights = floats(args.lambdas), floats(args.weights)
+    found, models = load_models()
+    note = machine()
+    records = []
+    for seed, age, tilt, s in heads(list(VALIDATION_SEEDS)[: args.subjects], snr=args.snr, echo_time=args.echo_time):
+        cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", mask_threshold=MASK_THRESHOLD)
+        brain, local, eroded = pipeline_field(models, s, cfg)
+        net = models.reconstruct(local, eroded, s.voxel_size, s.b0_direction)
+        rec = {"seed": seed, "age": age, "tilt_deg": tilt, "mask_dice": M.dice(brain, s.brain_mask), "scores": {}, "seconds": {}}
+        rec["scores"]["PedQ-NET"] = score(net, s, eroded)
+        for lam in lambdas:
+            t0 = time.perf_counter()
+            rec["scores"][f"TV, lambda {lam:g}"] = score(tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations), s, eroded)
+            rec["seconds"][f"TV, lambda {lam:g}"] = time.perf_counter() - t0
+            for w in weights:
+                name = f"refined, lambda {lam:g}, alpha {w:g}"
+                t0 = time.perf_counter()
+                chi = tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations, prior=net, prior_weight=w)
+                rec["seconds"][name] = time.perf_counter() - t0
+                rec["scores"][name] = score(chi, s, eroded)
+        records.append(rec)
+        print(f"seed {seed} {age}: " + "; ".join(f"{k} {v['nrmse']:.3f}/{v['hfen']:.3f}/{v['dgm_edge_sharpness']:.2f}"
+                                                 for k, v in rec["scores"].items()), flush=True)
+    models.close()
+    out = Path(__file__).with_name("results")
+    out.mkdir(exist_ok=True)
+    (out / f"{args.section}.json").write_text(json.dumps(records, indent=1))
+    update_section(args.section, report(records, found, args, note))
+
+
+def report(records, models_dir, args, note) -> str:
+    methods = list(records[0]["scores"])
+    defaults = "--lambdas 1e-4,2e-4,3e-4 --weights 0.003,0.01,0.03 --subjects 10 --echo-time 0.00492 --snr 100".split()
+    given = ["--lambdas", args.lambdas, "--weights", args.weights, "--subjects", str(args.subjects), "--echo-time", f"{args.echo_time:g}",
+             "--snr", f"{args.snr:g}"]
+    flags = " ".join(f"{given[i]} {given[i + 1]}" for i in range(0, len(given), 2) if given[i + 1] != defaults[i + 1])
+    flags += f" --section {args.section}" if args.section != "refine_pipeline" else ""
+    lines = ["## The refinement's TV weight and prior weight as pedq-run runs (network mask), on validation heads", "",
+             f"Validation heads (seeds {records[0]['seed']}-{records[-1]['seed']}, not the held-out 1000-1009; neonates and infants "
+             "alternating, tilts 0-30 deg), 256x256x80, 0.78x0.78x2 mm, "
+             f"TE {args.echo_time * 1e3:.2f} ms, SNR {args.snr:g} (the source protocol's: 4.92 ms, 100). Each head's mask is "
+             f"the shipped masking network's (threshold {MASK_THRESHOLD:g}; mean Dice {np.mean([r['mask_dice'] for r in records]):.3f}), "
+             "then `lsq` unwrapping, V-SHARP in it and the shipped U-Net, as `pedq-run` does. \"TV, lambda l\": `tv_admm` alone "
+             "(60 iterations); \"refined, lambda l, alpha a\": the same with PedQ-NET's map as a prior of weight a, what "
+             "`pedq-run --refine --refine-weight a --tv-lambda l` does. Scored over the truth brain mask as in `bench_accuracy.py "
+             f"--pedq`; mean over heads. Models: `{Path(models_dir).name}`. Machine: {note}. Script: "
+             f"`benchmarks/bench_refine_pipeline.py{' ' + flags if flags else ''}`; raw numbers in `benchmarks/results/{args.section}.json`.", ""]
+    for age in (None, "neonate", "infant"):
+        rows = [r for r in records if age is None or r["age"] == age]
+        lines += [f"**{'All heads' if age is None else age.capitalize() + 's'}** ({len(rows)})", "",
+                  "| method | " + " | ".join(k[1] for k in KEYS) + " | seconds |", "| --- |" + " ---: |" * (len(KEYS) + 1)]
+        for m in methods:
+            secs = [r["seconds"][m] for r in rows if m in r["seconds"]]
+            lines.append(f"| {m} | " + " | ".join(f"{np.mean([r['scores'][m][k] for r in rows]):.4f}" for k, _ in KEYS)
+                         + f" | {f'{np.mean(secs):.1f}' if secs else '-'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
