@@ -12,7 +12,7 @@ TV run on them. Heads: the validation seeds 2000-2009 (neonates and infants alte
 0-30 deg), by default at the source protocol (TE 4.92 ms, SNR 100); the held-out 1000-1009 stay for
 ``bench_accuracy.py --pedq``.
 
-``.venv/bin/python benchmarks/bench_refine_pipeline.py [--lambdas 1e-4,2e-4,3e-4] [--weights 0.003,0.01,0.03]
+``.venv/bin/python benchmarks/bench_refine_pipeline.py [--lambdas 5e-5,1e-4,2e-4,3e-4] [--weights 0.001,0.003,0.01,0.03]
 [--subjects 10] [--echo-time S] [--snr X] [--section S]`` -> "refine_pipeline" section of RESULTS.md and results/refine_pipeline.json.
 """
 from __future__ import annotations
@@ -62,8 +62,8 @@ def pipeline_field(models, s, cfg: PipelineConfig):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--lambdas", default="1e-4,2e-4,3e-4", help="TV weights to try, comma-separated")
-    ap.add_argument("--weights", default="0.003,0.01,0.03", help="prior weights to try, comma-separated")
+    ap.add_argument("--lambdas", default="5e-5,1e-4,2e-4,3e-4", help="TV weights to try, comma-separated")
+    ap.add_argument("--weights", default="0.001,0.003,0.01,0.03", help="prior weights to try, comma-separated")
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--echo-time", type=float, default=4.92e-3, help="seconds (default: the source protocol's)")
     ap.add_argument("--snr", type=float, default=100.0)
@@ -101,7 +101,7 @@ def main() -> None:
 
 def report(records, models_dir, args, note) -> str:
     methods = list(records[0]["scores"])
-    defaults = "--lambdas 1e-4,2e-4,3e-4 --weights 0.003,0.01,0.03 --subjects 10 --echo-time 0.00492 --snr 100".split()
+    defaults = "--lambdas 5e-5,1e-4,2e-4,3e-4 --weights 0.001,0.003,0.01,0.03 --subjects 10 --echo-time 0.00492 --snr 100".split()
     given = ["--lambdas", args.lambdas, "--weights", args.weights, "--subjects", str(args.subjects), "--echo-time", f"{args.echo_time:g}",
              "--snr", f"{args.snr:g}"]
     flags = " ".join(f"{given[i]} {given[i + 1]}" for i in range(0, len(given), 2) if given[i + 1] != defaults[i + 1])
@@ -113,7 +113,7 @@ def report(records, models_dir, args, note) -> str:
              f"the shipped masking network's (threshold {MASK_THRESHOLD:g}; mean Dice {np.mean([r['mask_dice'] for r in records]):.3f}), "
              "then `lsq` unwrapping, V-SHARP in it and the shipped U-Net, as `pedq-run` does. \"TV, lambda l\": `tv_admm` alone "
              "(60 iterations); \"refined, lambda l, alpha a\": the same with PedQ-NET's map as a prior of weight a, what "
-             "`pedq-run --refine --refine-weight a --tv-lambda l` does. Scored over the truth brain mask as in `bench_accuracy.py "
+             "`pedq-run --refine --refine-weight a --refine-lambda l` does. Scored over the truth brain mask as in `bench_accuracy.py "
              f"--pedq`; mean over heads. Models: `{Path(models_dir).name}`. Machine: {note}. Script: "
              f"`benchmarks/bench_refine_pipeline.py{' ' + flags if flags else ''}`; raw numbers in `benchmarks/results/{args.section}.json`.", ""]
     for age in (None, "neonate", "infant"):
