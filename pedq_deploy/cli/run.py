@@ -54,7 +54,8 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("--tv-iterations", type=int, default=60, show_default=True)
 @click.option("--refine/--no-refine", default=False, show_default=True,
               help="Refine PedQ-NET's map by TV on the local field, with the map as a prior (--refine-lambda, --refine-weight, --tv-iterations): "
-                   "the field decides outside the magic-angle cone. Better than the network alone at TE 4.92 ms, worse at 20 ms on validation heads (benchmarks/RESULTS.md).")
+                   "the field decides outside the magic-angle cone. Sharper deep grey matter than the network alone or TV, a noisier map around it "
+                   "(benchmarks/RESULTS.md).")
 @click.option("--refine-weight", type=float, default=0.03, show_default=True,
               help="With --refine: the prior's weight, in squared dipole-kernel units (the prior decides where D(k)^2 is below it).")
 @click.option("--refine-lambda", type=float, default=1e-4, show_default=True,

@@ -47,8 +47,9 @@ class PipelineConfig:
     tv_lambda: float = 3e-4
     tv_iterations: int = 60
     # > 0: PedQ-NET's map refined by TV ADMM on the local field with it as a prior of this weight
-    # (tv_admm's prior_weight; TV's lambda and iterations). Off by default: on validation heads it
-    # helped at TE 4.92 ms and hurt at 20 ms, where it inherits the field's errors (benchmarks/bench_refine.py)
+    # (tv_admm's prior_weight; TV weight refine_lambda, TV's iterations). Off by default: it trades
+    # the network's smooth map for sharper deep grey matter, and it inherits the field's errors
+    # (benchmarks/bench_refine.py, bench_refine_pipeline.py)
     refine_weight: float = 0.0
     # the refinement's TV weight: below plain TV's (tv_lambda), as the prior damps the noise that
     # TV alone needs its larger weight against, and sharper edges survive
