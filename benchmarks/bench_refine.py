@@ -38,10 +38,22 @@ KEYS = (("nrmse", "NRMSE"), ("nrmse_covered", "NRMSE, covered"), ("hfen", "HFEN"
         ("dgm_mean_abs_error_ppm", "DGM mean abs error (ppm)"))
 
 
-def score(chi, s, eroded) -> dict:
+def score(chi, s, eroded, keys=KEYS) -> dict:
+    """The ``keys`` (pairs: score_qsm's name or "nrmse_covered", column title) of one map against the truth."""
     q = M.score_qsm(chi, s.chi, s.brain_mask, s.labels)
-    return {"nrmse": q["nrmse"], "nrmse_covered": covered_nrmse(chi, s.chi, eroded), "hfen": q["hfen"],
-            "dgm_edge_sharpness": q["dgm_edge_sharpness"], "dgm_mean_abs_error_ppm": q["dgm_mean_abs_error_ppm"]}
+    q["nrmse_covered"] = covered_nrmse(chi, s.chi, eroded)
+    return {k: q[k] for k, _ in keys}
+
+
+def mean_table(title: str, rows, methods, keys=KEYS) -> list[str]:
+    """``title``, then a table of each method's mean scores over ``rows`` (records with "scores" and
+    "seconds" per method) and its mean seconds, then a blank line."""
+    lines = [title, "", "| method | " + " | ".join(k[1] for k in keys) + " | seconds |", "| --- |" + " ---: |" * (len(keys) + 1)]
+    for m in methods:
+        secs = [r["seconds"][m] for r in rows if m in r["seconds"]]
+        lines.append(f"| {m} | " + " | ".join(f"{np.mean([r['scores'][m][k] for r in rows]):.4f}" for k, _ in keys)
+                     + f" | {f'{np.mean(secs):.1f}' if secs else '-'} |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -89,13 +101,7 @@ def report(records, models_dir, args, note) -> str:
              f"{'' if args.subjects == 4 else f' --subjects {args.subjects}'}`; raw numbers in `benchmarks/results/refine_weight.json`.", ""]
     for te, snr in SETTINGS:
         rows = [r for r in records if r["echo_time"] == te and r["snr"] == snr]
-        lines += [f"**TE {te * 1e3:.2f} ms, SNR {snr:g}**", "", "| method | " + " | ".join(k[1] for k in KEYS) + " | seconds |",
-                  "| --- |" + " ---: |" * (len(KEYS) + 1)]
-        for m in methods:
-            secs = [r["seconds"][m] for r in rows if m in r["seconds"]]
-            lines.append(f"| {m} | " + " | ".join(f"{np.mean([r['scores'][m][k] for r in rows]):.4f}" for k, _ in KEYS)
-                         + f" | {f'{np.mean(secs):.1f}' if secs else '-'} |")
-        lines.append("")
+        lines += mean_table(f"**TE {te * 1e3:.2f} ms, SNR {snr:g}**", rows, methods)
     return "\n".join(lines)
 
 

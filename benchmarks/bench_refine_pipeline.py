@@ -28,7 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import VALIDATION_SEEDS, machine, update_section  # noqa: E402
 
-from bench_pedqnet import covered_nrmse, heads, load_models  # noqa: E402
+from bench_pedqnet import heads, load_models  # noqa: E402
+from bench_refine import mean_table, score  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.inversion import tv_admm  # noqa: E402
@@ -43,12 +44,6 @@ KEYS = (("nrmse", "NRMSE"), ("nrmse_covered", "NRMSE, covered"), ("hfen", "HFEN"
 
 def floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
-
-
-def score(chi, s, eroded) -> dict:
-    q = M.score_qsm(chi, s.chi, s.brain_mask, s.labels)
-    return {"nrmse": q["nrmse"], "nrmse_covered": covered_nrmse(chi, s.chi, eroded), "hfen": q["hfen"], "xsim": q["xsim"],
-            "dgm_edge_sharpness": q["dgm_edge_sharpness"], "dgm_mean_abs_error_ppm": q["dgm_mean_abs_error_ppm"]}
 
 
 def pipeline_field(models, s, cfg: PipelineConfig):
@@ -78,17 +73,17 @@ def main() -> None:
         brain, local, eroded = pipeline_field(models, s, cfg)
         net = models.reconstruct(local, eroded, s.voxel_size, s.b0_direction)
         rec = {"seed": seed, "age": age, "tilt_deg": tilt, "mask_dice": M.dice(brain, s.brain_mask), "scores": {}, "seconds": {}}
-        rec["scores"]["PedQ-NET"] = score(net, s, eroded)
+        rec["scores"]["PedQ-NET"] = score(net, s, eroded, KEYS)
         for lam in lambdas:
             t0 = time.perf_counter()
-            rec["scores"][f"TV, lambda {lam:g}"] = score(tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations), s, eroded)
+            rec["scores"][f"TV, lambda {lam:g}"] = score(tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations), s, eroded, KEYS)
             rec["seconds"][f"TV, lambda {lam:g}"] = time.perf_counter() - t0
             for w in weights:
                 name = f"refined, lambda {lam:g}, alpha {w:g}"
                 t0 = time.perf_counter()
                 chi = tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations, prior=net, prior_weight=w)
                 rec["seconds"][name] = time.perf_counter() - t0
-                rec["scores"][name] = score(chi, s, eroded)
+                rec["scores"][name] = score(chi, s, eroded, KEYS)
         records.append(rec)
         print(f"seed {seed} {age}: " + "; ".join(f"{k} {v['nrmse']:.3f}/{v['hfen']:.3f}/{v['dgm_edge_sharpness']:.2f}"
                                                  for k, v in rec["scores"].items()), flush=True)
@@ -118,13 +113,7 @@ def report(records, models_dir, args, note) -> str:
              f"`benchmarks/bench_refine_pipeline.py{' ' + flags if flags else ''}`; raw numbers in `benchmarks/results/{args.section}.json`.", ""]
     for age in (None, "neonate", "infant"):
         rows = [r for r in records if age is None or r["age"] == age]
-        lines += [f"**{'All heads' if age is None else age.capitalize() + 's'}** ({len(rows)})", "",
-                  "| method | " + " | ".join(k[1] for k in KEYS) + " | seconds |", "| --- |" + " ---: |" * (len(KEYS) + 1)]
-        for m in methods:
-            secs = [r["seconds"][m] for r in rows if m in r["seconds"]]
-            lines.append(f"| {m} | " + " | ".join(f"{np.mean([r['scores'][m][k] for r in rows]):.4f}" for k, _ in KEYS)
-                         + f" | {f'{np.mean(secs):.1f}' if secs else '-'} |")
-        lines.append("")
+        lines += mean_table(f"**{'All heads' if age is None else age.capitalize() + 's'}** ({len(rows)})", rows, methods, KEYS)
     return "\n".join(lines)
 
 
