@@ -320,11 +320,7 @@ class PhantomStream:
         if self._lanes is None:
             self._lanes = [self._load(self.subject_index)]
         sample = self._draw(self._lanes[0])
-        self.crop_index += 1
-        if self.crop_index >= self.cfg.crops_per_subject:
-            self.subject_index += 1
-            self.crop_index = 0
-            self._lanes = None
+        self._advance(1, 1)
         return sample
 
     def next_batch(self) -> list[Sample]:
@@ -335,12 +331,16 @@ class PhantomStream:
             self._lanes = [self._load(self.subject_index + j) for j in range(n)]
         per = self.cfg.batch_size // n
         batch = [self._draw(lane) for lane in self._lanes for _ in range(per)]
-        self.crop_index += per
+        self._advance(per, n)
+        return batch
+
+    def _advance(self, crops: int, subjects: int) -> None:
+        """``crops`` more drawn from each lane; after ``crops_per_subject`` the ``subjects`` lanes retire."""
+        self.crop_index += crops
         if self.crop_index >= self.cfg.crops_per_subject:
-            self.subject_index += n
+            self.subject_index += subjects
             self.crop_index = 0
             self._lanes = None
-        return batch
 
     def close(self) -> None:
         if self._pool is not None:
