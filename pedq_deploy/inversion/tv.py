@@ -22,13 +22,14 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 import scipy.fft
+from scipy import ndimage as ndi
 
 from ..errors import InputError
 from ..physics import dipole_kernel_rfft, fft_workers
 from ._common import check_inversion_input, demean
 from ._crop import crop_to_mask
 
-__all__ = ["tv_admm"]
+__all__ = ["tv_admm", "structure_edge_weight"]
 
 
 def _gradient_eigs(shape, voxel_size) -> np.ndarray:
@@ -56,8 +57,9 @@ def _soft(v, kappa):  # pragma: no cover - compiled
 def _shrink_update(chi, w, u, inv_h, kappa, rhs):  # pragma: no cover - compiled
     """z = shrink(grad chi + u, kappa); u += grad chi - z; w = z - u; rhs = grad^T w.
 
-    Periodic neighbours come from precomputed index steps (no integer modulo in the inner loop).
-    Only u and w = z - u are stored: the chi update needs nothing else.
+    ``kappa`` is per voxel (a zero-stride view of one value when TV is unweighted). Periodic
+    neighbours come from precomputed index steps (no integer modulo in the inner loop). Only u and
+    w = z - u are stored: the chi update needs nothing else.
     """
     n0, n1, n2 = chi.shape
     h0, h1, h2 = inv_h[0], inv_h[1], inv_h[2]
@@ -68,10 +70,11 @@ def _shrink_update(chi, w, u, inv_h, kappa, rhs):  # pragma: no cover - compiled
             for k in range(n2):
                 kp = k + 1 if k + 1 < n2 else 0
                 c = chi[i, j, k]
+                t = kappa[i, j, k]
                 v0 = (chi[ip, j, k] - c) * h0 + u[0, i, j, k]
                 v1 = (chi[i, jp, k] - c) * h1 + u[1, i, j, k]
                 v2 = (chi[i, j, kp] - c) * h2 + u[2, i, j, k]
-                z0, z1, z2 = _soft(v0, kappa), _soft(v1, kappa), _soft(v2, kappa)
+                z0, z1, z2 = _soft(v0, t), _soft(v1, t), _soft(v2, t)
                 u[0, i, j, k], u[1, i, j, k], u[2, i, j, k] = v0 - z0, v1 - z1, v2 - z2
                 w[0, i, j, k], w[1, i, j, k], w[2, i, j, k] = 2.0 * z0 - v0, 2.0 * z1 - v1, 2.0 * z2 - v2
     for i in numba.prange(n0):
@@ -94,6 +97,33 @@ def _chi_update(spec, dtf, inv_denom, rho):  # pragma: no cover - compiled
                 spec[i, j, k] = (rho * spec[i, j, k] + dtf[i, j, k]) * inv_denom[i, j, k]
 
 
+def structure_edge_weight(labels: np.ndarray, weight: float, band: int = 1) -> np.ndarray:
+    """A TV weight map (for :func:`tv_admm`'s ``tv_weight``): ``weight`` within ``band`` voxels of
+    any boundary of a labelled structure (with the background or with another structure), 1 elsewhere.
+
+    ``labels``: integer map, 0 for no structure (e.g. the segmentation network's 8 deep grey matter
+    structures). Band 1 marks the voxels on both sides of each label change along the voxel axes.
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 3 or not np.issubdtype(lab.dtype, np.integer):
+        raise InputError(f"labels must be a 3D integer map, got {lab.ndim}D {lab.dtype}")
+    if not (np.isfinite(weight) and 0.0 <= weight <= 1.0):
+        raise InputError(f"the edge weight must lie in [0, 1], got {weight}")
+    if int(band) < 1:
+        raise InputError(f"the edge band must be >= 1 voxel, got {band}")
+    edge = np.zeros(lab.shape, bool)
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        change = lab[tuple(lo)] != lab[tuple(hi)]
+        edge[tuple(lo)] |= change
+        edge[tuple(hi)] |= change
+    if band > 1 and edge.any():
+        edge = ndi.binary_dilation(edge, iterations=int(band) - 1)
+    return np.where(edge, np.float32(weight), np.float32(1.0))
+
+
 def tv_admm(
     local_field: np.ndarray,
     mask: np.ndarray,
@@ -104,6 +134,7 @@ def tv_admm(
     iterations: int = 60,
     prior: np.ndarray | None = None,
     prior_weight: float = 0.0,
+    tv_weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """Susceptibility (ppm) from the local field (ppm) by TV-regularised ADMM.
 
@@ -121,6 +152,11 @@ def tv_admm(
     prior_weight : float
         ``alpha``, in units of the squared dipole kernel (which lies in [0, 4/9]): the prior decides
         the frequencies where ``D(k)^2 < alpha``. Needs ``prior``; 0 ignores it.
+    tv_weight : ndarray, optional
+        A per-voxel factor in [0, 1] on ``lam`` (on the forward differences from each voxel), as
+        MEDI weights its TV by anatomy: below 1 where an edge is expected (e.g. on the boundaries of
+        segmented structures, :func:`structure_edge_weight`), so TV lets the field make it there.
+        It only permits an edge; the data term still has to want one. Default: 1 everywhere.
 
     Returns
     -------
@@ -140,6 +176,12 @@ def tv_admm(
             raise InputError(f"prior shape {prior.shape} differs from the field's {f.shape}")
         if not np.all(np.isfinite(prior[m])):
             raise InputError("the prior map has NaN or infinite values inside the mask")
+    if tv_weight is not None:
+        tv_weight = np.asarray(tv_weight, np.float32)
+        if tv_weight.shape != f.shape:
+            raise InputError(f"TV weight map shape {tv_weight.shape} differs from the field's {f.shape}")
+        if not np.all((tv_weight >= 0) & (tv_weight <= 1)):
+            raise InputError("the TV weight map must lie in [0, 1] (NaN is not allowed)")
     rho = 100.0 * lam if rho is None else float(rho)
     box = crop_to_mask(m)
     shape = box.shape
@@ -163,6 +205,10 @@ def tv_admm(
     rhs = np.zeros(shape, np.float32)
     inv_h = (1.0 / v).astype(np.float32)
     kappa = np.float32(lam / rho)
+    if tv_weight is None:
+        kappa = np.broadcast_to(kappa, shape)
+    else:  # outside the mask's box the weight is 1 (the box's margin is outside the mask anyway)
+        kappa = (kappa * (1.0 - box.embed(1.0 - tv_weight))).astype(np.float32)
     for _ in range(iterations):
         _shrink_update(chi, zu, u, inv_h, kappa, rhs)
         spec = scipy.fft.rfftn(rhs, workers=w)
