@@ -6,7 +6,7 @@ Each subject runs pedq-run's pipeline with TKD and TV on the classic mask, TV on
 network's mask (where the models are found) and TV on the true brain mask (to separate masking from
 inversion errors), with pedq-run's default unwrapping or ``--unwrap``. ``--pedq`` runs pedq-run as a
 user does with the shipped networks instead: the masking network's mask, PedQ-NET without and with
-``--refine``, and TKD and TV on the same mask. Scores follow the QSM-CI
+``--refine`` (guided by the segmentation network's structures, and unguided), and TKD and TV on the same mask. Scores follow the QSM-CI
 convention (whole truth brain mask, missing voxels count as zero); the QSM-CI scorer's own NRMSE
 and XSIM are reported next to ours where qsm-ci is installed.
 
@@ -34,13 +34,16 @@ from pedq_deploy.runtime import PipelineConfig, run_case  # noqa: E402
 from pedq_deploy.runtime.pipeline import REFINE_LAMBDA, REFINE_WEIGHT  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 
-# name: (inversion, mask: "classic" | "network" (the shipped masking UNETR, where found) | "true", refine_weight)
-METHODS = {"TKD (classic mask)": ("tkd", "classic", 0.0), "TV (classic mask)": ("tv", "classic", 0.0), "TV (network mask)": ("tv", "network", 0.0),
-           "TV (true mask)": ("tv", "true", 0.0)}
-# --pedq: pedq-run end to end with the shipped networks (its default, and with --refine) beside TKD and TV on the same network mask
-PEDQ_METHODS = {"TKD (network mask)": ("tkd", "network", 0.0), "TV (network mask)": ("tv", "network", 0.0),
-                "PedQ-NET (network mask)": ("pedq", "network", 0.0),
-                "PedQ-NET + TV refinement (network mask)": ("pedq", "network", REFINE_WEIGHT)}
+# name: (inversion, mask: "classic" | "network" (the shipped masking UNETR, where found) | "true", other PipelineConfig fields)
+METHODS = {"TKD (classic mask)": ("tkd", "classic", {}), "TV (classic mask)": ("tv", "classic", {}), "TV (network mask)": ("tv", "network", {}),
+           "TV (true mask)": ("tv", "true", {})}
+# --pedq: pedq-run end to end with the shipped networks (its default, with --refine, and with --refine unguided by the
+# segmentation) beside TKD and TV on the same network mask
+REFINED = "PedQ-NET + guided TV refinement (network mask)"
+PEDQ_METHODS = {"TKD (network mask)": ("tkd", "network", {}), "TV (network mask)": ("tv", "network", {}),
+                "PedQ-NET (network mask)": ("pedq", "network", {}),
+                REFINED: ("pedq", "network", {"refine_weight": REFINE_WEIGHT}),
+                "PedQ-NET + TV refinement, unguided (network mask)": ("pedq", "network", {"refine_weight": REFINE_WEIGHT, "refine_edge_weight": 1.0})}
 KEYS = ("nrmse", "hfen", "ssim", "xsim", "dgm_edge_sharpness", "dgm_mean_abs_error_ppm", "coverage")
 
 
@@ -72,9 +75,9 @@ def main() -> None:
     records = []
     for seed, age, tilt, s in heads(seeds, snr=100.0):
         rec = {"seed": seed, "age": age, "tilt_deg": tilt, "methods": {}}
-        for name, (inversion, mask, refine) in methods.items():
+        for name, (inversion, mask, extra) in methods.items():
             cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion=inversion, unwrap=args.unwrap,
-                                 masker="network" if mask == "network" else "classic", refine_weight=refine)
+                                 masker="network" if mask == "network" else "classic", **extra)
             t0 = time.perf_counter()
             res = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, mask=s.brain_mask if mask == "true" else None,
                            models=models if mask == "network" else None)
@@ -107,8 +110,11 @@ def main() -> None:
              f"({args.unwrap} unwrapping, V-SHARP in the mask named; the network mask is the shipped masking UNETR's). Mean ± SD over subjects. "
              "Scored over the whole truth brain mask, uncovered voxels counted as zero; truth referenced to its brain mean, "
              "output to its eroded-mask mean. NRMSE/HFEN: ratios (0 best). Edge sharpness: 1 = as sharp as the truth."
-             + (" PedQ-NET rows: `pedq-run` with the shipped models (masking network, reconstruction U-Net), without and with "
-                f"`--refine` (weight {PEDQ_METHODS['PedQ-NET + TV refinement (network mask)'][2]:g}, TV weight {REFINE_LAMBDA:g}); each row runs the masking network itself." if args.pedq else ""),
+             + (" PedQ-NET rows: `pedq-run` with the shipped models (masking network, reconstruction U-Net, segmentation UNETR), "
+                f"without and with `--refine` (prior weight {REFINE_WEIGHT:g}, TV weight {REFINE_LAMBDA:g}, multiplied by "
+                f"{PipelineConfig.refine_edge_weight:g} within {PipelineConfig.refine_edge_band} voxels of the segmented structures' boundaries), "
+                "and with `--refine --refine-edge-weight 1` (the same TV weight everywhere); each row runs the masking network itself."
+                if args.pedq else ""),
              f"Machine: {load_note}. Script: `benchmarks/bench_accuracy.py --unwrap {args.unwrap}{' --pedq' if args.pedq else ''}"
              f"{'' if args.section == 'accuracy' else ' --section ' + args.section}`; raw numbers in `benchmarks/results/{args.section}.json`.", ""]
     for age in (None, "neonate", "infant"):

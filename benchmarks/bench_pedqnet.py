@@ -37,20 +37,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import HELD_OUT_SEEDS, VALIDATION_SEEDS, machine, model_provenance, update_section  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
-from pedq_deploy.inversion import tkd, tv_admm  # noqa: E402
+from pedq_deploy.inversion import structure_edge_weight, tkd, tv_admm  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.physics import dipole_kernel  # noqa: E402
 from pedq_deploy.postprocess import segmentation_checks  # noqa: E402
 from pedq_deploy.preprocess import UNWRAP_METHODS, classic_mask  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
-from pedq_deploy.runtime.pipeline import REFINE_LAMBDA, REFINE_WEIGHT  # noqa: E402
+from pedq_deploy.runtime.pipeline import REFINE_LAMBDA, REFINE_WEIGHT, PipelineConfig  # noqa: E402
 from pedq_deploy.training.config import TrainConfig  # noqa: E402
 from pedq_deploy.training.data import subject_local_field  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = {"source": {}, "training": {"shape": TrainConfig.grid, "voxel_size": TrainConfig.voxel_size}}
 UNWRAP_NAMES = {"laplacian": "Laplacian", "lsq": "least-squares", "quality": "quality-guided"}
-REFINED = "PedQ-NET + TV refinement"  # pedq-run --refine: its seconds include the network's
+REFINED = "PedQ-NET + guided TV refinement"  # pedq-run --refine: its seconds include the network's and the segmentation's
 QSM_KEYS = ("nrmse", "nrmse_covered", "hfen", "ssim", "xsim", "dgm_edge_sharpness", "dgm_mean_abs_error_ppm", "coverage")
 
 
@@ -201,13 +201,24 @@ def main() -> None:
             rec["masks"][name] = {"dice": M.dice(m, s.brain_mask), **M.surface_distance(m, s.brain_mask, s.voxel_size)}
         # one local field for every inversion
         local, eroded = subject_local_field(s, unwrap=args.unwrap)
-        outs = {}
+        outs, segs = {}, {}
+
+        def refined(net):
+            """pedq-run --refine: TV with the network's map as a prior, its TV weight lowered on the boundaries of the
+            segmentation network's structures (as pedq-run's defaults; unguided without a segmentation model)."""
+            cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength)
+            weight = None
+            if pedq.has("seg") and cfg.refine_edge_weight < 1:
+                segs["PedQ-NET"] = pedq.segment(net, eroded, s.voxel_size)
+                weight = structure_edge_weight(segs["PedQ-NET"], cfg.refine_edge_weight, cfg.refine_edge_band)
+            return tv_admm(local, eroded, s.voxel_size, s.b0_direction, cfg.refine_lambda, None, cfg.tv_iterations, prior=net,
+                           prior_weight=args.refine_weight, tv_weight=weight)
+
         for name, fn in (("TKD", lambda: tkd(local, eroded, s.voxel_size, s.b0_direction)),
                          ("TV (iterative)", lambda: tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60)),
                          ("nnU-Net_TV", (lambda: tvnet.reconstruct(local, eroded, s.voxel_size, s.b0_direction)) if tvnet else None),
                          ("PedQ-NET", lambda: pedq.reconstruct(local, eroded, s.voxel_size, s.b0_direction)),
-                         (REFINED, (lambda: tv_admm(local, eroded, s.voxel_size, s.b0_direction, REFINE_LAMBDA, None, 60,
-                                                    prior=outs["PedQ-NET"], prior_weight=args.refine_weight)) if args.refine_weight > 0 else None),
+                         (REFINED, (lambda: refined(outs["PedQ-NET"])) if args.refine_weight > 0 else None),
                          ("reference: all-zero map", lambda: np.zeros_like(local))):
             if fn is None:
                 continue
@@ -217,7 +228,7 @@ def main() -> None:
             rec["qsm"][name] = M.score_qsm(outs[name], s.chi, s.brain_mask, s.labels)
             rec["qsm"][name]["nrmse_covered"] = covered_nrmse(outs[name], s.chi, eroded)
         if pedq.has("seg"):
-            seg = pedq.segment(outs["PedQ-NET"], eroded, s.voxel_size)
+            seg = segs["PedQ-NET"] if "PedQ-NET" in segs else pedq.segment(outs["PedQ-NET"], eroded, s.voxel_size)
             rec["seg_dice"] = {M.FS_DGM_NAMES[k]: M.dice(seg == k, s.labels == k) for k in M.FS_DGM_NAMES}
             # pedq-run's plausibility checks, on the network's labels and (their false alarms) on the true ones
             for key, lab in (("seg_qc", seg), ("truth_qc", np.where(eroded, s.labels, 0))):
@@ -264,7 +275,9 @@ def report(records, models_dir, args, note) -> str:
              "error inside the V-SHARP-eroded mask only, both maps referenced to their mean there. The all-zero map is a reference: "
              "a method scoring near it has recovered little of the truth's contrast. Mean ± SD over subjects."
              + (f" \"{REFINED}\" (`pedq-run --refine`): TV (lambda {REFINE_LAMBDA:g}, 60 iterations) on the same field with PedQ-NET's map as a "
-                f"prior of weight {args.refine_weight:g}; its seconds include the network's." if REFINED in methods else ""),
+                f"prior of weight {args.refine_weight:g}, the TV weight multiplied by {PipelineConfig.refine_edge_weight:g} within "
+                f"{PipelineConfig.refine_edge_band} voxels of the boundaries of the segmentation network's structures (its labels of PedQ-NET's map); "
+                "its seconds include the network's and the segmentation's." if REFINED in methods else ""),
              f"PedQ-NET: {model_provenance(models_dir)}. nnU-Net_TV: {model_provenance(args.tv_models)}."
              + (f" Segmentation UNETR: {model_provenance(models_dir, 'seg')}." if records[0]["seg_dice"] else ""),
              f"Machine: {note}. Script: `benchmarks/bench_pedqnet.py{options}"

@@ -7,13 +7,18 @@ mask. This sweeps both (lambda, alpha) on what a user gets: the shipped masking 
 (threshold 0.7), ``lsq`` unwrapping and V-SHARP in that mask, then the shipped U-Net. TV alone
 is run at every lambda too, so what lambda does by itself is visible beside what the prior adds.
 
-Every head's mask, local field and network map are computed once; each (lambda, alpha) is one
-TV run on them. Heads: the validation seeds 2000-2009 (neonates and infants alternating, tilts
+With ``--edge-weights``, each (lambda, alpha) is also run guided by the segmentation network's
+labels of the network map (``pedq-run --refine-edge-weight``): the TV weight is multiplied by the
+edge weight within ``--bands`` voxels of the segmented structures' boundaries
+(``structure_edge_weight``), so the field can make the deep grey matter's edges there.
+
+Every head's mask, local field, network map and segmentation are computed once; each setting is
+one TV run on them. Heads: the validation seeds 2000-2009 (neonates and infants alternating, tilts
 0-30 deg), by default at the source protocol (TE 4.92 ms, SNR 100); the held-out 1000-1009 stay for
 ``bench_accuracy.py --pedq``.
 
 ``.venv/bin/python benchmarks/bench_refine_pipeline.py [--lambdas 5e-5,1e-4,2e-4,3e-4] [--weights 0.001,0.003,0.01,0.03]
-[--subjects 10] [--echo-time S] [--snr X] [--section S]`` -> "refine_pipeline" section of RESULTS.md and results/refine_pipeline.json.
+[--edge-weights 0.1,0] [--bands 1,2] [--subjects 10] [--echo-time S] [--snr X] [--section S]`` -> "refine_pipeline" section of RESULTS.md and results/refine_pipeline.json.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from bench_pedqnet import heads, load_models  # noqa: E402
 from bench_refine import mean_table, score  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
-from pedq_deploy.inversion import tv_admm  # noqa: E402
+from pedq_deploy.inversion import structure_edge_weight, tv_admm  # noqa: E402
 from pedq_deploy.physics import phase_to_ppm  # noqa: E402
 from pedq_deploy.preprocess import unwrap_phase, vsharp  # noqa: E402
 from pedq_deploy.runtime.networks import MASK_THRESHOLD  # noqa: E402
@@ -59,12 +64,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lambdas", default="5e-5,1e-4,2e-4,3e-4", help="TV weights to try, comma-separated")
     ap.add_argument("--weights", default="0.001,0.003,0.01,0.03", help="prior weights to try, comma-separated")
+    ap.add_argument("--edge-weights", default="", help="guided refinement: TV weight factors on the segmented boundaries (none by default)")
+    ap.add_argument("--bands", default="1", help="guided refinement: boundary half-widths in voxels, comma-separated")
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--echo-time", type=float, default=4.92e-3, help="seconds (default: the source protocol's)")
     ap.add_argument("--snr", type=float, default=100.0)
     ap.add_argument("--section", default="refine_pipeline", help="RESULTS.md section; also names results/SECTION.json")
     args = ap.parse_args()
     lambdas, weights = floats(args.lambdas), floats(args.weights)
+    edge_weights, bands = floats(args.edge_weights), [int(b) for b in floats(args.bands)]
     found, models = load_models()
     note = machine()
     records = []
@@ -73,6 +81,9 @@ def main() -> None:
         brain, local, eroded = pipeline_field(models, s, cfg)
         net = models.reconstruct(local, eroded, s.voxel_size, s.b0_direction)
         rec = {"seed": seed, "age": age, "tilt_deg": tilt, "mask_dice": M.dice(brain, s.brain_mask), "scores": {}, "seconds": {}}
+        if edge_weights:  # as pedq-run segments: the network map, in the eroded mask
+            seg = models.segment(net, eroded, s.voxel_size)
+            rec["seg_dice"] = float(np.mean([M.dice(seg == k, s.labels == k) for k in np.unique(s.labels) if k]))
         rec["scores"]["PedQ-NET"] = score(net, s, eroded, KEYS)
         for lam in lambdas:
             t0 = time.perf_counter()
@@ -84,6 +95,14 @@ def main() -> None:
                 chi = tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations, prior=net, prior_weight=w)
                 rec["seconds"][name] = time.perf_counter() - t0
                 rec["scores"][name] = score(chi, s, eroded, KEYS)
+                for ew in edge_weights:
+                    for band in bands:
+                        name = f"guided, lambda {lam:g}, alpha {w:g}, edge weight {ew:g}, band {band}"
+                        t0 = time.perf_counter()
+                        chi = tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations, prior=net, prior_weight=w,
+                                      tv_weight=structure_edge_weight(seg, ew, band))
+                        rec["seconds"][name] = time.perf_counter() - t0
+                        rec["scores"][name] = score(chi, s, eroded, KEYS)
         records.append(rec)
         print(f"seed {seed} {age}: " + "; ".join(f"{k} {v['nrmse']:.3f}/{v['hfen']:.3f}/{v['dgm_edge_sharpness']:.2f}"
                                                  for k, v in rec["scores"].items()), flush=True)
@@ -96,9 +115,10 @@ def main() -> None:
 
 def report(records, models_dir, args, note) -> str:
     methods = list(records[0]["scores"])
-    defaults = "--lambdas 5e-5,1e-4,2e-4,3e-4 --weights 0.001,0.003,0.01,0.03 --subjects 10 --echo-time 0.00492 --snr 100".split()
-    given = ["--lambdas", args.lambdas, "--weights", args.weights, "--subjects", str(args.subjects), "--echo-time", f"{args.echo_time:g}",
-             "--snr", f"{args.snr:g}"]
+    defaults = ("--lambdas 5e-5,1e-4,2e-4,3e-4 --weights 0.001,0.003,0.01,0.03 --edge-weights - --bands 1 --subjects 10 --echo-time 0.00492 "
+                "--snr 100").split()
+    given = ["--lambdas", args.lambdas, "--weights", args.weights, "--edge-weights", args.edge_weights or "-", "--bands", args.bands,
+             "--subjects", str(args.subjects), "--echo-time", f"{args.echo_time:g}", "--snr", f"{args.snr:g}"]
     flags = " ".join(f"{given[i]} {given[i + 1]}" for i in range(0, len(given), 2) if given[i + 1] != defaults[i + 1])
     flags += f" --section {args.section}" if args.section != "refine_pipeline" else ""
     lines = ["## The refinement's TV weight and prior weight as pedq-run runs (network mask), on validation heads", "",
@@ -108,7 +128,10 @@ def report(records, models_dir, args, note) -> str:
              f"the shipped masking network's (threshold {MASK_THRESHOLD:g}; mean Dice {np.mean([r['mask_dice'] for r in records]):.3f}), "
              "then `lsq` unwrapping, V-SHARP in it and the shipped U-Net, as `pedq-run` does. \"TV, lambda l\": `tv_admm` alone "
              "(60 iterations); \"refined, lambda l, alpha a\": the same with PedQ-NET's map as a prior of weight a, what "
-             "`pedq-run --refine --refine-weight a --refine-lambda l` does. Scored over the truth brain mask as in `bench_accuracy.py "
+             "`pedq-run --refine --refine-weight a --refine-lambda l` does; \"guided, ..., edge weight e, band b\": the same with the TV "
+             "weight times e within b voxels of the boundaries of the segmentation network's structures (its labels of PedQ-NET's map"
+             f"{'' if 'seg_dice' not in records[0] else ', mean Dice %.3f against the truth' % np.mean([r['seg_dice'] for r in records])}), what "
+             "`--refine-edge-weight e --refine-edge-band b` adds. Scored over the truth brain mask as in `bench_accuracy.py "
              f"--pedq`; mean over heads. Models: `{Path(models_dir).name}`. Machine: {note}. Script: "
              f"`benchmarks/bench_refine_pipeline.py{' ' + flags if flags else ''}`; raw numbers in `benchmarks/results/{args.section}.json`.", ""]
     for age in (None, "neonate", "infant"):

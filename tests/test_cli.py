@@ -119,6 +119,9 @@ def bad_inputs(phantom_dir, tmp_path):
         "refining no network map": ([good_m, good_p, "--inversion", "tkd", "--refine"] + te, "needs --inversion pedq"),
         "refine weight not positive": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-weight", "0"] + te, "must be positive"),
         "refine lambda not positive": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-lambda", "-1e-4"] + te, "TV weight must be positive"),
+        "edge weight out of range": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-edge-weight", "1.5"] + te, "must lie in [0, 1]"),
+        "edge band below 1": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-edge-weight", "0", "--refine-edge-band", "0"] + te,
+                              "edge band"),
         "labels not whole numbers": ([good_m, good_p, "--labels", _write(tmp_path / "prob.nii.gz", np.full(m.shape, 0.5, np.float32), aff)] + te,
                                      "whole numbers"),
         "labels off the grid": ([good_m, good_p, "--labels", _write(tmp_path / "lab_small.nii.gz", np.zeros(m.shape, np.uint8)[:-2], aff)] + te,
@@ -128,16 +131,42 @@ def bad_inputs(phantom_dir, tmp_path):
 
 def test_refine_defaults_are_the_pipelines():
     from pedq_deploy.cli.run import command
-    from pedq_deploy.runtime.pipeline import REFINE_LAMBDA, REFINE_WEIGHT, PipelineConfig
+    from pedq_deploy.runtime.pipeline import REFINE_EDGE_BAND, REFINE_EDGE_WEIGHT, REFINE_LAMBDA, REFINE_WEIGHT, PipelineConfig
 
     assert next(p for p in command.params if p.name == "refine_weight").default == REFINE_WEIGHT
     assert next(p for p in command.params if p.name == "refine_lambda").default == REFINE_LAMBDA == PipelineConfig.refine_lambda
+    assert next(p for p in command.params if p.name == "refine_edge_weight").default == REFINE_EDGE_WEIGHT == PipelineConfig.refine_edge_weight
+    assert next(p for p in command.params if p.name == "refine_edge_band").default == REFINE_EDGE_BAND == PipelineConfig.refine_edge_band
+
+
+def test_refine_by_default_only_where_pedq_inverts_and_the_deep_grey_matter_is_segmented():
+    from pedq_deploy.runtime.pipeline import REFINE_WEIGHT, resolve_refine
+
+    class Models:  # what resolve_refine asks of PedqModels
+        def __init__(self, roles):
+            self.roles = roles
+
+        def has(self, role):
+            return role in self.roles
+
+    with_seg, without = Models({"recon", "seg", "mask"}), Models({"recon", "mask"})
+    cases = [  # (--refine flag, inversion, models, labels given) -> refine_weight
+        ((None, "pedq", with_seg, False), REFINE_WEIGHT), ((None, "pedq", without, False), 0.0), ((None, "pedq", without, True), REFINE_WEIGHT),
+        ((None, "tv", with_seg, False), 0.0), ((None, "tkd", None, False), 0.0), ((False, "pedq", with_seg, False), 0.0),
+        ((True, "pedq", without, False), 0.02), ((True, "tkd", None, False), 0.02)]  # the last: config.validate() refuses it
+    for (flag, inversion, models, labels), weight in cases:
+        opts = {"inversion": inversion, "refine": flag, "refine_weight": REFINE_WEIGHT if weight != 0.02 else 0.02}
+        note = resolve_refine(opts, models, labels)
+        assert "refine" not in opts and opts["refine_weight"] == weight, (flag, inversion, labels)
+        assert (note is not None) == (flag is None and inversion == "pedq")
+    opts = {"inversion": "pedq", "refine_weight": 0.05}  # library callers without the flag: untouched
+    assert resolve_refine(opts, with_seg, False) is None and opts == {"inversion": "pedq", "refine_weight": 0.05}
 
 
 @pytest.mark.parametrize("case", ["missing file", "not 3D", "shape mismatch", "affine mismatch", "NaN phase",
                                   "non-positive echo time", "echo time in ms", "empty mask", "phase out of range",
                                   "unknown option value", "refining no network map", "refine weight not positive", "refine lambda not positive",
-                                  "labels not whole numbers", "labels off the grid"])
+                                  "edge weight out of range", "edge band below 1", "labels not whole numbers", "labels off the grid"])
 def test_bad_input_exits_2_with_one_line_and_no_output(case, bad_inputs, tmp_path, capsys):
     argv, message = bad_inputs[case]
     out = tmp_path / "out"

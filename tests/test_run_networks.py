@@ -166,9 +166,13 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
     out = tmp_path / "out"
     r = run([phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz", "-o", out, "--models", tiny_models])
     assert r.returncode == 0, r.stderr
-    assert "[5/6] qc" in r.stderr and "[6/6] segmentation" in r.stderr
+    assert "[5/7] segmentation" in r.stderr and "[6/7] refine" in r.stderr and "[7/7] qc" in r.stderr
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["parameters"]["inversion"] == "pedq" and prov["mask_source"] == "network"
+    from pedq_deploy.runtime.pipeline import REFINE_WEIGHT
+
+    # with a segmentation model the guided refinement runs by default, and says so
+    assert prov["parameters"]["refine_weight"] == REFINE_WEIGHT and "refine" in prov["timings_s"] and "refine: on" in r.stderr
     assert prov["parameters"]["mask_mirror"] is False and set(prov["backend_used"]) == {"recon", "seg", "mask"}
     from pedq_deploy.runtime.networks import MASK_THRESHOLD
 
@@ -193,7 +197,7 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
 
 
 def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentation(small_subject, tiny_models):
-    from pedq_deploy.inversion import tv_admm
+    from pedq_deploy.inversion import structure_edge_weight, tv_admm
     from pedq_deploy.physics import phase_to_ppm
     from pedq_deploy.preprocess import vsharp
     from pedq_deploy.runtime.networks import PedqModels
@@ -202,14 +206,15 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     s = small_subject
     models = PedqModels(tiny_models)
     events = []
-    runs = {w: run_case(s.magnitude, s.phase, s.affine, s.voxel_size,
-                        PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine_weight=w),
-                        models=models, progress=lambda st, ev: events.append((w, st, ev)))
-            for w in (0.0, 0.03)}
+    runs = {(w, e): run_case(s.magnitude, s.phase, s.affine, s.voxel_size,
+                             PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine_weight=w,
+                                            refine_edge_weight=e, refine_edge_band=2),
+                             models=models, progress=lambda st, ev, w=w: events.append((w, st, ev)))
+            for w, e in ((0.0, 1.0), (0.03, 1.0), (0.03, 0.0))}
     models.close()
-    plain, refined = runs[0.0], runs[0.03]
-    plans = {w: ev for w, st, ev in events if st == "plan"}
-    assert "refine" not in plans[0.0].split(",") and plans[0.03].split(",")[4] == "refine"
+    plain, refined, guided = runs[0.0, 1.0], runs[0.03, 1.0], runs[0.03, 0.0]
+    plans = {w: ev.split(",") for w, st, ev in events if st == "plan"}
+    assert "refine" not in plans[0.0] and plans[0.03].index("segmentation") < plans[0.03].index("refine")
     assert "refine" in refined.info["timings_s"] and "refine" not in plain.info["timings_s"]
     local, eroded = vsharp(phase_to_ppm(plain.phase_unwrapped, s.echo_time, s.field_strength), plain.mask, s.voxel_size)
     np.testing.assert_array_equal(local, plain.local_field)
@@ -219,6 +224,43 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     np.testing.assert_allclose(refined.qsm, expect, atol=1e-5)
     assert np.abs(refined.qsm - plain.qsm).max() > 1e-3
     np.testing.assert_array_equal(refined.segmentation, plain.segmentation)  # the segmentation network sees the network's map
+    # guided: the TV weight is lifted within 2 voxels of the segmented structures' boundaries
+    assert plain.segmentation.any()
+    expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
+                     prior=plain.qsm, prior_weight=0.03, tv_weight=structure_edge_weight(plain.segmentation, 0.0, 2))
+    np.testing.assert_allclose(guided.qsm, expect, atol=1e-5)
+    assert np.abs(guided.qsm - refined.qsm).max() > 1e-4
+    np.testing.assert_array_equal(guided.segmentation, plain.segmentation)
+
+
+def test_guided_refinement_needs_boundaries_and_takes_given_labels(small_subject, tiny_models, tmp_path):
+    """Without a segmentation model the guided refinement refuses (one clear error); given labels
+    (e.g. a registered atlas) guide it instead, within the V-SHARP-eroded mask."""
+    from pedq_deploy.errors import InputError
+    from pedq_deploy.inversion import structure_edge_weight, tv_admm
+    from pedq_deploy.physics import phase_to_ppm
+    from pedq_deploy.preprocess import vsharp
+    from pedq_deploy.runtime.networks import PedqModels
+    from pedq_deploy.runtime.pipeline import PipelineConfig, run_case
+
+    s = small_subject
+    for f in tiny_models.iterdir():
+        if not f.name.startswith("seg."):
+            shutil.copy(f, tmp_path / f.name)
+    models = PedqModels(tmp_path)
+    assert not models.has("seg")
+    cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine_weight=0.03)
+    with pytest.raises(InputError, match="needs a segmentation model"):
+        run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, models=models)
+    res = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, models=models, labels=s.labels, mask=s.brain_mask)
+    plain = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength,
+                     inversion="pedq"), models=models, mask=s.brain_mask)
+    models.close()
+    local, eroded = vsharp(phase_to_ppm(plain.phase_unwrapped, s.echo_time, s.field_strength), plain.mask, s.voxel_size)
+    assert res.segmentation.any() and not res.segmentation[~eroded].any()
+    expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
+                     prior=plain.qsm, prior_weight=0.03, tv_weight=structure_edge_weight(res.segmentation, cfg.refine_edge_weight, cfg.refine_edge_band))
+    np.testing.assert_allclose(res.qsm, expect, atol=1e-5)
 
 
 def test_after_tkd_or_tv_the_segmentation_network_still_segments_the_network_map(small_subject, tiny_models):
@@ -324,6 +366,6 @@ def test_pedq_serve_with_models_sends_the_segmentation_on_request(tiny_models):
         series = sorted({int(im.image_series_index) for im in images})
         assert series == [98, 99], texts
         assert sum(int(im.image_series_index) == 98 for im in images) == s.magnitude.shape[2]
-        assert any("(pedq)" in t for t in texts)
+        assert any("(pedq, refined)" in t for t in texts)
     finally:
         srv.shutdown()

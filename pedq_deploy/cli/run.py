@@ -52,14 +52,20 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("--tkd-threshold", type=float, default=0.19, show_default=True)
 @click.option("--tv-lambda", type=float, default=3e-4, show_default=True)
 @click.option("--tv-iterations", type=int, default=60, show_default=True)
-@click.option("--refine/--no-refine", default=False, show_default=True,
-              help="Refine PedQ-NET's map by TV on the local field, with the map as a prior (--refine-lambda, --refine-weight, --tv-iterations): "
-                   "the field decides outside the magic-angle cone. Sharper deep grey matter than the network alone or TV, a noisier map around it "
-                   "(benchmarks/RESULTS.md).")
-@click.option("--refine-weight", type=float, default=0.03, show_default=True,
+@click.option("--refine/--no-refine", default=None,
+              help="Refine PedQ-NET's map by TV on the local field, with the map as a prior (--refine-lambda, --refine-weight, --tv-iterations), "
+                   "TV lifted on the segmented deep grey matter's boundaries (--refine-edge-weight): the field decides outside the magic-angle "
+                   "cone and makes the structures' edges. Default: on when PedQ-NET inverts and a segmentation model or --labels is there "
+                   "to guide it (benchmarks/RESULTS.md).")
+@click.option("--refine-weight", type=float, default=0.01, show_default=True,
               help="With --refine: the prior's weight, in squared dipole-kernel units (the prior decides where D(k)^2 is below it).")
-@click.option("--refine-lambda", type=float, default=1e-4, show_default=True,
-              help="With --refine: its TV weight (plain TV's is --tv-lambda; the prior lets a smaller one keep sharper edges).")
+@click.option("--refine-lambda", type=float, default=5e-4, show_default=True,
+              help="With --refine: its TV weight (plain TV's is --tv-lambda), except on the structures' boundaries (--refine-edge-weight).")
+@click.option("--refine-edge-weight", type=float, default=0.0, show_default=True,
+              help="With --refine: its TV weight is multiplied by this on the boundaries of the segmented deep grey matter structures "
+                   "(the segmentation network's, or --labels), so the field can make their edges there; 1: the same weight everywhere.")
+@click.option("--refine-edge-band", type=int, default=3, show_default=True,
+              help="With --refine-edge-weight: the boundaries' half-width in voxels.")
 @click.option("--vsharp-radii", type=str, help="Comma-separated SMV radii in mm (default: 12 mm down to 2x the thickest voxel).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
               help="Label image on the magnitude's grid (FreeSurfer numbers, e.g. a registered atlas): regions.csv from it instead of the segmentation network.")
@@ -74,7 +80,8 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("--workers", type=int, help="With --bids and a local cluster: number of worker processes (default: what cores and memory allow).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, labels_path, inversion, masker, mask_mirror, mask_threshold, models_dir, backend,
-            unwrap, tkd_threshold, tv_lambda, tv_iterations, refine, refine_weight, refine_lambda, vsharp_radii, dicom_out, dicom_format, bids, participant_label, session,
+            unwrap, tkd_threshold, tv_lambda, tv_iterations, refine, refine_weight, refine_lambda, refine_edge_weight, refine_edge_band,
+            vsharp_radii, dicom_out, dicom_format, bids, participant_label, session,
             scheduler, workers, quiet):
     from ..errors import InputError
     from ..runtime.pipeline import STAGES, run_case_files
@@ -96,10 +103,13 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         tkd_threshold=tkd_threshold,
         tv_lambda=tv_lambda,
         tv_iterations=tv_iterations,
-        refine_weight=refine_weight if refine else 0.0,
+        refine=refine,
+        refine_weight=refine_weight,
         refine_lambda=refine_lambda,
+        refine_edge_weight=refine_edge_weight,
+        refine_edge_band=refine_edge_band,
     )
-    if refine and not refine_weight > 0:
+    if refine is not False and not refine_weight > 0:
         raise InputError(f"--refine-weight must be positive, got {refine_weight}")
     if bids and labels_path:
         raise InputError("--labels is per scan: it does not go with --bids")

@@ -22,14 +22,16 @@ from ..physics import b0_direction_from_affine, check_direction, phase_per_ppm, 
 from ..postprocess.segqc import segmentation_checks
 from .networks import MASK_THRESHOLD, check_threshold
 
-__all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "STAGES"]
+__all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "resolve_refine", "STAGES"]
 
-STAGES = ("mask", "unwrap", "background", "inversion", "refine", "qc", "segmentation")
+STAGES = ("mask", "unwrap", "background", "inversion", "segmentation", "refine", "qc")
 INVERSIONS = ("tkd", "tv", "pedq")
 MASKERS = ("auto", "classic", "network")
 UNWRAPPERS = ("laplacian", "lsq", "quality")  # preprocess.UNWRAP_METHODS (not imported here: it loads Numba)
-REFINE_WEIGHT = 0.03  # pedq-run --refine-weight's default (written out in cli/run.py, which must not load Numba to show --help)
-REFINE_LAMBDA = 1e-4  # pedq-run --refine-lambda's default (likewise); chosen with the weight on validation heads (bench_refine_pipeline.py)
+REFINE_WEIGHT = 0.01  # pedq-run --refine-weight's default (written out in cli/run.py, which must not load Numba to show --help)
+REFINE_LAMBDA = 5e-4  # pedq-run --refine-lambda's default (likewise); all four chosen together on validation heads (bench_refine_pipeline.py)
+REFINE_EDGE_WEIGHT = 0.0  # pedq-run --refine-edge-weight's default (likewise)
+REFINE_EDGE_BAND = 3  # pedq-run --refine-edge-band's default (likewise)
 
 
 @dataclass
@@ -47,13 +49,19 @@ class PipelineConfig:
     tv_lambda: float = 3e-4
     tv_iterations: int = 60
     # > 0: PedQ-NET's map refined by TV ADMM on the local field with it as a prior of this weight
-    # (tv_admm's prior_weight; TV weight refine_lambda, TV's iterations). Off by default: it trades
-    # the network's smooth map for sharper deep grey matter, and it inherits the field's errors
-    # (benchmarks/bench_refine.py, bench_refine_pipeline.py)
+    # (tv_admm's prior_weight; TV weight refine_lambda, TV's iterations). 0 here; pedq-run sets
+    # REFINE_WEIGHT by default where PedQ-NET inverts and the deep grey matter is segmented
+    # (resolve_refine; benchmarks/bench_refine_pipeline.py, bench_accuracy.py --pedq)
     refine_weight: float = 0.0
-    # the refinement's TV weight: below plain TV's (tv_lambda), as the prior damps the noise that
-    # TV alone needs its larger weight against, and sharper edges survive
+    # the refinement's TV weight: above plain TV's (tv_lambda) by default, as the guidance below
+    # (refine_edge_weight) frees the deep grey matter's edges from it, so elsewhere it may smooth more
     refine_lambda: float = REFINE_LAMBDA
+    # < 1: the refinement's TV weight times this within refine_edge_band voxels of the boundaries of
+    # the segmented deep grey matter structures (the segmentation network's labels of PedQ-NET's
+    # map, or the given labels): TV lets the field make those edges (inversion.structure_edge_weight).
+    # 1: TV weighs the same everywhere
+    refine_edge_weight: float = REFINE_EDGE_WEIGHT
+    refine_edge_band: int = REFINE_EDGE_BAND
     masker: str = "auto"  # network when a mask model is loaded, else classic
     mask_mirror: bool = False  # the masking network also on the left-right mirror image (test-time mirroring)
     mask_threshold: float = MASK_THRESHOLD  # the masking network's brain probability above which a voxel is brain
@@ -83,6 +91,10 @@ class PipelineConfig:
             raise InputError(f"the refinement's prior weight must be >= 0, got {self.refine_weight}")
         if not (np.isfinite(self.refine_lambda) and self.refine_lambda > 0):
             raise InputError(f"the refinement's TV weight must be positive, got {self.refine_lambda}")
+        if not (np.isfinite(self.refine_edge_weight) and 0 <= self.refine_edge_weight <= 1):
+            raise InputError(f"the refinement's edge weight must lie in [0, 1], got {self.refine_edge_weight}")
+        if not (isinstance(self.refine_edge_band, (int, np.integer)) and self.refine_edge_band >= 1):
+            raise InputError(f"the refinement's edge band must be a whole number of voxels >= 1, got {self.refine_edge_band}")
         if self.refine_weight > 0 and self.inversion != "pedq":
             raise InputError(f"refinement refines PedQ-NET's map: it needs --inversion pedq (got {self.inversion})")
 
@@ -152,12 +164,13 @@ def run_case(
     ``models`` (a :class:`~pedq_deploy.runtime.networks.PedqModels`) is needed for
     ``inversion="pedq"`` and ``masker="network"``; with it, a segmentation model (if present)
     labels the deep grey matter. ``labels`` (FreeSurfer numbers on the input grid, e.g. a
-    registered atlas) take the place of the segmentation network: the regions are theirs.
+    registered atlas) take the place of the segmentation network: the regions are theirs. A
+    refinement guided by structure (``refine_edge_weight < 1``) needs one of the two.
 
     Returns the brain mask, the unwrapped phase (rad), the local field (ppm) and chi (ppm,
     referenced to the mean over the V-SHARP-eroded mask), all on the input grid.
     """
-    from ..inversion import tkd, tv_admm
+    from ..inversion import structure_edge_weight, tkd, tv_admm
     from ..postprocess import QC_THRESHOLDS, consistency
     from ..preprocess import classic_mask, combine_echoes, unwrap_phase, vsharp
 
@@ -180,6 +193,9 @@ def run_case(
     if config.inversion == "pedq" and models is None:
         raise InputError("--inversion pedq needs the PedQ-NET models (none found: give --models DIR)")
     with_seg = labels is not None or (models is not None and models.has("seg"))
+    if config.refine_weight > 0 and config.refine_edge_weight < 1 and not with_seg:
+        raise InputError("--refine is guided by the deep grey matter's boundaries: it needs a segmentation model (seg.json) or --labels "
+                         "(or --refine-edge-weight 1 for no guidance)")
     skip = {"refine"} if config.refine_weight == 0 else set()
     skip |= set() if with_seg else {"segmentation"}
     notify("plan", ",".join(s for s in STAGES if s not in skip))
@@ -215,9 +231,17 @@ def run_case(
     else:
         chi = stage("inversion", models.reconstruct, local, eroded, voxel_size, b0)
     chi_network = chi if config.inversion == "pedq" else None  # what the segmentation network was trained on
+    segmentation = None
+    if labels is not None:  # where chi has values (the eroded mask), as the network's labels
+        segmentation = stage("segmentation", np.where, eroded, labels, 0)
+    elif with_seg:  # after TKD or TV too, the network segments the reconstruction network's map, which it learnt on
+        segmentation = stage("segmentation", _segment_network_map, models, chi_network, local, eroded, voxel_size, b0)
     if config.refine_weight > 0:
+        edge_weight = None
+        if config.refine_edge_weight < 1:
+            edge_weight = structure_edge_weight(segmentation, config.refine_edge_weight, config.refine_edge_band)
         chi = stage("refine", tv_admm, local, eroded, voxel_size, b0, config.refine_lambda, None, config.tv_iterations,
-                    prior=chi, prior_weight=config.refine_weight)
+                    prior=chi, prior_weight=config.refine_weight, tv_weight=edge_weight)
     coverage = float(eroded.sum() / max(int(brain.sum()), 1))
     te_qc = float(np.mean(tes))  # the map's radians are those of the mean echo time
     qc_map, qc = stage("qc", consistency, chi, local, eroded, voxel_size, b0, phase_per_ppm(te_qc, config.field_strength), first,
@@ -228,11 +252,6 @@ def run_case(
         if qc["single_echo_fraction"] > QC_THRESHOLDS["single_echo_fraction"]:
             qc["flags"].append(f"phase not linear in TE over {qc['single_echo_fraction']:.0%} of the brain (first echo used there): "
                                "echo times wrong, or motion between echoes")
-    segmentation = None
-    if labels is not None:  # where chi has values (the eroded mask), as the network's labels
-        segmentation = stage("segmentation", np.where, eroded, labels, 0)
-    elif with_seg:  # after TKD or TV too, the network segments the reconstruction network's map, which it learnt on
-        segmentation = stage("segmentation", _segment_network_map, models, chi_network, local, eroded, voxel_size, b0)
     seg_qc = None
     if segmentation is not None:  # anatomy's plausibility checks, structure by structure (postprocess.segqc)
         seg_qc = {FS_DGM_NAMES[k]: f for k, f in segmentation_checks(segmentation, brain, affine, FS_DGM_NAMES).items()}
@@ -394,6 +413,24 @@ def load_labels(labels_path: str, props) -> np.ndarray:
     return lab.astype(np.uint16)
 
 
+def resolve_refine(overrides: dict, models, has_labels: bool) -> str | None:
+    """``pedq-run --refine/--no-refine`` (``overrides["refine"]``: True, False, or None for the
+    default) as ``refine_weight`` in ``overrides`` (in place; ``inversion`` already resolved). By
+    default the refinement runs when PedQ-NET inverts and the deep grey matter is segmented (a
+    segmentation model, or given labels), as that is what guides it. Returns a line to log, or None."""
+    if "refine" not in overrides:
+        return None
+    refine = overrides.pop("refine")
+    weight = overrides.get("refine_weight", REFINE_WEIGHT)
+    note = None
+    if refine is None and overrides.get("inversion") == "pedq":
+        refine = has_labels or (models is not None and models.has("seg"))
+        note = ("refine: on (PedQ-NET's map by TV on the field, guided by the segmented deep grey matter; --no-refine: the map alone)"
+                if refine else "refine: off (no segmentation model or --labels to guide it)")
+    overrides["refine_weight"] = weight if refine else 0.0
+    return note
+
+
 def run_case_files(
     magnitude_path: str,
     phase_path: str,
@@ -428,6 +465,9 @@ def run_case_files(
     if config_overrides.get("inversion", "auto") == "auto":
         config_overrides["inversion"] = "pedq" if models is not None else "tkd"
         log(f"inversion: {config_overrides['inversion']} ({'models in ' + str(found) if models is not None else 'no PedQ-NET models found'})")
+    note = resolve_refine(config_overrides, models, labels_path is not None)
+    if note:
+        log(note)
     if dicom_format not in ("mr", "parametric-map"):
         raise InputError(f"unknown DICOM output format {dicom_format!r} (mr, parametric-map)")
     t0 = time.perf_counter()
