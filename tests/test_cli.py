@@ -139,30 +139,6 @@ def test_refine_defaults_are_the_pipelines():
     assert next(p for p in command.params if p.name == "refine_edge_band").default == REFINE_EDGE_BAND == PipelineConfig.refine_edge_band
 
 
-def test_refine_by_default_only_where_pedq_inverts_and_the_deep_grey_matter_is_segmented():
-    from pedq_deploy.runtime.pipeline import REFINE_WEIGHT, resolve_refine
-
-    class Models:  # what resolve_refine asks of PedqModels
-        def __init__(self, roles):
-            self.roles = roles
-
-        def has(self, role):
-            return role in self.roles
-
-    with_seg, without = Models({"recon", "seg", "mask"}), Models({"recon", "mask"})
-    cases = [  # (--refine flag, inversion, models, labels given) -> refine_weight
-        ((None, "pedq", with_seg, False), REFINE_WEIGHT), ((None, "pedq", without, False), 0.0), ((None, "pedq", without, True), REFINE_WEIGHT),
-        ((None, "tv", with_seg, False), 0.0), ((None, "tkd", None, False), 0.0), ((False, "pedq", with_seg, False), 0.0),
-        ((True, "pedq", without, False), 0.02), ((True, "tkd", None, False), 0.02)]  # the last: config.validate() refuses it
-    for (flag, inversion, models, labels), weight in cases:
-        opts = {"inversion": inversion, "refine": flag, "refine_weight": REFINE_WEIGHT if weight != 0.02 else 0.02}
-        note = resolve_refine(opts, models, labels)
-        assert "refine" not in opts and opts["refine_weight"] == weight, (flag, inversion, labels)
-        assert (note is not None) == (flag is None and inversion == "pedq")
-    opts = {"inversion": "pedq", "refine_weight": 0.05}  # library callers without the flag: untouched
-    assert resolve_refine(opts, with_seg, False) is None and opts == {"inversion": "pedq", "refine_weight": 0.05}
-
-
 @pytest.mark.parametrize("case", ["missing file", "not 3D", "shape mismatch", "affine mismatch", "NaN phase",
                                   "non-positive echo time", "echo time in ms", "empty mask", "phase out of range",
                                   "unknown option value", "refining no network map", "refine weight not positive", "refine lambda not positive",

@@ -166,13 +166,10 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
     out = tmp_path / "out"
     r = run([phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz", "-o", out, "--models", tiny_models])
     assert r.returncode == 0, r.stderr
-    assert "[5/7] segmentation" in r.stderr and "[6/7] refine" in r.stderr and "[7/7] qc" in r.stderr
+    assert "[5/6] segmentation" in r.stderr and "[6/6] qc" in r.stderr  # the network segments its map before any refinement
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["parameters"]["inversion"] == "pedq" and prov["mask_source"] == "network"
-    from pedq_deploy.runtime.pipeline import REFINE_WEIGHT
-
-    # with a segmentation model the guided refinement runs by default, and says so
-    assert prov["parameters"]["refine_weight"] == REFINE_WEIGHT and "refine" in prov["timings_s"] and "refine: on" in r.stderr
+    assert prov["parameters"]["refine_weight"] == 0 and "refine" not in prov["timings_s"]  # --refine is off by default
     assert prov["parameters"]["mask_mirror"] is False and set(prov["backend_used"]) == {"recon", "seg", "mask"}
     from pedq_deploy.runtime.networks import MASK_THRESHOLD
 
@@ -366,6 +363,6 @@ def test_pedq_serve_with_models_sends_the_segmentation_on_request(tiny_models):
         series = sorted({int(im.image_series_index) for im in images})
         assert series == [98, 99], texts
         assert sum(int(im.image_series_index) == 98 for im in images) == s.magnitude.shape[2]
-        assert any("(pedq, refined)" in t for t in texts)
+        assert any("(pedq)" in t for t in texts)
     finally:
         srv.shutdown()

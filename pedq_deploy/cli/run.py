@@ -52,11 +52,11 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("--tkd-threshold", type=float, default=0.19, show_default=True)
 @click.option("--tv-lambda", type=float, default=3e-4, show_default=True)
 @click.option("--tv-iterations", type=int, default=60, show_default=True)
-@click.option("--refine/--no-refine", default=None,
+@click.option("--refine/--no-refine", default=False, show_default=True,
               help="Refine PedQ-NET's map by TV on the local field, with the map as a prior (--refine-lambda, --refine-weight, --tv-iterations), "
-                   "TV lifted on the segmented deep grey matter's boundaries (--refine-edge-weight): the field decides outside the magic-angle "
-                   "cone and makes the structures' edges. Default: on when PedQ-NET inverts and a segmentation model or --labels is there "
-                   "to guide it (benchmarks/RESULTS.md).")
+                   "TV lowered on the segmented deep grey matter's boundaries (--refine-edge-weight; needs a segmentation model or --labels): "
+                   "the field decides outside the magic-angle cone and makes the structures' edges. Sharper deep grey matter, noisier "
+                   "within it (benchmarks/RESULTS.md).")
 @click.option("--refine-weight", type=float, default=0.01, show_default=True,
               help="With --refine: the prior's weight, in squared dipole-kernel units (the prior decides where D(k)^2 is below it).")
 @click.option("--refine-lambda", type=float, default=5e-4, show_default=True,
@@ -103,13 +103,12 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         tkd_threshold=tkd_threshold,
         tv_lambda=tv_lambda,
         tv_iterations=tv_iterations,
-        refine=refine,
-        refine_weight=refine_weight,
+        refine_weight=refine_weight if refine else 0.0,
         refine_lambda=refine_lambda,
         refine_edge_weight=refine_edge_weight,
         refine_edge_band=refine_edge_band,
     )
-    if refine is not False and not refine_weight > 0:
+    if refine and not refine_weight > 0:
         raise InputError(f"--refine-weight must be positive, got {refine_weight}")
     if bids and labels_path:
         raise InputError("--labels is per scan: it does not go with --bids")

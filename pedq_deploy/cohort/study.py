@@ -98,7 +98,7 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
     from ..io import StagedOutput, save_image
     from ..io.quicklook import quicklook
     from ..metrics import FS_DGM_NAMES, region_stats
-    from ..runtime.pipeline import PipelineConfig, load_inputs, resolve_refine, run_case
+    from ..runtime.pipeline import PipelineConfig, load_inputs, run_case
 
     t0 = time.perf_counter()
     out_root = Path(out_root)
@@ -118,7 +118,6 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
     models = _models(models_dir, backend, opts.get("inversion") in ("auto", "pedq") or opts.get("masker") in ("auto", "network"))
     if opts.get("inversion", "auto") == "auto":
         opts["inversion"] = "pedq" if models is not None else "tkd"
-    resolve_refine(opts, models, False)
     cfg = PipelineConfig(echo_time=run.echo_times if multi else run.echo_times[0], field_strength=run.field_strength, **opts)
     result = run_case(magnitude, phase, props.affine, props.voxel_size, cfg, models=models)
     names = DerivativeNames(run)

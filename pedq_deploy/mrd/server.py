@@ -188,7 +188,7 @@ class MrdServer:
         return s
 
     def _process(self, mrd: Connection, s: _Session) -> None:
-        from ..runtime.pipeline import PipelineConfig, resolve_refine, run_case
+        from ..runtime.pipeline import PipelineConfig, run_case
 
         if s.xml is None:
             raise InputError("no MRD XML header was sent (echo time and field strength come from it)")
@@ -207,13 +207,11 @@ class MrdServer:
             inversion = "pedq" if self.models is not None else "tkd"
         if inversion == "pedq" and self.models is None:
             raise InputError(f"config {s.config!r} needs the PedQ-NET models; the server has none")
-        opts = {"inversion": inversion, "refine": None}  # pedq-run's default: PedQ-NET's map refined when it is segmented
-        resolve_refine(opts, self.models, False)
-        cfg = PipelineConfig(echo_time=echo_time, field_strength=b0, inversion=inversion, refine_weight=opts["refine_weight"],
+        cfg = PipelineConfig(echo_time=echo_time, field_strength=b0, inversion=inversion,
                              masker="auto" if self.models is not None else "classic")
         cfg.validate()
         res = run_case(mag.data, phase_rad, mag.affine, mag.voxel_size, cfg, models=self.models)
-        mrd.send_text(f"pedq-serve: {s.config} ({inversion}{', refined' if cfg.refine_weight > 0 else ''}); {fmt}; TE {echo_time * 1e3:.2f} ms, B0 {b0:.2f} T")
+        mrd.send_text(f"pedq-serve: {s.config} ({inversion}); {fmt}; TE {echo_time * 1e3:.2f} ms, B0 {b0:.2f} T")
         for im in volume_to_images(res.qsm, mag, image_type=IMTYPE_MAGNITUDE_OUT, series_index=QSM_SERIES_INDEX,
                                    scale=QSM_SCALE_PPB, meta={"DataRole": "Quantitative", "Units": "ppb",
                                                               "ScaleFactorPpmPerUnit": "0.001",

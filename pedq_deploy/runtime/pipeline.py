@@ -22,7 +22,7 @@ from ..physics import b0_direction_from_affine, check_direction, phase_per_ppm, 
 from ..postprocess.segqc import segmentation_checks
 from .networks import MASK_THRESHOLD, check_threshold
 
-__all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "resolve_refine", "STAGES"]
+__all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "STAGES"]
 
 STAGES = ("mask", "unwrap", "background", "inversion", "segmentation", "refine", "qc")
 INVERSIONS = ("tkd", "tv", "pedq")
@@ -49,9 +49,9 @@ class PipelineConfig:
     tv_lambda: float = 3e-4
     tv_iterations: int = 60
     # > 0: PedQ-NET's map refined by TV ADMM on the local field with it as a prior of this weight
-    # (tv_admm's prior_weight; TV weight refine_lambda, TV's iterations). 0 here; pedq-run sets
-    # REFINE_WEIGHT by default where PedQ-NET inverts and the deep grey matter is segmented
-    # (resolve_refine; benchmarks/bench_refine_pipeline.py, bench_accuracy.py --pedq)
+    # (tv_admm's prior_weight; TV weight refine_lambda, TV's iterations). Off by default: it trades
+    # the network's map for sharper deep grey matter, noisier within it, and it inherits the
+    # field's errors (benchmarks/bench_refine_pipeline.py, bench_accuracy.py --pedq)
     refine_weight: float = 0.0
     # the refinement's TV weight: above plain TV's (tv_lambda) by default, as the guidance below
     # (refine_edge_weight) frees the deep grey matter's edges from it, so elsewhere it may smooth more
@@ -413,24 +413,6 @@ def load_labels(labels_path: str, props) -> np.ndarray:
     return lab.astype(np.uint16)
 
 
-def resolve_refine(overrides: dict, models, has_labels: bool) -> str | None:
-    """``pedq-run --refine/--no-refine`` (``overrides["refine"]``: True, False, or None for the
-    default) as ``refine_weight`` in ``overrides`` (in place; ``inversion`` already resolved). By
-    default the refinement runs when PedQ-NET inverts and the deep grey matter is segmented (a
-    segmentation model, or given labels), as that is what guides it. Returns a line to log, or None."""
-    if "refine" not in overrides:
-        return None
-    refine = overrides.pop("refine")
-    weight = overrides.get("refine_weight", REFINE_WEIGHT)
-    note = None
-    if refine is None and overrides.get("inversion") == "pedq":
-        refine = has_labels or (models is not None and models.has("seg"))
-        note = ("refine: on (PedQ-NET's map by TV on the field, guided by the segmented deep grey matter; --no-refine: the map alone)"
-                if refine else "refine: off (no segmentation model or --labels to guide it)")
-    overrides["refine_weight"] = weight if refine else 0.0
-    return note
-
-
 def run_case_files(
     magnitude_path: str,
     phase_path: str,
@@ -465,9 +447,6 @@ def run_case_files(
     if config_overrides.get("inversion", "auto") == "auto":
         config_overrides["inversion"] = "pedq" if models is not None else "tkd"
         log(f"inversion: {config_overrides['inversion']} ({'models in ' + str(found) if models is not None else 'no PedQ-NET models found'})")
-    note = resolve_refine(config_overrides, models, labels_path is not None)
-    if note:
-        log(note)
     if dicom_format not in ("mr", "parametric-map"):
         raise InputError(f"unknown DICOM output format {dicom_format!r} (mr, parametric-map)")
     t0 = time.perf_counter()
