@@ -38,10 +38,20 @@ KEYS = (("nrmse", "NRMSE"), ("nrmse_covered", "NRMSE, covered"), ("hfen", "HFEN"
         ("dgm_mean_abs_error_ppm", "DGM mean abs error (ppm)"))
 
 
+def dgm_error_sd(chi, s, eroded) -> float:
+    """Noise inside the deep grey matter: the SD of (map - truth) within each labelled structure
+    (where the map has values), mean over structures, in ppm. A per-structure mean error can be
+    small while this is large (the noise averages out over the structure; the picture does not)."""
+    sds = [float((chi - s.chi)[(s.labels == k) & eroded].std()) for k in np.unique(s.labels) if k and ((s.labels == k) & eroded).any()]
+    return float(np.mean(sds))
+
+
 def score(chi, s, eroded, keys=KEYS) -> dict:
-    """The ``keys`` (pairs: score_qsm's name or "nrmse_covered", column title) of one map against the truth."""
+    """The ``keys`` (pairs: score_qsm's name, "nrmse_covered" or "dgm_error_sd", column title) of one map against the truth."""
     q = M.score_qsm(chi, s.chi, s.brain_mask, s.labels)
     q["nrmse_covered"] = covered_nrmse(chi, s.chi, eroded)
+    if any(k == "dgm_error_sd" for k, _ in keys):
+        q["dgm_error_sd"] = dgm_error_sd(chi, s, eroded)
     return {k: q[k] for k, _ in keys}
 
 

@@ -37,14 +37,15 @@ from bench_pedqnet import heads, load_models  # noqa: E402
 from bench_refine import mean_table, score  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
-from pedq_deploy.inversion import structure_edge_weight, tv_admm  # noqa: E402
+from pedq_deploy.inversion import structure_edge_weight, tkd, tv_admm  # noqa: E402
 from pedq_deploy.physics import phase_to_ppm  # noqa: E402
 from pedq_deploy.preprocess import unwrap_phase, vsharp  # noqa: E402
 from pedq_deploy.runtime.networks import MASK_THRESHOLD  # noqa: E402
 from pedq_deploy.runtime.pipeline import PipelineConfig  # noqa: E402
 
 KEYS = (("nrmse", "NRMSE"), ("nrmse_covered", "NRMSE, covered"), ("hfen", "HFEN"), ("xsim", "XSIM"),
-        ("dgm_edge_sharpness", "DGM edge sharpness"), ("dgm_mean_abs_error_ppm", "DGM mean abs error (ppm)"))
+        ("dgm_edge_sharpness", "DGM edge sharpness"), ("dgm_mean_abs_error_ppm", "DGM mean abs error (ppm)"),
+        ("dgm_error_sd", "DGM error SD within structures (ppm)"))
 
 
 def floats(text: str) -> list[float]:
@@ -85,6 +86,7 @@ def main() -> None:
             seg = models.segment(net, eroded, s.voxel_size)
             rec["seg_dice"] = float(np.mean([M.dice(seg == k, s.labels == k) for k in np.unique(s.labels) if k]))
         rec["scores"]["PedQ-NET"] = score(net, s, eroded, KEYS)
+        rec["scores"]["TKD"] = score(tkd(local, eroded, s.voxel_size, s.b0_direction), s, eroded, KEYS)
         for lam in lambdas:
             t0 = time.perf_counter()
             rec["scores"][f"TV, lambda {lam:g}"] = score(tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations), s, eroded, KEYS)
@@ -126,13 +128,14 @@ def report(records, models_dir, args, note) -> str:
              "alternating, tilts 0-30 deg), 256x256x80, 0.78x0.78x2 mm, "
              f"TE {args.echo_time * 1e3:.2f} ms, SNR {args.snr:g} (the source protocol's: 4.92 ms, 100). Each head's mask is "
              f"the shipped masking network's (threshold {MASK_THRESHOLD:g}; mean Dice {np.mean([r['mask_dice'] for r in records]):.3f}), "
-             "then `lsq` unwrapping, V-SHARP in it and the shipped U-Net, as `pedq-run` does. \"TV, lambda l\": `tv_admm` alone "
+             "then `lsq` unwrapping, V-SHARP in it and the shipped U-Net, as `pedq-run` does. TKD (threshold 0.19) for reference. \"TV, lambda l\": `tv_admm` alone "
              "(60 iterations); \"refined, lambda l, alpha a\": the same with PedQ-NET's map as a prior of weight a, what "
              "`pedq-run --refine --refine-weight a --refine-lambda l` does; \"guided, ..., edge weight e, band b\": the same with the TV "
              "weight times e within b voxels of the boundaries of the segmentation network's structures (its labels of PedQ-NET's map"
              f"{'' if 'seg_dice' not in records[0] else ', mean Dice %.3f against the truth' % np.mean([r['seg_dice'] for r in records])}), what "
              "`--refine-edge-weight e --refine-edge-band b` adds. Scored over the truth brain mask as in `bench_accuracy.py "
-             f"--pedq`; mean over heads. Models: `{Path(models_dir).name}`. Machine: {note}. Script: "
+             f"--pedq`; mean over heads. \"DGM error SD within structures\": the SD of (map - truth) inside each structure, mean over "
+             f"structures (noise that a structure's mean value averages out). Models: `{Path(models_dir).name}`. Machine: {note}. Script: "
              f"`benchmarks/bench_refine_pipeline.py{' ' + flags if flags else ''}`; raw numbers in `benchmarks/results/{args.section}.json`.", ""]
     for age in (None, "neonate", "infant"):
         rows = [r for r in records if age is None or r["age"] == age]

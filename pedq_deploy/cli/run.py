@@ -57,14 +57,14 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
                    "TV lowered on the segmented deep grey matter's boundaries (--refine-edge-weight; needs a segmentation model or --labels): "
                    "the field decides outside the magic-angle cone and makes the structures' edges. Sharper deep grey matter, noisier "
                    "within it (benchmarks/RESULTS.md).")
-@click.option("--refine-weight", type=float, default=0.01, show_default=True,
+@click.option("--refine-weight", type=float, default=0.03, show_default=True,
               help="With --refine: the prior's weight, in squared dipole-kernel units (the prior decides where D(k)^2 is below it).")
-@click.option("--refine-lambda", type=float, default=5e-4, show_default=True,
+@click.option("--refine-lambda", type=float, default=3e-4, show_default=True,
               help="With --refine: its TV weight (plain TV's is --tv-lambda), except on the structures' boundaries (--refine-edge-weight).")
-@click.option("--refine-edge-weight", type=float, default=0.0, show_default=True,
+@click.option("--refine-edge-weight", type=float, default=0.1, show_default=True,
               help="With --refine: its TV weight is multiplied by this on the boundaries of the segmented deep grey matter structures "
                    "(the segmentation network's, or --labels), so the field can make their edges there; 1: the same weight everywhere.")
-@click.option("--refine-edge-band", type=int, default=3, show_default=True,
+@click.option("--refine-edge-band", type=int, default=2, show_default=True,
               help="With --refine-edge-weight: the boundaries' half-width in voxels.")
 @click.option("--vsharp-radii", type=str, help="Comma-separated SMV radii in mm (default: 12 mm down to 2x the thickest voxel).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False),

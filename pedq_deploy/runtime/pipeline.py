@@ -28,10 +28,10 @@ STAGES = ("mask", "unwrap", "background", "inversion", "segmentation", "refine",
 INVERSIONS = ("tkd", "tv", "pedq")
 MASKERS = ("auto", "classic", "network")
 UNWRAPPERS = ("laplacian", "lsq", "quality")  # preprocess.UNWRAP_METHODS (not imported here: it loads Numba)
-REFINE_WEIGHT = 0.01  # pedq-run --refine-weight's default (written out in cli/run.py, which must not load Numba to show --help)
-REFINE_LAMBDA = 5e-4  # pedq-run --refine-lambda's default (likewise); all four chosen together on validation heads (bench_refine_pipeline.py)
-REFINE_EDGE_WEIGHT = 0.0  # pedq-run --refine-edge-weight's default (likewise)
-REFINE_EDGE_BAND = 3  # pedq-run --refine-edge-band's default (likewise)
+REFINE_WEIGHT = 0.03  # pedq-run --refine-weight's default (written out in cli/run.py, which must not load Numba to show --help)
+REFINE_LAMBDA = 3e-4  # pedq-run --refine-lambda's default (likewise); all four chosen together on validation heads (bench_refine_pipeline.py)
+REFINE_EDGE_WEIGHT = 0.1  # pedq-run --refine-edge-weight's default (likewise)
+REFINE_EDGE_BAND = 2  # pedq-run --refine-edge-band's default (likewise)
 
 
 @dataclass
@@ -53,8 +53,8 @@ class PipelineConfig:
     # the network's map for sharper deep grey matter, noisier within it, and it inherits the
     # field's errors (benchmarks/bench_refine_pipeline.py, bench_accuracy.py --pedq)
     refine_weight: float = 0.0
-    # the refinement's TV weight: above plain TV's (tv_lambda) by default, as the guidance below
-    # (refine_edge_weight) frees the deep grey matter's edges from it, so elsewhere it may smooth more
+    # the refinement's TV weight: plain TV's (tv_lambda) by default, as the guidance below
+    # (refine_edge_weight) lowers it on the deep grey matter's edges
     refine_lambda: float = REFINE_LAMBDA
     # < 1: the refinement's TV weight times this within refine_edge_band voxels of the boundaries of
     # the segmented deep grey matter structures (the segmentation network's labels of PedQ-NET's
