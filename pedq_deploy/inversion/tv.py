@@ -57,12 +57,15 @@ def _soft(v, kappa):  # pragma: no cover - compiled
 def _shrink_update(chi, w, u, inv_h, kappa, rhs):  # pragma: no cover - compiled
     """z = shrink(grad chi + u, kappa); u += grad chi - z; w = z - u; rhs = grad^T w.
 
-    ``kappa`` is per voxel (a zero-stride view of one value when TV is unweighted). Periodic
+    ``kappa`` is per voxel, or of shape (1, 1, 1) for one value everywhere (unweighted TV: a
+    branch the loop hoists, where reading a full or zero-stride array cost ~9%). Periodic
     neighbours come from precomputed index steps (no integer modulo in the inner loop). Only u and
     w = z - u are stored: the chi update needs nothing else.
     """
     n0, n1, n2 = chi.shape
     h0, h1, h2 = inv_h[0], inv_h[1], inv_h[2]
+    uniform = kappa.shape[0] == 1
+    k0 = kappa[0, 0, 0]
     for i in numba.prange(n0):
         ip = i + 1 if i + 1 < n0 else 0
         for j in range(n1):
@@ -70,7 +73,7 @@ def _shrink_update(chi, w, u, inv_h, kappa, rhs):  # pragma: no cover - compiled
             for k in range(n2):
                 kp = k + 1 if k + 1 < n2 else 0
                 c = chi[i, j, k]
-                t = kappa[i, j, k]
+                t = k0 if uniform else kappa[i, j, k]
                 v0 = (chi[ip, j, k] - c) * h0 + u[0, i, j, k]
                 v1 = (chi[i, jp, k] - c) * h1 + u[1, i, j, k]
                 v2 = (chi[i, j, kp] - c) * h2 + u[2, i, j, k]
@@ -206,7 +209,7 @@ def tv_admm(
     inv_h = (1.0 / v).astype(np.float32)
     kappa = np.float32(lam / rho)
     if tv_weight is None:
-        kappa = np.broadcast_to(kappa, shape)
+        kappa = np.full((1, 1, 1), kappa, np.float32)
     else:  # outside the mask's box the weight is 1 (the box's margin is outside the mask anyway)
         kappa = (kappa * (1.0 - box.embed(1.0 - tv_weight))).astype(np.float32)
     for _ in range(iterations):
