@@ -55,6 +55,15 @@ def score(chi, s, eroded, keys=KEYS) -> dict:
     return {k: q[k] for k, _ in keys}
 
 
+def timed_score(rec: dict, name: str, invert, s, eroded, keys=KEYS) -> None:
+    """Run ``invert()`` (one map), and record its seconds (the inversion alone, not the scoring)
+    and its scores (:func:`score`) under ``name`` in ``rec``."""
+    t0 = time.perf_counter()
+    chi = invert()
+    rec["seconds"][name] = time.perf_counter() - t0
+    rec["scores"][name] = score(chi, s, eroded, keys)
+
+
 def mean_table(title: str, rows, methods, keys=KEYS) -> list[str]:
     """``title``, then a table of each method's mean scores over ``rows`` (records with "scores" and
     "seconds" per method) and its mean seconds, then a blank line."""
@@ -81,14 +90,10 @@ def main() -> None:
             net = pedq.reconstruct(local, eroded, s.voxel_size, s.b0_direction)
             rec = {"seed": seed, "age": age, "tilt_deg": tilt, "echo_time": te, "snr": snr, "scores": {}, "seconds": {}}
             rec["scores"]["PedQ-NET"] = score(net, s, eroded)
-            t0 = time.perf_counter()
-            rec["scores"]["TV"] = score(tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60), s, eroded)
-            rec["seconds"]["TV"] = time.perf_counter() - t0
+            timed_score(rec, "TV", lambda: tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60), s, eroded)
             for w in weights:
-                t0 = time.perf_counter()
-                chi = tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60, prior=net, prior_weight=w)
-                rec["seconds"][f"refined {w:g}"] = time.perf_counter() - t0
-                rec["scores"][f"refined {w:g}"] = score(chi, s, eroded)
+                timed_score(rec, f"refined {w:g}", lambda: tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60, prior=net,
+                                                                   prior_weight=w), s, eroded)
             records.append(rec)
             print(f"TE {te * 1e3:.0f} ms seed {seed}: " + "; ".join(f"{k} {v['nrmse']:.4f}/{v['dgm_edge_sharpness']:.2f}"
                                                                    for k, v in rec["scores"].items()), flush=True)

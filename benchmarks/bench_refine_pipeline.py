@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import VALIDATION_SEEDS, machine, update_section  # noqa: E402
 
 from bench_pedqnet import heads, load_models  # noqa: E402
-from bench_refine import mean_table, score  # noqa: E402
+from bench_refine import mean_table, score, timed_score  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.inversion import structure_edge_weight, tkd, tv_admm  # noqa: E402
@@ -88,23 +88,14 @@ def main() -> None:
         rec["scores"]["PedQ-NET"] = score(net, s, eroded, KEYS)
         rec["scores"]["TKD"] = score(tkd(local, eroded, s.voxel_size, s.b0_direction), s, eroded, KEYS)
         for lam in lambdas:
-            t0 = time.perf_counter()
-            rec["scores"][f"TV, lambda {lam:g}"] = score(tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations), s, eroded, KEYS)
-            rec["seconds"][f"TV, lambda {lam:g}"] = time.perf_counter() - t0
+            fit = partial(tv_admm, local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations)
+            timed_score(rec, f"TV, lambda {lam:g}", fit, s, eroded, KEYS)
             for w in weights:
-                name = f"refined, lambda {lam:g}, alpha {w:g}"
-                t0 = time.perf_counter()
-                chi = tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations, prior=net, prior_weight=w)
-                rec["seconds"][name] = time.perf_counter() - t0
-                rec["scores"][name] = score(chi, s, eroded, KEYS)
+                timed_score(rec, f"refined, lambda {lam:g}, alpha {w:g}", lambda: fit(prior=net, prior_weight=w), s, eroded, KEYS)
                 for ew in edge_weights:
                     for band in bands:
-                        name = f"guided, lambda {lam:g}, alpha {w:g}, edge weight {ew:g}, band {band}"
-                        t0 = time.perf_counter()
-                        chi = tv_admm(local, eroded, s.voxel_size, s.b0_direction, lam, None, cfg.tv_iterations, prior=net, prior_weight=w,
-                                      tv_weight=structure_edge_weight(seg, ew, band))
-                        rec["seconds"][name] = time.perf_counter() - t0
-                        rec["scores"][name] = score(chi, s, eroded, KEYS)
+                        timed_score(rec, f"guided, lambda {lam:g}, alpha {w:g}, edge weight {ew:g}, band {band}",
+                                    lambda: fit(prior=net, prior_weight=w, tv_weight=structure_edge_weight(seg, ew, band)), s, eroded, KEYS)
         records.append(rec)
         print(f"seed {seed} {age}: " + "; ".join(f"{k} {v['nrmse']:.3f}/{v['hfen']:.3f}/{v['dgm_edge_sharpness']:.2f}"
                                                  for k, v in rec["scores"].items()), flush=True)
