@@ -57,15 +57,18 @@ def _soft(v, kappa):  # pragma: no cover - compiled
 def _shrink_update(chi, w, u, inv_h, kappa, rhs):  # pragma: no cover - compiled
     """z = shrink(grad chi + u, kappa); u += grad chi - z; w = z - u; rhs = grad^T w.
 
-    ``kappa`` is per voxel, or of shape (1, 1, 1) for one value everywhere (unweighted TV: a
-    branch the loop hoists, where reading a full or zero-stride array cost ~9%). Periodic
+    ``kappa`` has shape (1, 1, 1, 1) for one value everywhere (unweighted TV: a branch the loop
+    hoists, where reading a full or zero-stride array cost ~9%), (1, n0, n1, n2) for one value per
+    voxel on its three forward differences, or (3, n0, n1, n2) for one per difference. Periodic
     neighbours come from precomputed index steps (no integer modulo in the inner loop). Only u and
     w = z - u are stored: the chi update needs nothing else.
     """
     n0, n1, n2 = chi.shape
     h0, h1, h2 = inv_h[0], inv_h[1], inv_h[2]
-    uniform = kappa.shape[0] == 1
-    k0 = kappa[0, 0, 0]
+    uniform = kappa.shape[1] == 1
+    d1 = 1 if kappa.shape[0] == 3 else 0
+    d2 = 2 if kappa.shape[0] == 3 else 0
+    k0 = kappa[0, 0, 0, 0]
     for i in numba.prange(n0):
         ip = i + 1 if i + 1 < n0 else 0
         for j in range(n1):
@@ -73,11 +76,14 @@ def _shrink_update(chi, w, u, inv_h, kappa, rhs):  # pragma: no cover - compiled
             for k in range(n2):
                 kp = k + 1 if k + 1 < n2 else 0
                 c = chi[i, j, k]
-                t = k0 if uniform else kappa[i, j, k]
+                if uniform:
+                    t0 = t1 = t2 = k0
+                else:
+                    t0, t1, t2 = kappa[0, i, j, k], kappa[d1, i, j, k], kappa[d2, i, j, k]
                 v0 = (chi[ip, j, k] - c) * h0 + u[0, i, j, k]
                 v1 = (chi[i, jp, k] - c) * h1 + u[1, i, j, k]
                 v2 = (chi[i, j, kp] - c) * h2 + u[2, i, j, k]
-                z0, z1, z2 = _soft(v0, t), _soft(v1, t), _soft(v2, t)
+                z0, z1, z2 = _soft(v0, t0), _soft(v1, t1), _soft(v2, t2)
                 u[0, i, j, k], u[1, i, j, k], u[2, i, j, k] = v0 - z0, v1 - z1, v2 - z2
                 w[0, i, j, k], w[1, i, j, k], w[2, i, j, k] = 2.0 * z0 - v0, 2.0 * z1 - v1, 2.0 * z2 - v2
     for i in numba.prange(n0):
@@ -100,12 +106,22 @@ def _chi_update(spec, dtf, inv_denom, rho):  # pragma: no cover - compiled
                 spec[i, j, k] = (rho * spec[i, j, k] + dtf[i, j, k]) * inv_denom[i, j, k]
 
 
-def structure_edge_weight(labels: np.ndarray, weight: float, band: int = 1) -> np.ndarray:
-    """A TV weight map (for :func:`tv_admm`'s ``tv_weight``): ``weight`` within ``band`` voxels of
-    any boundary of a labelled structure (with the background or with another structure), 1 elsewhere.
+def structure_edge_weight(labels: np.ndarray, weight: float, band: int = 1, across: bool = False) -> np.ndarray:
+    """A TV weight map (for :func:`tv_admm`'s ``tv_weight``) that lets edges form on the boundaries
+    of labelled structures (with the background or with another structure).
 
     ``labels``: integer map, 0 for no structure (e.g. the segmentation network's 8 deep grey matter
-    structures). Band 1 marks the voxels on both sides of each label change along the voxel axes.
+    structures).
+
+    * ``across=False``: a (nx, ny, nz) map, ``weight`` within ``band`` voxels of any boundary and 1
+      elsewhere. Band 1 marks the voxels on both sides of each label change along the voxel axes.
+      Every difference from a marked voxel is weighted, also those along the boundary, so noise
+      can grow in the whole band.
+    * ``across=True``: a (3, nx, ny, nz) map, one weight per forward difference (voxel x to
+      x + 1 along each axis): ``weight`` on the differences along an axis that cross a label change
+      along that axis, or lie within ``band - 1`` voxels of one along it; 1 on every other
+      difference. An edge may form across the boundary (up to ``band - 1`` voxels off, for a
+      boundary the labels place imprecisely) while TV keeps its full weight along it.
     """
     lab = np.asarray(labels)
     if lab.ndim != 3 or not np.issubdtype(lab.dtype, np.integer):
@@ -114,12 +130,30 @@ def structure_edge_weight(labels: np.ndarray, weight: float, band: int = 1) -> n
         raise InputError(f"the edge weight must lie in [0, 1], got {weight}")
     if int(band) < 1:
         raise InputError(f"the edge band must be >= 1 voxel, got {band}")
+    crossing = np.zeros((3,) + lab.shape, bool)  # crossing[a, x]: labels differ between x and x + e_a
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        crossing[(axis,) + tuple(lo)] = lab[tuple(lo)] != lab[tuple(hi)]
+    if across:
+        if band > 1:
+            for axis in range(3):
+                line = np.zeros((3, 3, 3), bool)
+                idx = [1, 1, 1]
+                for step in (0, 2):
+                    idx[axis] = step
+                    line[tuple(idx)] = True
+                line[1, 1, 1] = True
+                if crossing[axis].any():
+                    crossing[axis] = ndi.binary_dilation(crossing[axis], line, iterations=int(band) - 1)
+        return np.where(crossing, np.float32(weight), np.float32(1.0))
     edge = np.zeros(lab.shape, bool)
     for axis in range(3):
         lo = [slice(None)] * 3
         hi = [slice(None)] * 3
         lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        change = lab[tuple(lo)] != lab[tuple(hi)]
+        change = crossing[(axis,) + tuple(lo)]
         edge[tuple(lo)] |= change
         edge[tuple(hi)] |= change
     if band > 1 and edge.any():
@@ -156,10 +190,12 @@ def tv_admm(
         ``alpha``, in units of the squared dipole kernel (which lies in [0, 4/9]): the prior decides
         the frequencies where ``D(k)^2 < alpha``. Needs ``prior``; 0 ignores it.
     tv_weight : ndarray, optional
-        A per-voxel factor in [0, 1] on ``lam`` (on the forward differences from each voxel), as
-        MEDI weights its TV by anatomy: below 1 where an edge is expected (e.g. on the boundaries of
-        segmented structures, :func:`structure_edge_weight`), so TV lets the field make it there.
-        It only permits an edge; the data term still has to want one. Default: 1 everywhere.
+        A factor in [0, 1] on ``lam``, as MEDI weights its TV by anatomy: below 1 where an edge is
+        expected (e.g. on the boundaries of segmented structures, :func:`structure_edge_weight`),
+        so TV lets the field make it there. It only permits an edge; the data term still has to
+        want one. Shape ``(nx, ny, nz)``: one factor per voxel, on its three forward differences;
+        ``(3, nx, ny, nz)``: one per forward difference (x to x + 1 along each axis). Default: 1
+        everywhere.
 
     Returns
     -------
@@ -181,8 +217,8 @@ def tv_admm(
             raise InputError("the prior map has NaN or infinite values inside the mask")
     if tv_weight is not None:
         tv_weight = np.asarray(tv_weight, np.float32)
-        if tv_weight.shape != f.shape:
-            raise InputError(f"TV weight map shape {tv_weight.shape} differs from the field's {f.shape}")
+        if tv_weight.shape not in (f.shape, (3,) + f.shape):
+            raise InputError(f"TV weight map shape {tv_weight.shape} is neither the field's {f.shape} nor (3,) + it")
         if not np.all((tv_weight >= 0) & (tv_weight <= 1)):
             raise InputError("the TV weight map must lie in [0, 1] (NaN is not allowed)")
     rho = 100.0 * lam if rho is None else float(rho)
@@ -209,9 +245,10 @@ def tv_admm(
     inv_h = (1.0 / v).astype(np.float32)
     kappa = np.float32(lam / rho)
     if tv_weight is None:
-        kappa = np.full((1, 1, 1), kappa, np.float32)
+        kappa = np.full((1, 1, 1, 1), kappa, np.float32)
     else:  # outside the mask's box the weight is 1 (the box's margin is outside the mask anyway)
-        kappa = (kappa * (1.0 - box.embed(1.0 - tv_weight))).astype(np.float32)
+        parts = tv_weight if tv_weight.ndim == 4 else tv_weight[None]
+        kappa = np.stack([(kappa * (1.0 - box.embed(1.0 - p))).astype(np.float32) for p in parts])
     for _ in range(iterations):
         _shrink_update(chi, zu, u, inv_h, kappa, rhs)
         spec = scipy.fft.rfftn(rhs, workers=w)
