@@ -112,7 +112,8 @@ def main() -> None:
              "output to its eroded-mask mean. NRMSE/HFEN: ratios (0 best). Edge sharpness: 1 = as sharp as the truth."
              + (" PedQ-NET rows: `pedq-run` with the shipped models (masking network, reconstruction U-Net, segmentation UNETR), "
                 f"without and with `--refine` (prior weight {REFINE_WEIGHT:g}, TV weight {REFINE_LAMBDA:g}, multiplied by "
-                f"{PipelineConfig.refine_edge_weight:g} within {PipelineConfig.refine_edge_band} voxels of the segmented structures' boundaries), "
+                f"{PipelineConfig.refine_edge_weight:g} within {PipelineConfig.refine_edge_band} voxels of the segmented structures' boundaries"
+                f"{', on the differences across them only' if PipelineConfig.refine_edge_mode == 'across' else ''}), "
                 "and with `--refine --refine-edge-weight 1` (the same TV weight everywhere); each row runs the masking network itself."
                 if args.pedq else ""),
              f"Machine: {load_note}. Script: `benchmarks/bench_accuracy.py --unwrap {args.unwrap}{' --pedq' if args.pedq else ''}"

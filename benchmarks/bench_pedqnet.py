@@ -210,7 +210,8 @@ def main() -> None:
             weight = None
             if pedq.has("seg") and cfg.refine_edge_weight < 1:
                 segs["PedQ-NET"] = pedq.segment(net, eroded, s.voxel_size)
-                weight = structure_edge_weight(segs["PedQ-NET"], cfg.refine_edge_weight, cfg.refine_edge_band)
+                weight = structure_edge_weight(segs["PedQ-NET"], cfg.refine_edge_weight, cfg.refine_edge_band,
+                                               across=cfg.refine_edge_mode == "across")
             return tv_admm(local, eroded, s.voxel_size, s.b0_direction, cfg.refine_lambda, None, cfg.tv_iterations, prior=net,
                            prior_weight=args.refine_weight, tv_weight=weight)
 
@@ -276,7 +277,8 @@ def report(records, models_dir, args, note) -> str:
              "a method scoring near it has recovered little of the truth's contrast. Mean ± SD over subjects."
              + (f" \"{REFINED}\" (`pedq-run --refine`): TV (lambda {REFINE_LAMBDA:g}, 60 iterations) on the same field with PedQ-NET's map as a "
                 f"prior of weight {args.refine_weight:g}, the TV weight multiplied by {PipelineConfig.refine_edge_weight:g} within "
-                f"{PipelineConfig.refine_edge_band} voxels of the boundaries of the segmentation network's structures (its labels of PedQ-NET's map); "
+                f"{PipelineConfig.refine_edge_band} voxels of the boundaries of the segmentation network's structures (its labels of PedQ-NET's map)"
+                f"{', on the differences across them only' if PipelineConfig.refine_edge_mode == 'across' else ''}; "
                 "its seconds include the network's and the segmentation's." if REFINED in methods else ""),
              f"PedQ-NET: {model_provenance(models_dir)}. nnU-Net_TV: {model_provenance(args.tv_models)}."
              + (f" Segmentation UNETR: {model_provenance(models_dir, 'seg')}." if records[0]["seg_dice"] else ""),

@@ -10,7 +10,9 @@ is run at every lambda too, so what lambda does by itself is visible beside what
 With ``--edge-weights``, each (lambda, alpha) is also run guided by the segmentation network's
 labels of the network map (``pedq-run --refine-edge-weight``): the TV weight is multiplied by the
 edge weight within ``--bands`` voxels of the segmented structures' boundaries
-(``structure_edge_weight``), so the field can make the deep grey matter's edges there.
+(``structure_edge_weight``), so the field can make the deep grey matter's edges there. With
+``--across``, only on the differences across those boundaries (``structure_edge_weight(...,
+across=True)``; TV keeps its weight along them), what ``pedq-run --refine-edge-mode across`` does.
 
 Every head's mask, local field, network map and segmentation are computed once; each setting is
 one TV run on them. Heads: the validation seeds 2000-2009 (neonates and infants alternating, tilts
@@ -18,7 +20,7 @@ one TV run on them. Heads: the validation seeds 2000-2009 (neonates and infants 
 ``bench_accuracy.py --pedq``.
 
 ``.venv/bin/python benchmarks/bench_refine_pipeline.py [--lambdas 5e-5,1e-4,2e-4,3e-4] [--weights 0.001,0.003,0.01,0.03]
-[--edge-weights 0.1,0] [--bands 1,2] [--subjects 10] [--echo-time S] [--snr X] [--section S]`` -> "refine_pipeline" section of RESULTS.md and results/refine_pipeline.json.
+[--edge-weights 0.1,0] [--bands 1,2] [--across] [--subjects 10] [--echo-time S] [--snr X] [--section S]`` -> "refine_pipeline" section of RESULTS.md and results/refine_pipeline.json.
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ def main() -> None:
     ap.add_argument("--weights", default="0.001,0.003,0.01,0.03", help="prior weights to try, comma-separated")
     ap.add_argument("--edge-weights", default="", help="guided refinement: TV weight factors on the segmented boundaries (none by default)")
     ap.add_argument("--bands", default="1", help="guided refinement: boundary half-widths in voxels, comma-separated")
+    ap.add_argument("--across", action="store_true", help="guided refinement: weight only the differences across the boundaries")
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--echo-time", type=float, default=4.92e-3, help="seconds (default: the source protocol's)")
     ap.add_argument("--snr", type=float, default=100.0)
@@ -94,8 +97,9 @@ def main() -> None:
                 timed_score(rec, f"refined, lambda {lam:g}, alpha {w:g}", lambda: fit(prior=net, prior_weight=w), s, eroded, KEYS)
                 for ew in edge_weights:
                     for band in bands:
-                        timed_score(rec, f"guided, lambda {lam:g}, alpha {w:g}, edge weight {ew:g}, band {band}",
-                                    lambda: fit(prior=net, prior_weight=w, tv_weight=structure_edge_weight(seg, ew, band)), s, eroded, KEYS)
+                        timed_score(rec, f"guided{' across' if args.across else ''}, lambda {lam:g}, alpha {w:g}, edge weight {ew:g}, band {band}",
+                                    lambda: fit(prior=net, prior_weight=w, tv_weight=structure_edge_weight(seg, ew, band, args.across)),
+                                    s, eroded, KEYS)
         records.append(rec)
         print(f"seed {seed} {age}: " + "; ".join(f"{k} {v['nrmse']:.3f}/{v['hfen']:.3f}/{v['dgm_edge_sharpness']:.2f}"
                                                  for k, v in rec["scores"].items()), flush=True)
@@ -113,6 +117,7 @@ def report(records, models_dir, args, note) -> str:
     given = ["--lambdas", args.lambdas, "--weights", args.weights, "--edge-weights", args.edge_weights or "-", "--bands", args.bands,
              "--subjects", str(args.subjects), "--echo-time", f"{args.echo_time:g}", "--snr", f"{args.snr:g}"]
     flags = " ".join(f"{given[i]} {given[i + 1]}" for i in range(0, len(given), 2) if given[i + 1] != defaults[i + 1])
+    flags += " --across" if args.across else ""
     flags += f" --section {args.section}" if args.section != "refine_pipeline" else ""
     lines = ["## The refinement's TV weight and prior weight as pedq-run runs (network mask), on validation heads", "",
              f"Validation heads (seeds {records[0]['seed']}-{records[-1]['seed']}, not the held-out 1000-1009; neonates and infants "
@@ -124,7 +129,8 @@ def report(records, models_dir, args, note) -> str:
              "`pedq-run --refine --refine-weight a --refine-lambda l` does; \"guided, ..., edge weight e, band b\": the same with the TV "
              "weight times e within b voxels of the boundaries of the segmentation network's structures (its labels of PedQ-NET's map"
              f"{'' if 'seg_dice' not in records[0] else ', mean Dice %.3f against the truth' % np.mean([r['seg_dice'] for r in records])}), what "
-             "`--refine-edge-weight e --refine-edge-band b` adds. Scored over the truth brain mask as in `bench_accuracy.py "
+             "`--refine-edge-weight e --refine-edge-band b` adds; \"guided across\": the weight only on the differences across those boundaries "
+             "(or within b - 1 voxels of one, along the same axis), TV keeping its weight along them (`--refine-edge-mode across`). Scored over the truth brain mask as in `bench_accuracy.py "
              f"--pedq`; mean over heads. \"DGM error SD within structures\": the SD of (map - truth) inside each structure, mean over "
              f"structures (noise that a structure's mean value averages out). Models: `{Path(models_dir).name}`. Machine: {note}. Script: "
              f"`benchmarks/bench_refine_pipeline.py{' ' + flags if flags else ''}`; raw numbers in `benchmarks/results/{args.section}.json`.", ""]

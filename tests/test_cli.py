@@ -122,6 +122,7 @@ def bad_inputs(phantom_dir, tmp_path):
         "edge weight out of range": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-edge-weight", "1.5"] + te, "must lie in [0, 1]"),
         "edge band below 1": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-edge-weight", "0", "--refine-edge-band", "0"] + te,
                               "edge band"),
+        "unknown edge mode": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-edge-mode", "sideways"] + te, "sideways"),
         "labels not whole numbers": ([good_m, good_p, "--labels", _write(tmp_path / "prob.nii.gz", np.full(m.shape, 0.5, np.float32), aff)] + te,
                                      "whole numbers"),
         "labels off the grid": ([good_m, good_p, "--labels", _write(tmp_path / "lab_small.nii.gz", np.zeros(m.shape, np.uint8)[:-2], aff)] + te,
@@ -131,18 +132,30 @@ def bad_inputs(phantom_dir, tmp_path):
 
 def test_refine_defaults_are_the_pipelines():
     from pedq_deploy.cli.run import command
-    from pedq_deploy.runtime.pipeline import REFINE_EDGE_BAND, REFINE_EDGE_WEIGHT, REFINE_LAMBDA, REFINE_WEIGHT, PipelineConfig
+    from pedq_deploy.runtime.pipeline import (REFINE_EDGE_BAND, REFINE_EDGE_MODE, REFINE_EDGE_WEIGHT, REFINE_LAMBDA, REFINE_WEIGHT,
+                                              PipelineConfig)
 
     assert next(p for p in command.params if p.name == "refine_weight").default == REFINE_WEIGHT
     assert next(p for p in command.params if p.name == "refine_lambda").default == REFINE_LAMBDA == PipelineConfig.refine_lambda
     assert next(p for p in command.params if p.name == "refine_edge_weight").default == REFINE_EDGE_WEIGHT == PipelineConfig.refine_edge_weight
     assert next(p for p in command.params if p.name == "refine_edge_band").default == REFINE_EDGE_BAND == PipelineConfig.refine_edge_band
+    assert next(p for p in command.params if p.name == "refine_edge_mode").default == REFINE_EDGE_MODE == PipelineConfig.refine_edge_mode
+
+
+def test_pipeline_config_rejects_an_unknown_edge_mode():
+    from pedq_deploy.errors import InputError
+    from pedq_deploy.runtime.pipeline import REFINE_EDGE_MODES, PipelineConfig
+
+    for mode in REFINE_EDGE_MODES:
+        PipelineConfig(echo_time=5e-3, field_strength=3.0, inversion="pedq", refine_weight=0.03, refine_edge_mode=mode).validate()
+    with pytest.raises(InputError, match="edge mode 'sideways'"):
+        PipelineConfig(echo_time=5e-3, field_strength=3.0, inversion="pedq", refine_weight=0.03, refine_edge_mode="sideways").validate()
 
 
 @pytest.mark.parametrize("case", ["missing file", "not 3D", "shape mismatch", "affine mismatch", "NaN phase",
                                   "non-positive echo time", "echo time in ms", "empty mask", "phase out of range",
                                   "unknown option value", "refining no network map", "refine weight not positive", "refine lambda not positive",
-                                  "edge weight out of range", "edge band below 1", "labels not whole numbers", "labels off the grid"])
+                                  "edge weight out of range", "edge band below 1", "unknown edge mode", "labels not whole numbers", "labels off the grid"])
 def test_bad_input_exits_2_with_one_line_and_no_output(case, bad_inputs, tmp_path, capsys):
     argv, message = bad_inputs[case]
     out = tmp_path / "out"

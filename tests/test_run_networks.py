@@ -221,10 +221,11 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     np.testing.assert_allclose(refined.qsm, expect, atol=1e-5)
     assert np.abs(refined.qsm - plain.qsm).max() > 1e-3
     np.testing.assert_array_equal(refined.segmentation, plain.segmentation)  # the segmentation network sees the network's map
-    # guided: the TV weight is lifted within 2 voxels of the segmented structures' boundaries
+    # guided: the TV weight is lifted within 2 voxels of the segmented structures' boundaries (the default mode's way)
     assert plain.segmentation.any()
     expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
-                     prior=plain.qsm, prior_weight=0.03, tv_weight=structure_edge_weight(plain.segmentation, 0.0, 2))
+                     prior=plain.qsm, prior_weight=0.03,
+                     tv_weight=structure_edge_weight(plain.segmentation, 0.0, 2, across=cfg.refine_edge_mode == "across"))
     np.testing.assert_allclose(guided.qsm, expect, atol=1e-5)
     assert np.abs(guided.qsm - refined.qsm).max() > 1e-4
     np.testing.assert_array_equal(guided.segmentation, plain.segmentation)
@@ -256,8 +257,20 @@ def test_guided_refinement_needs_boundaries_and_takes_given_labels(small_subject
     local, eroded = vsharp(phase_to_ppm(plain.phase_unwrapped, s.echo_time, s.field_strength), plain.mask, s.voxel_size)
     assert res.segmentation.any() and not res.segmentation[~eroded].any()
     expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
-                     prior=plain.qsm, prior_weight=0.03, tv_weight=structure_edge_weight(res.segmentation, cfg.refine_edge_weight, cfg.refine_edge_band))
+                     prior=plain.qsm, prior_weight=0.03, tv_weight=structure_edge_weight(res.segmentation, cfg.refine_edge_weight, cfg.refine_edge_band,
+                                                                                         across=cfg.refine_edge_mode == "across"))
     np.testing.assert_allclose(res.qsm, expect, atol=1e-5)
+    # the other edge mode is the other weight map
+    other = "voxels" if cfg.refine_edge_mode == "across" else "across"
+    cfg2 = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine_weight=0.03, refine_edge_mode=other)
+    models = PedqModels(tmp_path)
+    res2 = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg2, models=models, labels=s.labels, mask=s.brain_mask)
+    models.close()
+    expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
+                     prior=plain.qsm, prior_weight=0.03, tv_weight=structure_edge_weight(res.segmentation, cfg.refine_edge_weight, cfg.refine_edge_band,
+                                                                                         across=other == "across"))
+    np.testing.assert_allclose(res2.qsm, expect, atol=1e-5)
+    assert np.abs(res2.qsm - res.qsm).max() > 1e-5
 
 
 def test_after_tkd_or_tv_the_segmentation_network_still_segments_the_network_map(small_subject, tiny_models):

@@ -57,15 +57,18 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
                    "TV lowered on the segmented deep grey matter's boundaries (--refine-edge-weight; needs a segmentation model or --labels): "
                    "the field decides outside the magic-angle cone and makes the structures' edges. Sharper deep grey matter, noisier "
                    "within it (benchmarks/RESULTS.md).")
-@click.option("--refine-weight", type=float, default=0.03, show_default=True,
+@click.option("--refine-weight", type=float, default=0.003, show_default=True,
               help="With --refine: the prior's weight, in squared dipole-kernel units (the prior decides where D(k)^2 is below it).")
 @click.option("--refine-lambda", type=float, default=3e-4, show_default=True,
               help="With --refine: its TV weight (plain TV's is --tv-lambda), except on the structures' boundaries (--refine-edge-weight).")
-@click.option("--refine-edge-weight", type=float, default=0.1, show_default=True,
+@click.option("--refine-edge-weight", type=float, default=0.0, show_default=True,
               help="With --refine: its TV weight is multiplied by this on the boundaries of the segmented deep grey matter structures "
                    "(the segmentation network's, or --labels), so the field can make their edges there; 1: the same weight everywhere.")
-@click.option("--refine-edge-band", type=int, default=2, show_default=True,
+@click.option("--refine-edge-band", type=int, default=3, show_default=True,
               help="With --refine-edge-weight: the boundaries' half-width in voxels.")
+@click.option("--refine-edge-mode", type=click.Choice(["voxels", "across"]), default="across", show_default=True,
+              help="With --refine-edge-weight: voxels: lower TV on every difference from a voxel near a boundary; across: only on the "
+                   "differences across the boundaries, TV keeping its weight along them (less noise within the structures).")
 @click.option("--vsharp-radii", type=str, help="Comma-separated SMV radii in mm (default: 12 mm down to 2x the thickest voxel).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
               help="Label image on the magnitude's grid (FreeSurfer numbers, e.g. a registered atlas): regions.csv from it instead of the segmentation network.")
@@ -81,7 +84,7 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, mask_path, labels_path, inversion, masker, mask_mirror, mask_threshold, models_dir, backend,
             unwrap, tkd_threshold, tv_lambda, tv_iterations, refine, refine_weight, refine_lambda, refine_edge_weight, refine_edge_band,
-            vsharp_radii, dicom_out, dicom_format, bids, participant_label, session,
+            refine_edge_mode, vsharp_radii, dicom_out, dicom_format, bids, participant_label, session,
             scheduler, workers, quiet):
     from ..errors import InputError
     from ..runtime.pipeline import STAGES, run_case_files
@@ -107,6 +110,7 @@ def command(magnitude, phase, outdir, echo_time, field_strength, b0_direction, m
         refine_lambda=refine_lambda,
         refine_edge_weight=refine_edge_weight,
         refine_edge_band=refine_edge_band,
+        refine_edge_mode=refine_edge_mode,
     )
     if refine and not refine_weight > 0:
         raise InputError(f"--refine-weight must be positive, got {refine_weight}")

@@ -28,10 +28,12 @@ STAGES = ("mask", "unwrap", "background", "inversion", "segmentation", "refine",
 INVERSIONS = ("tkd", "tv", "pedq")
 MASKERS = ("auto", "classic", "network")
 UNWRAPPERS = ("laplacian", "lsq", "quality")  # preprocess.UNWRAP_METHODS (not imported here: it loads Numba)
-REFINE_WEIGHT = 0.03  # pedq-run --refine-weight's default (written out in cli/run.py, which must not load Numba to show --help)
-REFINE_LAMBDA = 3e-4  # pedq-run --refine-lambda's default (likewise); all four chosen together on validation heads (bench_refine_pipeline.py)
-REFINE_EDGE_WEIGHT = 0.1  # pedq-run --refine-edge-weight's default (likewise)
-REFINE_EDGE_BAND = 2  # pedq-run --refine-edge-band's default (likewise)
+REFINE_WEIGHT = 0.003  # pedq-run --refine-weight's default (written out in cli/run.py, which must not load Numba to show --help)
+REFINE_LAMBDA = 3e-4  # pedq-run --refine-lambda's default (likewise); all five chosen together on validation heads (bench_refine_pipeline.py)
+REFINE_EDGE_WEIGHT = 0.0  # pedq-run --refine-edge-weight's default (likewise)
+REFINE_EDGE_BAND = 3  # pedq-run --refine-edge-band's default (likewise)
+REFINE_EDGE_MODE = "across"  # pedq-run --refine-edge-mode's default (likewise)
+REFINE_EDGE_MODES = ("voxels", "across")
 
 
 @dataclass
@@ -62,6 +64,9 @@ class PipelineConfig:
     # 1: TV weighs the same everywhere
     refine_edge_weight: float = REFINE_EDGE_WEIGHT
     refine_edge_band: int = REFINE_EDGE_BAND
+    # "voxels": every difference from a voxel in the band is weighted; "across": only the differences
+    # across the boundaries (within the band along the same axis), TV keeping its weight along them
+    refine_edge_mode: str = REFINE_EDGE_MODE
     masker: str = "auto"  # network when a mask model is loaded, else classic
     mask_mirror: bool = False  # the masking network also on the left-right mirror image (test-time mirroring)
     mask_threshold: float = MASK_THRESHOLD  # the masking network's brain probability above which a voxel is brain
@@ -95,6 +100,8 @@ class PipelineConfig:
             raise InputError(f"the refinement's edge weight must lie in [0, 1], got {self.refine_edge_weight}")
         if not (isinstance(self.refine_edge_band, (int, np.integer)) and self.refine_edge_band >= 1):
             raise InputError(f"the refinement's edge band must be a whole number of voxels >= 1, got {self.refine_edge_band}")
+        if self.refine_edge_mode not in REFINE_EDGE_MODES:
+            raise InputError(f"unknown refinement edge mode {self.refine_edge_mode!r} ({', '.join(REFINE_EDGE_MODES)})")
         if self.refine_weight > 0 and self.inversion != "pedq":
             raise InputError(f"refinement refines PedQ-NET's map: it needs --inversion pedq (got {self.inversion})")
 
@@ -239,7 +246,8 @@ def run_case(
     if config.refine_weight > 0:
         edge_weight = None
         if config.refine_edge_weight < 1:
-            edge_weight = structure_edge_weight(segmentation, config.refine_edge_weight, config.refine_edge_band)
+            edge_weight = structure_edge_weight(segmentation, config.refine_edge_weight, config.refine_edge_band,
+                                                across=config.refine_edge_mode == "across")
         chi = stage("refine", tv_admm, local, eroded, voxel_size, b0, config.refine_lambda, None, config.tv_iterations,
                     prior=chi, prior_weight=config.refine_weight, tv_weight=edge_weight)
     coverage = float(eroded.sum() / max(int(brain.sum()), 1))
