@@ -139,12 +139,10 @@ def structure_edge_weight(labels: np.ndarray, weight: float, band: int = 1, acro
     if across:
         if band > 1:
             for axis in range(3):
-                line = np.zeros((3, 3, 3), bool)
-                idx = [1, 1, 1]
-                for step in (0, 2):
-                    idx[axis] = step
-                    line[tuple(idx)] = True
-                line[1, 1, 1] = True
+                line = np.zeros((3, 3, 3), bool)  # three voxels along this axis only
+                centre: list = [1, 1, 1]
+                centre[axis] = slice(None)
+                line[tuple(centre)] = True
                 if crossing[axis].any():
                     crossing[axis] = ndi.binary_dilation(crossing[axis], line, iterations=int(band) - 1)
         return np.where(crossing, np.float32(weight), np.float32(1.0))
