@@ -54,7 +54,7 @@ Runs are independent Dask tasks; a rerun skips runs that are complete and unchan
 @click.option("--tv-iterations", type=int, default=60, show_default=True)
 @click.option("--refine/--no-refine", default=False, show_default=True,
               help="Refine PedQ-NET's map by TV on the local field, with the map as a prior (--refine-lambda, --refine-weight, --tv-iterations), "
-                   "TV lowered on the segmented deep grey matter's boundaries (--refine-edge-weight; needs a segmentation model or --labels): "
+                   "TV lifted across the segmented deep grey matter's boundaries (--refine-edge-weight, --refine-edge-mode; needs a segmentation model or --labels): "
                    "the field decides outside the magic-angle cone and makes the structures' edges. Sharper deep grey matter, noisier "
                    "within it (benchmarks/RESULTS.md).")
 @click.option("--refine-weight", type=float, default=0.003, show_default=True,
