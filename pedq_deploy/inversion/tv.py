@@ -136,27 +136,24 @@ def structure_edge_weight(labels: np.ndarray, weight: float, band: int = 1, acro
         hi = [slice(None)] * 3
         lo[axis], hi[axis] = slice(None, -1), slice(1, None)
         crossing[(axis,) + tuple(lo)] = lab[tuple(lo)] != lab[tuple(hi)]
-    if across:
-        if band > 1:
-            for axis in range(3):
-                line = np.zeros((3, 3, 3), bool)  # three voxels along this axis only
-                centre: list = [1, 1, 1]
-                centre[axis] = slice(None)
-                line[tuple(centre)] = True
-                if crossing[axis].any():
-                    crossing[axis] = ndi.binary_dilation(crossing[axis], line, iterations=int(band) - 1)
-        return np.where(crossing, np.float32(weight), np.float32(1.0))
-    edge = np.zeros(lab.shape, bool)
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        change = crossing[(axis,) + tuple(lo)]
-        edge[tuple(lo)] |= change
-        edge[tuple(hi)] |= change
-    if band > 1 and edge.any():
-        edge = ndi.binary_dilation(edge, iterations=int(band) - 1)
-    return np.where(edge, np.float32(weight), np.float32(1.0))
+    if not across:
+        # a voxel is marked when a difference from it or into it crosses (crossing's last slice along
+        # each axis is empty, so the roll brings nothing round)
+        edge = crossing.any(0)
+        for axis in range(3):
+            edge |= np.roll(crossing[axis], 1, axis)
+        if band > 1 and edge.any():
+            edge = ndi.binary_dilation(edge, iterations=int(band) - 1)
+        return np.where(edge, np.float32(weight), np.float32(1.0))
+    if band > 1:
+        for axis in range(3):
+            line = np.zeros((3, 3, 3), bool)  # three voxels along this axis only
+            centre: list = [1, 1, 1]
+            centre[axis] = slice(None)
+            line[tuple(centre)] = True
+            if crossing[axis].any():
+                crossing[axis] = ndi.binary_dilation(crossing[axis], line, iterations=int(band) - 1)
+    return np.where(crossing, np.float32(weight), np.float32(1.0))
 
 
 def tv_admm(
