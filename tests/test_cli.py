@@ -49,18 +49,28 @@ def test_pedq_run_end_to_end_without_torch(phantom_dir, tmp_path, capsys):
     assert metrics["mask"]["dice"] > 0.75
 
 
+def write_config(path, **settings):
+    """A TOML settings file as pedq-run --config reads it."""
+    from pedq_deploy.config import _toml_value
+
+    path.write_text("[pipeline]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in settings.items()))
+    return str(path)
+
+
 def test_pedq_run_tv_quality_with_given_mask_and_siemens_phase(phantom_dir, tmp_path, capsys):
     ph = nib.load(str(phantom_dir / "phase.nii.gz"))
     ints = np.clip(np.round(ph.get_fdata() / np.pi * 4096), -4096, 4095).astype(np.int16)
     nib.save(nib.Nifti1Image(ints, ph.affine), str(tmp_path / "phase_int.nii.gz"))
     out = tmp_path / "tv"
+    config = write_config(tmp_path / "tv.toml", inversion="tkd", unwrap="quality", tv_iterations=30)
     code, err = run_cli(run_main, [str(phantom_dir / "magnitude.nii.gz"), str(tmp_path / "phase_int.nii.gz"), "-o", str(out),
-                                   "--inversion", "tv", "--unwrap", "quality", "--mask", str(phantom_dir / "brain_mask.nii.gz"),
+                                   "--config", config, "--inversion", "tv", "--mask", str(phantom_dir / "brain_mask.nii.gz"),
                                    "--echo-time", "0.00492", "--field-strength", "3"], capsys)
     assert code == 0, err
     assert "-4096..4095" in err
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["mask_source"] == "given" and prov["parameters"]["inversion"] == "tv"
+    assert prov["mask_source"] == "given" and prov["inversion"] == "tv"  # --inversion over the file's
+    assert prov["parameters"]["unwrap"] == "quality" and prov["parameters"]["tv_iterations"] == 30  # the file over the defaults
 
 
 def test_pedq_run_regions_from_given_labels(phantom_dir, tmp_path, capsys):
@@ -87,6 +97,43 @@ def test_pedq_run_regions_from_given_labels(phantom_dir, tmp_path, capsys):
         if sel.any():
             assert float(mean) == pytest.approx(qsm[sel].mean(), abs=1e-6)
     assert sum(int(r[2]) for r in rows) > 0
+    # the quick look goes through the deep grey matter: every structure's colour is on it
+    from pedq_deploy.io.quicklook import _STRUCTURES, display_window
+
+    png = read_png(out / "quicklook.png")
+    for name, _, colour in _STRUCTURES:
+        blended = np.all(np.abs(png.astype(int) - (0.55 * np.array(colour))[None, None]) <= 0.45 * 255 + 1, axis=-1)
+        swatch = np.all(png == np.array(colour, np.uint8), axis=-1)
+        assert swatch.sum() >= 100, name  # its legend
+        assert blended.sum() > swatch.sum(), name  # and the structure itself, over the map
+    brain = nib.load(str(phantom_dir / "brain_mask.nii.gz")).get_fdata() > 0
+    w = display_window(qsm, brain)
+    assert 0 < w < 0.1 and w == pytest.approx(np.percentile(np.abs(qsm[brain & (qsm != 0)]), 98))
+
+
+def read_png(path):
+    """The RGB pixels of a PNG written by pedq_deploy.io.quicklook (8-bit RGB, no filter)."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    pos, idat, width, height = 8, b"", 0, 0
+    while pos < len(data):
+        n, tag = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if tag == b"IHDR":
+            width, height = struct.unpack(">II", body[:8])
+        elif tag == b"IDAT":
+            idat += body
+        pos += 12 + n
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + 3 * width)
+    assert not raw[:, 0].any()
+    return raw[:, 1:].reshape(height, width, 3)
+
+
+def _text(path, text):
+    path.write_text(text)
+    return path
 
 
 def _write(path, data, affine=np.eye(4)):
@@ -116,13 +163,19 @@ def bad_inputs(phantom_dir, tmp_path):
         "empty mask": ([good_m, good_p, "--mask", _write(tmp_path / "empty.nii.gz", np.zeros(m.shape, np.uint8), aff)] + te, "empty"),
         "phase out of range": ([good_m, _write(tmp_path / "p_big.nii.gz", p * 10, aff)] + te, "no known format"),
         "unknown option value": ([good_m, good_p, "--inversion", "magic"] + te, "magic"),
-        "refining no network map": ([good_m, good_p, "--inversion", "tkd", "--refine"] + te, "needs --inversion pedq"),
-        "refine weight not positive": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-weight", "0"] + te, "must be positive"),
-        "refine lambda not positive": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-lambda", "-1e-4"] + te, "TV weight must be positive"),
-        "edge weight out of range": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-edge-weight", "1.5"] + te, "must lie in [0, 1]"),
-        "edge band below 1": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-edge-weight", "0", "--refine-edge-band", "0"] + te,
-                              "edge band"),
-        "unknown edge mode": ([good_m, good_p, "--inversion", "pedq", "--refine", "--refine-edge-mode", "sideways"] + te, "sideways"),
+        "refining no network map": ([good_m, good_p, "--inversion", "tkd", "--config", write_config(tmp_path / "r.toml", refine=True)] + te,
+                                    "needs inversion pedq"),
+        "refine weight not positive": ([good_m, good_p, "--config", write_config(tmp_path / "w.toml", refine=True, refine_weight=0)] + te,
+                                       "refine_weight must be a positive number"),
+        "edge weight out of range": ([good_m, good_p, "--config", write_config(tmp_path / "e.toml", refine_edge_weight=1.5)] + te,
+                                     "must lie in [0, 1]"),
+        "edge band below 1": ([good_m, good_p, "--config", write_config(tmp_path / "b.toml", refine_edge_band=0)] + te, "refine_edge_band"),
+        "unknown setting": ([good_m, good_p, "--config", write_config(tmp_path / "u.toml", mask_mirror=True)] + te, "unknown settings mask_mirror"),
+        "acquisition in the config": ([good_m, good_p, "--config", write_config(tmp_path / "a.toml", echo_time=0.005)] + te, "belong to the scan"),
+        "config not TOML": ([good_m, good_p, "--config", str(_text(tmp_path / "bad.toml", "unwrap = [lsq"))] + te, "not valid TOML"),
+        "echo time option in ms": ([good_m, good_p, "--echo-time", "4.92", "--field-strength", "3"], "that is 0.00492 s"),
+        "magnitude and phase swapped": ([good_p, good_m] + te, "wrong order"),
+        "phase not negative anywhere": ([good_m, _write(tmp_path / "p_pos.nii.gz", np.abs(p), aff)] + te, "no negative values"),
         "labels not whole numbers": ([good_m, good_p, "--labels", _write(tmp_path / "prob.nii.gz", np.full(m.shape, 0.5, np.float32), aff)] + te,
                                      "whole numbers"),
         "labels off the grid": ([good_m, good_p, "--labels", _write(tmp_path / "lab_small.nii.gz", np.zeros(m.shape, np.uint8)[:-2], aff)] + te,
@@ -130,32 +183,64 @@ def bad_inputs(phantom_dir, tmp_path):
     }
 
 
-def test_refine_defaults_are_the_pipelines():
+def test_every_setting_has_one_default_and_print_config_round_trips(tmp_path, capsys):
+    """The defaults live in PipelineConfig alone: the CLI's options carry none of them, and the file
+    --print-config writes reads back as exactly those defaults."""
+    from dataclasses import fields
+
     from pedq_deploy.cli.run import command
-    from pedq_deploy.runtime.pipeline import (REFINE_EDGE_BAND, REFINE_EDGE_MODE, REFINE_EDGE_WEIGHT, REFINE_LAMBDA, REFINE_WEIGHT,
-                                              PipelineConfig)
+    from pedq_deploy.config import PipelineConfig, parameter_names, read_config_file
 
-    assert next(p for p in command.params if p.name == "refine_weight").default == REFINE_WEIGHT
-    assert next(p for p in command.params if p.name == "refine_lambda").default == REFINE_LAMBDA == PipelineConfig.refine_lambda
-    assert next(p for p in command.params if p.name == "refine_edge_weight").default == REFINE_EDGE_WEIGHT == PipelineConfig.refine_edge_weight
-    assert next(p for p in command.params if p.name == "refine_edge_band").default == REFINE_EDGE_BAND == PipelineConfig.refine_edge_band
-    assert next(p for p in command.params if p.name == "refine_edge_mode").default == REFINE_EDGE_MODE == PipelineConfig.refine_edge_mode
+    options = {p.name for p in command.params}
+    assert options & set(parameter_names()) == {"inversion"}
+    assert command.make_context("pedq-run", ["mag.nii.gz", "-o", "out"]).params["inversion"] is None  # the config's, unless given
+    code, out = run_cli_out(run_main, ["--print-config"], capsys)
+    assert code == 0 and "[pipeline]" in out
+    (tmp_path / "defaults.toml").write_text(out)
+    read = read_config_file(tmp_path / "defaults.toml")
+    defaults = {f.name: f.default for f in fields(PipelineConfig) if f.name in parameter_names() and f.default is not None}
+    assert read == defaults
+    assert sum(1 for line in out.splitlines() if line.startswith("# ")) >= len(parameter_names())
 
 
-def test_pipeline_config_rejects_an_unknown_edge_mode():
-    from pedq_deploy.errors import InputError
-    from pedq_deploy.runtime.pipeline import REFINE_EDGE_MODES, PipelineConfig
+def test_help_fits_one_screen(capsys):
+    code, out = run_cli_out(run_main, ["--help"], capsys)
+    assert code == 0 and len(out.splitlines()) <= 40
 
-    for mode in REFINE_EDGE_MODES:
-        PipelineConfig(echo_time=5e-3, field_strength=3.0, inversion="pedq", refine_weight=0.03, refine_edge_mode=mode).validate()
-    with pytest.raises(InputError, match="edge mode 'sideways'"):
-        PipelineConfig(echo_time=5e-3, field_strength=3.0, inversion="pedq", refine_weight=0.03, refine_edge_mode="sideways").validate()
+
+def run_cli_out(main, argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    return exc.value.code or 0, capsys.readouterr().out
+
+
+def test_a_non_empty_outdir_is_refused_and_overwrite_replaces_it_whole(phantom_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("a user's own file")
+    argv = [str(phantom_dir / "magnitude.nii.gz"), str(phantom_dir / "phase.nii.gz"), "-o", str(out), "--inversion", "tkd", "--models", "none", "-q"]
+    code, err = run_cli(run_main, argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "metrics.json").write_text("{}")  # a stale result of an earlier run
+    code, err = run_cli(run_main, argv + ["--overwrite"], capsys)
+    assert code == 0, err
+    names = {p.name for p in out.iterdir()}
+    assert "qsm.nii.gz" in names and "provenance.json" in names and not names & {"notes.txt", "metrics.json"}
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # not the staging folder's private permissions
+    assert not list(tmp_path.glob(".out.partial-*"))
+    code, err = run_cli(run_main, [str(phantom_dir / "magnitude.nii.gz"), str(phantom_dir / "phase.nii.gz"), "-o", str(tmp_path / "new"),
+                                   "--inversion", "tkd", "--models", "none"], capsys)
+    assert code == 0 and "of the brain mask it used (mask.nii.gz" in err  # says of which mask its coverage is
 
 
 @pytest.mark.parametrize("case", ["missing file", "not 3D", "shape mismatch", "affine mismatch", "NaN phase",
                                   "non-positive echo time", "echo time in ms", "empty mask", "phase out of range",
-                                  "unknown option value", "refining no network map", "refine weight not positive", "refine lambda not positive",
-                                  "edge weight out of range", "edge band below 1", "unknown edge mode", "labels not whole numbers", "labels off the grid"])
+                                  "unknown option value", "refining no network map", "refine weight not positive",
+                                  "edge weight out of range", "edge band below 1", "unknown setting", "acquisition in the config",
+                                  "config not TOML", "echo time option in ms", "magnitude and phase swapped", "phase not negative anywhere",
+                                  "labels not whole numbers", "labels off the grid"])
 def test_bad_input_exits_2_with_one_line_and_no_output(case, bad_inputs, tmp_path, capsys):
     argv, message = bad_inputs[case]
     out = tmp_path / "out"

@@ -20,7 +20,7 @@ from pedq_deploy.phantom import make_subject, write_bids
 
 SMALL = dict(shape=(40, 40, 24), voxel_size=(3.0, 3.0, 4.0), snr=200.0)
 TES = (5e-3, 10e-3, 15e-3)
-STUDY = ("import sys\nfrom pedq_deploy.cli.run import main\n"
+STUDY = ("import sys\nfrom pedq_deploy.cli.study import main\n"
          "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
          "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)\n")
 # BIDS Derivatives names of our outputs (common derivatives: desc-<label>_mask, _dseg); the raw-style
@@ -92,7 +92,7 @@ def _regions(path):
 
 def test_study_writes_bids_derivatives_regions_report_and_resumes(bids_root, tmp_path):
     out = tmp_path / "derivatives" / "pedq"
-    r = run_cli([bids_root, "--bids", "-o", out, "--scheduler", "none"])
+    r = run_cli([bids_root, "-o", out, "--scheduler", "none"])
     assert r.returncode == 0, r.stderr
     assert "skipping sub-03_T2starw: has no part-phase image" in r.stderr
     desc = json.loads((out / "dataset_description.json").read_text())
@@ -127,7 +127,7 @@ def test_study_writes_bids_derivatives_regions_report_and_resumes(bids_root, tmp
     stamp = {p: p.stat().st_mtime_ns for p in files}
 
     # rerun: nothing to do
-    r = run_cli([bids_root, "--bids", "-o", out, "--scheduler", "none"])
+    r = run_cli([bids_root, "-o", out, "--scheduler", "none"])
     assert r.returncode == 0 and "0 done, 3 up to date" in r.stderr, r.stderr
     assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())
     assert len(_regions(out / "regions.tsv")) == 24
@@ -135,13 +135,13 @@ def test_study_writes_bids_derivatives_regions_report_and_resumes(bids_root, tmp
     phase = bids_root / "sub-01" / "anat" / "sub-01_part-phase_T2starw.nii.gz"
     img = nib.load(str(phase))
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 0.5, img.affine), str(phase))
-    r = run_cli([bids_root, "--bids", "-o", out, "--scheduler", "none", "--participant-label", "01", "--participant-label", "sub-02"])
+    r = run_cli([bids_root, "-o", out, "--scheduler", "none", "--participant-label", "01", "--participant-label", "sub-02"])
     assert r.returncode == 0 and "1 done, 2 up to date" in r.stderr, r.stderr
 
 
 def test_a_study_killed_midway_completes_on_rerun_and_nothing_is_partial(bids_root, tmp_path):
     out = tmp_path / "deriv"
-    proc = subprocess.Popen([sys.executable, "-c", STUDY, str(bids_root), "--bids", "-o", str(out), "--scheduler", "none", "-q"],
+    proc = subprocess.Popen([sys.executable, "-c", STUDY, str(bids_root), "-o", str(out), "--scheduler", "none", "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not list(out.glob("sub-*/anat/*_Chimap.json")):
@@ -153,7 +153,7 @@ def test_a_study_killed_midway_completes_on_rerun_and_nothing_is_partial(bids_ro
     for side in done:  # a run with its marker is whole
         for f in json.loads(side.read_text())["PedqProvenance"]["files"]:
             assert (out / f).is_file()
-    r = run_cli([bids_root, "--bids", "-o", out, "--scheduler", "none"])
+    r = run_cli([bids_root, "-o", out, "--scheduler", "none"])
     assert r.returncode == 0, r.stderr
     c = json.loads((out / "logs" / "pedq_study.json").read_text())["counts"]
     assert c["done"] + c["skipped"] == 3 and c["skipped"] == len(done)
@@ -165,8 +165,8 @@ def test_study_on_a_local_dask_cluster_matches_in_process(bids_root, tmp_path):
     pytest.importorskip("distributed")
     a, b = tmp_path / "a", tmp_path / "b"
     for out, sched in ((a, "none"), (b, "local")):
-        r = run_cli([bids_root, "--bids", "-o", out, "--scheduler", sched, "--workers", "2", "--models", "none"] if sched == "local"
-                    else [bids_root, "--bids", "-o", out, "--scheduler", sched, "--models", "none"])
+        r = run_cli([bids_root, "-o", out, "--scheduler", sched, "--workers", "2", "--models", "none"] if sched == "local"
+                    else [bids_root, "-o", out, "--scheduler", sched, "--models", "none"])
         assert r.returncode == 0, r.stderr
     assert "local Dask cluster: 2 worker(s)" in r.stderr
     for f in a.rglob("*_Chimap.nii.gz"):
@@ -191,12 +191,12 @@ def test_report_plots_deep_grey_matter_against_age_and_sorts(tmp_path):
     assert "phase and magnitude affines differ" in page and "5.2 wk" in page and "2.4 mo" in page
 
 
-def test_bids_option_errors_are_one_line(bids_root, tmp_path):
-    for args, msg in (([tmp_path / "nope", "--bids"], "BIDS folder not found"),
-                      ([tmp_path, "--bids"], "not a BIDS dataset"),
-                      ([bids_root, "--bids", "--participant-label", "09"], "no such participant"),
-                      ([bids_root, "--bids", "--echo-time", "0.005"], "come from the sidecars"),
-                      ([bids_root, "--participant-label", "01"], "go with --bids")):
+def test_study_option_errors_are_one_line(bids_root, tmp_path):
+    for args, msg in (([tmp_path / "nope"], "BIDS folder not found"),
+                      ([tmp_path], "not a BIDS dataset"),
+                      ([bids_root, "--participant-label", "09"], "no such participant"),
+                      ([bids_root, "--echo-time", "0.005"], "No such option"),
+                      ([bids_root, "--workers", "0"], "at least 1")):
         r = run_cli([*args, "-o", tmp_path / "o"])
         assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "o").exists()
@@ -207,7 +207,7 @@ def test_report_renders_in_a_real_browser(bids_root, tmp_path):
     if browser is None:
         pytest.skip("no Chromium installed: the report was checked as HTML only")
     out = tmp_path / "deriv"
-    assert run_cli([bids_root, "--bids", "-o", out, "--scheduler", "none", "--models", "none"]).returncode == 0
+    assert run_cli([bids_root, "-o", out, "--scheduler", "none", "--models", "none"]).returncode == 0
     shot = tmp_path / "report.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
                     f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,900",

@@ -90,10 +90,10 @@ def test_reader_geometry_and_siemens_phase(dicom_scan):
 
 def test_round_trip_dicom_in_dicom_out_matches_the_nifti_output(dicom_scan, tmp_path):
     s, root = dicom_scan
-    r = run([root / "mag", root / "pha", "-o", tmp_path / "a", "--inversion", "tkd", "--masker", "classic",
+    r = run([root / "mag", root / "pha", "-o", tmp_path / "a", "--inversion", "tkd", "--models", "none",
              "--dicom-out", tmp_path / "a_dcm", "-q"])
     assert r.returncode == 0, r.stderr
-    r2 = run([root / "both", "-o", tmp_path / "b", "--inversion", "tkd", "--masker", "classic", "-q"])
+    r2 = run([root / "both", "-o", tmp_path / "b", "--inversion", "tkd", "--models", "none", "-q"])
     assert r2.returncode == 0, r2.stderr
     qa = nib.load(str(tmp_path / "a" / "qsm.nii.gz"))
     qb = nib.load(str(tmp_path / "b" / "qsm.nii.gz"))
@@ -134,7 +134,7 @@ def _dciodvfy_errors(path):
 
 def test_parametric_map_output_and_the_dicom_validator(dicom_scan, tmp_path):
     s, root = dicom_scan
-    r = run([root / "both", "-o", tmp_path / "a", "--inversion", "tkd", "--masker", "classic", "-q",
+    r = run([root / "both", "-o", tmp_path / "a", "--inversion", "tkd", "--models", "none", "-q",
              "--dicom-out", tmp_path / "pm", "--dicom-format", "parametric-map"])
     assert r.returncode == 0, r.stderr
     (pm_file,) = list((tmp_path / "pm").glob("*.dcm"))
@@ -147,7 +147,7 @@ def test_parametric_map_output_and_the_dicom_validator(dicom_scan, tmp_path):
     pos = [np.array([float(x) for x in f.PlanePositionSequence[0].ImagePositionPatient]) @ normal for f in pm.PerFrameFunctionalGroupsSequence]
     frames = pm.pixel_array[np.argsort(pos)]
     np.testing.assert_allclose(np.transpose(frames, (2, 1, 0)), qsm, atol=1e-6)  # float values, no rescale step
-    run([root / "both", "-o", tmp_path / "b", "--inversion", "tkd", "--masker", "classic", "-q", "--dicom-out", tmp_path / "mr"])
+    run([root / "both", "-o", tmp_path / "b", "--inversion", "tkd", "--models", "none", "-q", "--dicom-out", tmp_path / "mr"])
     for f in (pm_file, sorted((tmp_path / "mr").glob("*.dcm"))[0]):
         errors = _dciodvfy_errors(f)
         if errors is None:

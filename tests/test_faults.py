@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-ARGS = ["--inversion", "tv", "--tv-iterations", "40", "--masker", "classic", "-q"]
+ARGS = ["--inversion", "tv", "--models", "none", "-q", "--overwrite"]
 
 
 def start(phantom_dir, out):

@@ -43,7 +43,7 @@ def run_case(tmp: Path, mutate) -> tuple[int, str]:
     code = 0
     with redirect_stderr(err):
         try:
-            main([str(paths["mag"]), str(paths["phase"]), "-o", str(out), "-q", "--inversion", "tkd", "--masker", "classic"])
+            main([str(paths["mag"]), str(paths["phase"]), "-o", str(out), "-q", "--inversion", "tkd", "--models", "none"])
         except SystemExit as e:
             code = int(e.code or 0)
     text = err.getvalue()

@@ -113,38 +113,6 @@ def test_segmentation_in_voxel_and_b0_orientations_keeps_structures_in_place(tmp
     models.close()
 
 
-def test_mirrored_masking_is_exactly_mirror_equivariant(tmp_path):
-    """Test-time mirroring averages the network on the image and its mirror image, so mirroring the
-    input mirrors the probability exactly; one pass of an (untrained) network is not equivariant."""
-    from dataclasses import replace
-
-    import torch
-
-    from pedq_deploy.errors import InputError
-    from pedq_deploy.export import export_network
-    from pedq_deploy.phantom import make_subject
-    from pedq_deploy.runtime.networks import PedqModels
-    from pedq_deploy.training.config import TrainConfig
-    from pedq_deploy.training.networks import MaskNet, ReconNet
-
-    cfg = TrainConfig(patch=(32, 32, 32), voxel_size=(3.0, 3.0, 3.0), unetr_feature_size=8, unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4)
-    torch.manual_seed(1)
-    export_network(MaskNet(cfg), "mask", 1, (32, 32, 32), tmp_path, voxel_size=cfg.voxel_size)
-    # PedqModels needs a reconstruction model next to the mask model
-    export_network(ReconNet(replace(cfg, recon_filters=4, recon_levels=3)), "recon", 1, (32, 32, 32), tmp_path, voxel_size=(3.0, 3.0, 3.0))
-    s = make_subject(seed=3, shape=(56, 48, 36), voxel_size=(2.0, 2.0, 3.0), snr=float("inf"))
-    models = PedqModels(tmp_path, backend="onnxruntime")
-    mag, flipped = s.magnitude, np.ascontiguousarray(s.magnitude[::-1])
-    p = models.mask_probability(mag, s.voxel_size, mirror_axis=0)
-    pf = models.mask_probability(flipped, s.voxel_size, mirror_axis=0)
-    np.testing.assert_allclose(pf, p[::-1], atol=1e-6)
-    single = models.mask_probability(mag, s.voxel_size)
-    assert np.abs(models.mask_probability(flipped, s.voxel_size) - single[::-1]).max() > 1e-3
-    with pytest.raises(InputError, match="mirror_axis"):
-        models.mask_probability(mag, s.voxel_size, mirror_axis=3)
-    models.close()
-
-
 def test_old_recon_model_without_b0_frame_is_refused(tiny_models, tmp_path):
     from pedq_deploy.errors import InputError
     from pedq_deploy.runtime.networks import PedqModels
@@ -168,10 +136,10 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
     assert r.returncode == 0, r.stderr
     assert "[5/6] segmentation" in r.stderr and "[6/6] qc" in r.stderr  # the network segments its map before any refinement
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["parameters"]["inversion"] == "pedq" and prov["mask_source"] == "network"
-    assert prov["parameters"]["refine_weight"] == 0 and "refine" not in prov["timings_s"]  # --refine is off by default
-    assert prov["parameters"]["mask_mirror"] is False and set(prov["backend_used"]) == {"recon", "seg", "mask"}
-    from pedq_deploy.runtime.networks import MASK_THRESHOLD
+    assert prov["inversion"] == "pedq" and prov["parameters"]["inversion"] == "auto" and prov["mask_source"] == "network"
+    assert prov["parameters"]["refine"] is False and "refine" not in prov["timings_s"]  # the refinement is off by default
+    assert set(prov["backend_used"]) == {"recon", "seg", "mask"}
+    from pedq_deploy.config import MASK_THRESHOLD
 
     assert prov["parameters"]["mask_threshold"] == MASK_THRESHOLD  # the default, recorded
     assert set(prov["models"]) == {"recon", "seg", "mask"}
@@ -204,8 +172,8 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     models = PedqModels(tiny_models)
     events = []
     runs = {(w, e): run_case(s.magnitude, s.phase, s.affine, s.voxel_size,
-                             PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine_weight=w,
-                                            refine_edge_weight=e, refine_edge_band=2),
+                             PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine=w > 0,
+                                            refine_weight=w or 0.003, refine_edge_weight=e, refine_edge_band=2),
                              models=models, progress=lambda st, ev, w=w: events.append((w, st, ev)))
             for w, e in ((0.0, 1.0), (0.03, 1.0), (0.03, 0.0))}
     models.close()
@@ -225,7 +193,7 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     assert plain.segmentation.any()
     expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
                      prior=plain.qsm, prior_weight=0.03,
-                     tv_weight=structure_edge_weight(plain.segmentation, 0.0, 2, across=cfg.refine_edge_mode == "across"))
+                     tv_weight=structure_edge_weight(plain.segmentation, 0.0, 2, across=True))
     np.testing.assert_allclose(guided.qsm, expect, atol=1e-5)
     assert np.abs(guided.qsm - refined.qsm).max() > 1e-4
     np.testing.assert_array_equal(guided.segmentation, plain.segmentation)
@@ -247,7 +215,7 @@ def test_guided_refinement_needs_boundaries_and_takes_given_labels(small_subject
             shutil.copy(f, tmp_path / f.name)
     models = PedqModels(tmp_path)
     assert not models.has("seg")
-    cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine_weight=0.03)
+    cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine=True, refine_weight=0.03)
     with pytest.raises(InputError, match="needs a segmentation model"):
         run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, models=models)
     res = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, models=models, labels=s.labels, mask=s.brain_mask)
@@ -258,19 +226,8 @@ def test_guided_refinement_needs_boundaries_and_takes_given_labels(small_subject
     assert res.segmentation.any() and not res.segmentation[~eroded].any()
     expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
                      prior=plain.qsm, prior_weight=0.03, tv_weight=structure_edge_weight(res.segmentation, cfg.refine_edge_weight, cfg.refine_edge_band,
-                                                                                         across=cfg.refine_edge_mode == "across"))
+                                                                                         across=True))
     np.testing.assert_allclose(res.qsm, expect, atol=1e-5)
-    # the other edge mode is the other weight map
-    other = "voxels" if cfg.refine_edge_mode == "across" else "across"
-    cfg2 = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine_weight=0.03, refine_edge_mode=other)
-    models = PedqModels(tmp_path)
-    res2 = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg2, models=models, labels=s.labels, mask=s.brain_mask)
-    models.close()
-    expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
-                     prior=plain.qsm, prior_weight=0.03, tv_weight=structure_edge_weight(res.segmentation, cfg.refine_edge_weight, cfg.refine_edge_band,
-                                                                                         across=other == "across"))
-    np.testing.assert_allclose(res2.qsm, expect, atol=1e-5)
-    assert np.abs(res2.qsm - res.qsm).max() > 1e-5
 
 
 def test_after_tkd_or_tv_the_segmentation_network_still_segments_the_network_map(small_subject, tiny_models):
@@ -303,7 +260,8 @@ def test_pedq_run_model_errors_exit_2(phantom_dir, tiny_models, tmp_path):
     assert r.returncode == 2 and "needs the PedQ-NET models" in r.stderr and "Traceback" not in r.stderr
     r = run(base + ["-o", tmp_path / "b", "--models", tmp_path / "nowhere"])
     assert r.returncode == 2 and "models folder not found" in r.stderr
-    r = run(base + ["-o", tmp_path / "t", "--models", tiny_models, "--mask-threshold", "1.5"])
+    (tmp_path / "t.toml").write_text("mask_threshold = 1.5\n")
+    r = run(base + ["-o", tmp_path / "t", "--models", tiny_models, "--config", tmp_path / "t.toml"])
     assert r.returncode == 2 and "mask threshold must lie between 0 and 1" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "t").exists()
     bad = tmp_path / "bad_models"
@@ -333,7 +291,7 @@ def test_pip_install_without_torch_finds_the_shipped_models(phantom_dir, tiny_mo
     r = run([phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz", "-o", tmp_path / "o"], cwd=tmp_path, python=py, env=env)
     assert r.returncode == 0, r.stderr
     prov = json.loads((tmp_path / "o" / "provenance.json").read_text())
-    assert prov["parameters"]["inversion"] == "pedq"
+    assert prov["inversion"] == "pedq"
     assert "site-packages" in prov["models"]["recon"]["manifest"]
 
 

@@ -9,7 +9,7 @@ import click
 
 from ..errors import PedqError
 
-__all__ = ["entry_point", "StageProgress", "echo_err"]
+__all__ = ["entry_point", "StageProgress", "echo_err", "print_config_option", "settings_from"]
 
 
 def echo_err(msg: str) -> None:
@@ -69,3 +69,27 @@ class StageProgress:
             click.echo(f"[{n}/{len(self.stages)}] {stage} ...", err=True, nl=False)
         else:
             click.echo(f" {float(event.split()[1]):.2f} s", err=True)
+
+
+def _print_config(ctx: click.Context, _param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from ..config import default_config_text
+
+    click.echo(default_config_text())
+    ctx.exit(0)
+
+
+print_config_option = click.option(
+    "--print-config", is_flag=True, expose_value=False, is_eager=True, callback=_print_config,
+    help="Print the default settings as a config file (TOML, one comment per setting) and exit.")
+
+
+def settings_from(config_path: str | None, inversion: str | None = None) -> dict:
+    """The pipeline settings of a --config file (none: every default), with --inversion over it."""
+    from ..config import read_config_file
+
+    settings = read_config_file(config_path) if config_path else {}
+    if inversion is not None:
+        settings["inversion"] = inversion
+    return settings

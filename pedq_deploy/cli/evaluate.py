@@ -51,7 +51,8 @@ def command(outdir, truth_dir):
     os.replace(tmp, os.path.join(outdir, "metrics.json"))
     q = result["qsm"]
     echo_err(f"pedq-eval: NRMSE {q['nrmse']:.3f}  HFEN {q['hfen']:.3f}  SSIM {q['ssim']:.3f}  XSIM {q['xsim']:.3f}  "
-             f"coverage {q['coverage']:.1%}  DGM edge sharpness {q.get('dgm_edge_sharpness', float('nan')):.2f}")
+             f"DGM edge sharpness {q.get('dgm_edge_sharpness', float('nan')):.2f}; chi has values in {q['coverage']:.1%} of the true "
+             "brain mask (scored over all of it, missing values as zero)")
 
 
 main = entry_point(command, "pedq-eval")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..backends import BACKENDS
-from ._common import entry_point
+from ._common import entry_point, print_config_option, settings_from
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,10 +14,13 @@ from ._common import entry_point
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), help="Models folder (default: $PEDQ_MODELS or shipped).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--no-models", is_flag=True, help="Load no networks (conventional pipelines only).")
-def command(host, port, workers, models_dir, backend, no_models):
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON file of pipeline settings.")
+@print_config_option
+def command(host, port, workers, models_dir, backend, no_models, config_path):
     """Serve MRD clients: GRE magnitude + phase images in, QSM images (ppb) out.
 
-    Config names: pedq (default: PedQ-NET when models are loaded, else TKD), pedq-net, pedq-tkd, pedq-tv.
+    Config names: pedq (the default pipeline, with --config's settings), pedq-net, pedq-tkd, pedq-tv
+    (the same settings with that inversion).
     """
     try:
         import ismrmrd  # noqa: F401
@@ -27,7 +30,8 @@ def command(host, port, workers, models_dir, backend, no_models):
         raise InputError(f"pedq-serve needs the mrd extra (pip install 'pedq-deploy[mrd]'): {exc}") from None
     from ..mrd.server import MrdServer
 
-    server = MrdServer(host, port, workers=workers, models_dir=models_dir, backend=backend, no_models=no_models)
+    server = MrdServer(host, port, workers=workers, models_dir=models_dir, backend=backend, no_models=no_models,
+                       settings=settings_from(config_path))
     try:
         server.serve_forever()
     finally:

@@ -98,7 +98,8 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
     from ..io import StagedOutput, save_image
     from ..io.quicklook import quicklook
     from ..metrics import FS_DGM_NAMES, region_stats
-    from ..runtime.pipeline import PipelineConfig, load_inputs, run_case
+    from ..config import PipelineConfig
+    from ..runtime.pipeline import load_inputs, run_case
 
     t0 = time.perf_counter()
     out_root = Path(out_root)
@@ -115,9 +116,7 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
     magnitude = np.stack(mags, axis=-1) if multi else mags[0]
     phase = np.stack(phases, axis=-1) if multi else phases[0]
     opts = dict(overrides)
-    models = _models(models_dir, backend, opts.get("inversion") in ("auto", "pedq") or opts.get("masker") in ("auto", "network"))
-    if opts.get("inversion", "auto") == "auto":
-        opts["inversion"] = "pedq" if models is not None else "tkd"
+    models = _models(models_dir, backend, opts.get("inversion", "auto") in ("auto", "pedq") or opts.get("masker", "auto") in ("auto", "network"))
     cfg = PipelineConfig(echo_time=run.echo_times if multi else run.echo_times[0], field_strength=run.field_strength, **opts)
     result = run_case(magnitude, phase, props.affine, props.voxel_size, cfg, models=models)
     names = DerivativeNames(run)
@@ -133,7 +132,8 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
         files.insert(3, names.folder / names.file("dseg"))
     figure = names.figures / names.file("figure")
     with StagedOutput(out_root / names.figures) as fig:
-        quicklook(fig.path(figure.name), magnitude[..., 0] if multi else magnitude, result.mask, result.qsm, result.segmentation, n_slices=1)
+        quicklook(fig.path(figure.name), magnitude[..., 0] if multi else magnitude, result.mask, result.qsm, result.segmentation,
+                  props.affine, n_slices=1)
     seconds = time.perf_counter() - t0
     dataset = run.folder.parents[2] if run.session else run.folder.parents[1]
     raw = [f"bids::{Path(f).relative_to(dataset).as_posix()}" for e in run.echoes for f in (e.magnitude, e.phase)]
@@ -145,7 +145,7 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
         "MagneticFieldStrength": run.field_strength,
         "PedqProvenance": {
             "hash": digest, "version": __version__, "seconds": round(seconds, 2), "files": [str(f) for f in files + [figure]],
-            "figure": str(figure), "inversion": cfg.inversion, "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()},
+            "figure": str(figure), "parameters": cfg.parameters(),
             "phase_format": notes, "echoes": len(run.echoes), "host": os.uname().nodename, **result.info,
         },
         "PedqRegions": rows,
@@ -348,7 +348,7 @@ def run_study(
     records.sort(key=lambda r: r["run"])
     _write_regions(out_root, records)
     summary = {
-        "tool": "pedq-run --bids", "version": __version__, "bids_dir": str(bids.resolve()), "out_dir": str(out_root.resolve()),
+        "tool": "pedq-study", "version": __version__, "bids_dir": str(bids.resolve()), "out_dir": str(out_root.resolve()),
         "wall_seconds": round(time.perf_counter() - t0, 2), "cluster": cluster,
         "counts": {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed", "not run")},
         "runs": records,

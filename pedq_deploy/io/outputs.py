@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["StagedOutput"]
+__all__ = ["StagedOutput", "check_output_folder"]
 
 
 def _alive(pid: int) -> bool:
@@ -37,11 +37,26 @@ def _remove_orphans(parent: Path, name: str) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-class StagedOutput:
-    """Context manager: ``with StagedOutput(outdir) as st: save(st.path("qsm.nii.gz"))``."""
+def check_output_folder(outdir: str | os.PathLike, overwrite: bool, option: str = "--overwrite") -> None:
+    """Refuse an output folder that already holds files unless the caller replaces it whole."""
+    p = Path(outdir)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"output path exists and is not a folder: {p}")
+    if p.is_dir() and not overwrite and any(p.iterdir()):
+        raise InputError(f"{p} already holds files: give {option} to replace its contents, or name a new folder")
 
-    def __init__(self, outdir: str | os.PathLike):
+
+class StagedOutput:
+    """Context manager: ``with StagedOutput(outdir) as st: save(st.path("qsm.nii.gz"))``.
+
+    ``whole=False`` moves the staged files into OUTDIR next to whatever it holds (a study's
+    derivatives folder, where many runs share one folder). ``whole=True`` makes the staged
+    folder OUTDIR: an earlier OUTDIR is replaced entirely, so no stale file survives.
+    """
+
+    def __init__(self, outdir: str | os.PathLike, whole: bool = False):
         self.outdir = Path(outdir)
+        self.whole = whole
         self._stage: Path | None = None
         self._names: list[str] = []
 
@@ -86,7 +101,9 @@ class StagedOutput:
         if stage is None:
             return
         try:
-            if exc_type is None:
+            if exc_type is None and self.whole:
+                self._swap_in(stage)
+            elif exc_type is None:
                 self.outdir.mkdir(parents=True, exist_ok=True)
                 for name in self._names:
                     src = stage / name
@@ -94,3 +111,21 @@ class StagedOutput:
                         os.replace(src, self.outdir / name)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+
+    def _swap_in(self, stage: Path) -> None:
+        """The staged folder becomes OUTDIR; the previous OUTDIR goes, whole."""
+        for extra in set(p.name for p in stage.iterdir()) - set(self._names):  # as the merge: registered names only
+            if (stage / extra).is_dir():
+                shutil.rmtree(stage / extra)
+            else:
+                (stage / extra).unlink()
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)  # mkdtemp made it private; OUTDIR gets the user's usual permissions
+        old = None
+        if self.outdir.exists():
+            old = stage.with_name(stage.name + "-old")
+            os.replace(self.outdir, old)
+        os.replace(stage, self.outdir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -72,11 +72,14 @@ class MrdServer:
     """A listening socket, shared models, a bounded pool of workers (one series each)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9002, *, workers: int = 1, models_dir=None, backend: str = "auto",
-                 no_models: bool = False, log=None):
+                 no_models: bool = False, settings: dict | None = None, log=None):
+        from ..config import PipelineConfig
         from ..runtime.networks import PedqModels, find_models
 
         if workers < 1:
             raise InputError("--workers must be at least 1")
+        self.settings = dict(settings or {})  # a --config file's settings; each config name sets the inversion over them
+        PipelineConfig(echo_time=0.01, field_strength=3.0, **self.settings).validate()
         self.log = log or (lambda msg: print(f"pedq-serve: {msg}", file=sys.stderr, flush=True))
         found = None if no_models else find_models(models_dir)
         self.models = PedqModels(found, backend=backend) if found is not None else None
@@ -188,7 +191,8 @@ class MrdServer:
         return s
 
     def _process(self, mrd: Connection, s: _Session) -> None:
-        from ..runtime.pipeline import PipelineConfig, run_case
+        from ..config import PipelineConfig, resolve_inversion
+        from ..runtime.pipeline import run_case
 
         if s.xml is None:
             raise InputError("no MRD XML header was sent (echo time and field strength come from it)")
@@ -201,14 +205,13 @@ class MrdServer:
         if mag.data.shape != pha.data.shape or not np.allclose(mag.affine, pha.affine, atol=1e-3):
             raise InputError("magnitude and phase images do not share one grid")
         phase_rad, fmt = detect_and_scale_phase(pha.data)
-        overrides = dict(PIPELINES[s.config])
-        inversion = overrides["inversion"]
-        if inversion == "auto":
-            inversion = "pedq" if self.models is not None else "tkd"
+        settings = {**self.settings, **PIPELINES[s.config]}
+        if s.config == "pedq" and "inversion" in self.settings:  # the default pipeline is the --config file's
+            settings["inversion"] = self.settings["inversion"]
+        inversion = resolve_inversion(settings["inversion"], self.models)
         if inversion == "pedq" and self.models is None:
             raise InputError(f"config {s.config!r} needs the PedQ-NET models; the server has none")
-        cfg = PipelineConfig(echo_time=echo_time, field_strength=b0, inversion=inversion,
-                             masker="auto" if self.models is not None else "classic")
+        cfg = PipelineConfig(echo_time=echo_time, field_strength=b0, **{**settings, "inversion": inversion})
         cfg.validate()
         res = run_case(mag.data, phase_rad, mag.affine, mag.voxel_size, cfg, models=self.models)
         mrd.send_text(f"pedq-serve: {s.config} ({inversion}); {fmt}; TE {echo_time * 1e3:.2f} ms, B0 {b0:.2f} T")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .echoes import check_echo_times, combine_echoes
 from .masking import classic_mask, normalise_magnitude
-from .phase import detect_and_scale_phase
+from .phase import check_not_swapped, detect_and_scale_phase
 from .unwrap import UNWRAP_METHODS, laplacian_unwrap, lsq_unwrap, quality_unwrap, unwrap_phase
 from .vsharp import default_radii, vsharp
 
@@ -12,6 +12,7 @@ __all__ = [
     "combine_echoes",
     "classic_mask",
     "normalise_magnitude",
+    "check_not_swapped",
     "detect_and_scale_phase",
     "UNWRAP_METHODS",
     "laplacian_unwrap",

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from ..backends import load_manifest, make_runner
+from ..config import MASK_THRESHOLD
 from ..errors import InputError
 from ..frame import B0Frame, mask_box
 from ..preprocess import normalise_magnitude
@@ -43,11 +44,6 @@ def find_models(models_dir: str | Path | None = None) -> Path | None:
 
 
 DGM_BOX_FRACTION = 0.65
-# the masking network's probability above which a voxel is brain. At 0.5 its masks held 8-10 times
-# as many false voxels as missed ones; on 10 validation heads (benchmarks/bench_mask_threshold.py,
-# section "mask_threshold") 0.7 raised the mask's Dice 0.951 -> 0.964, lowered the deep grey
-# matter's mean error and raised the segmentation's Dice, and 0.8 / 0.9 missed brain
-MASK_THRESHOLD = 0.7
 
 
 def dgm_box(mask: np.ndarray, fraction=DGM_BOX_FRACTION, shift=0.0) -> tuple[slice, slice, slice]:
@@ -176,33 +172,21 @@ class PedqModels:
     def has(self, role: str) -> bool:
         return role in self.manifests
 
-    def mask_probability(self, magnitude: np.ndarray, voxel_size, mirror_axis: int | None = None) -> np.ndarray:
-        """The masking network's brain probability on the input grid. ``mirror_axis``: also run the
-        image mirrored along that axis (the head's left-right) and average the two (test-time
-        mirroring, as nnU-Net does; heads are nearly symmetric, so the mirror image is a plausible
-        head the network has to agree on). The result is then exactly mirror-equivariant. It doubles
-        this stage's time; on the shipped network it raised Dice by 0.003-0.005 on four validation
-        heads (seeds 2000-2003), but on the 10 benchmark heads by +0.0001 on average (SD 0.005; HD95
-        lower in 4 of 10), so pedq-run leaves it off unless asked (``--mask-mirror``)."""
+    def mask_probability(self, magnitude: np.ndarray, voxel_size) -> np.ndarray:
+        """The masking network's brain probability on the input grid."""
         m = self.manifests["mask"]
         x = resample_to(normalise_magnitude(magnitude), voxel_size, m.voxel_size)
         # windows of air alone are not run (the brain lies inside the head's signal); their voxels read background
         head = ndi.binary_dilation(x > 0.1, iterations=2)
         if not head.any():
             raise InputError("the magnitude has no signal above the noise: check the magnitude image")
-        if mirror_axis is not None and mirror_axis not in (0, 1, 2):
-            raise InputError(f"mirror_axis must be 0, 1 or 2, got {mirror_axis}")
-        prob = self._mask_probability(x, head)
-        if mirror_axis is not None:
-            flip = lambda a: np.ascontiguousarray(np.flip(a, mirror_axis))  # noqa: E731
-            prob = 0.5 * (prob + flip(self._mask_probability(flip(x), flip(head))))
-        return resample_back(prob, magnitude.shape)
+        return resample_back(self._mask_probability(x, head), magnitude.shape)
 
-    def mask(self, magnitude: np.ndarray, voxel_size, mirror_axis: int | None = None, threshold: float = MASK_THRESHOLD) -> np.ndarray:
+    def mask(self, magnitude: np.ndarray, voxel_size, threshold: float = MASK_THRESHOLD) -> np.ndarray:
         """Brain mask: the probability (:meth:`mask_probability`) above ``threshold``, its largest
         component, holes filled (:func:`mask_from_probability`)."""
         check_threshold(threshold)
-        return mask_from_probability(self.mask_probability(magnitude, voxel_size, mirror_axis), threshold)
+        return mask_from_probability(self.mask_probability(magnitude, voxel_size), threshold)
 
     def reconstruct_in_frame(self, local_field: np.ndarray, mask: np.ndarray, voxel_size, b0) -> tuple[B0Frame, np.ndarray]:
         """The reconstruction network's raw output in its B0-aligned frame, and that frame (built on

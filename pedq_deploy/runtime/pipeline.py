@@ -10,100 +10,21 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..config import PipelineConfig, resolve_inversion
 from ..errors import InputError
 from ..metrics import FS_DGM_NAMES
 from ..physics import b0_direction_from_affine, check_direction, phase_per_ppm, phase_to_ppm
 from ..postprocess.segqc import segmentation_checks
-from .networks import MASK_THRESHOLD, check_threshold
 
 __all__ = ["PipelineConfig", "PipelineResult", "run_case", "run_case_files", "STAGES"]
 
 STAGES = ("mask", "unwrap", "background", "inversion", "segmentation", "refine", "qc")
-INVERSIONS = ("tkd", "tv", "pedq")
-MASKERS = ("auto", "classic", "network")
-UNWRAPPERS = ("laplacian", "lsq", "quality")  # preprocess.UNWRAP_METHODS (not imported here: it loads Numba)
-REFINE_WEIGHT = 0.003  # pedq-run --refine-weight's default (written out in cli/run.py, which must not load Numba to show --help)
-REFINE_LAMBDA = 3e-4  # pedq-run --refine-lambda's default (likewise); all five chosen together on validation heads (bench_refine_pipeline.py)
-REFINE_EDGE_WEIGHT = 0.0  # pedq-run --refine-edge-weight's default (likewise)
-REFINE_EDGE_BAND = 3  # pedq-run --refine-edge-band's default (likewise)
-REFINE_EDGE_MODE = "across"  # pedq-run --refine-edge-mode's default (likewise)
-REFINE_EDGE_MODES = ("voxels", "across")
-
-
-@dataclass
-class PipelineConfig:
-    """Parameters of one run. Times in seconds, field strength in tesla, lengths in mm."""
-
-    echo_time: float | tuple[float, ...]  # seconds; one per echo for a multi-echo scan
-    field_strength: float
-    b0_direction: tuple[float, float, float] | None = None  # voxel frame; None: from the affine
-    unwrap: str = "lsq"  # least squares: as good as Laplacian at short TE, far better at long TE (benchmarks/RESULTS.md)
-    inversion: str = "tkd"
-    vsharp_radii: tuple[float, ...] | None = None
-    vsharp_threshold: float = 0.05
-    tkd_threshold: float = 0.19
-    tv_lambda: float = 3e-4
-    tv_iterations: int = 60
-    # > 0: PedQ-NET's map refined by TV ADMM on the local field with it as a prior of this weight
-    # (tv_admm's prior_weight; TV weight refine_lambda, TV's iterations). Off by default: it trades
-    # the network's map for sharper deep grey matter, noisier within it, and it inherits the
-    # field's errors (benchmarks/bench_refine_pipeline.py, bench_accuracy.py --pedq)
-    refine_weight: float = 0.0
-    # the refinement's TV weight: plain TV's (tv_lambda) by default, as the guidance below
-    # (refine_edge_weight) lowers it on the deep grey matter's edges
-    refine_lambda: float = REFINE_LAMBDA
-    # < 1: the refinement's TV weight times this within refine_edge_band voxels of the boundaries of
-    # the segmented deep grey matter structures (the segmentation network's labels of PedQ-NET's
-    # map, or the given labels): TV lets the field make those edges (inversion.structure_edge_weight).
-    # 1: TV weighs the same everywhere
-    refine_edge_weight: float = REFINE_EDGE_WEIGHT
-    refine_edge_band: int = REFINE_EDGE_BAND
-    # "voxels": every difference from a voxel in the band is weighted; "across": only the differences
-    # across the boundaries (within the band along the same axis), TV keeping its weight along them
-    refine_edge_mode: str = REFINE_EDGE_MODE
-    masker: str = "auto"  # network when a mask model is loaded, else classic
-    mask_mirror: bool = False  # the masking network also on the left-right mirror image (test-time mirroring)
-    mask_threshold: float = MASK_THRESHOLD  # the masking network's brain probability above which a voxel is brain
-
-    @property
-    def echo_times(self) -> tuple[float, ...]:
-        return tuple(float(t) for t in np.atleast_1d(self.echo_time))
-
-    def validate(self) -> None:
-        for te in self.echo_times:
-            if not np.isfinite(te) or te <= 0:
-                raise InputError(f"echo time must be positive (seconds), got {te}")
-            if te > 1.0:
-                raise InputError(f"echo time {te} s is implausible: give it in seconds")
-        if not self.echo_times:
-            raise InputError("no echo time given")
-        if not np.isfinite(self.field_strength) or self.field_strength <= 0:
-            raise InputError(f"field strength must be positive (tesla), got {self.field_strength}")
-        if self.inversion not in INVERSIONS:
-            raise InputError(f"unknown inversion {self.inversion!r} ({', '.join(INVERSIONS)})")
-        check_threshold(self.mask_threshold)
-        if self.masker not in MASKERS:
-            raise InputError(f"unknown masker {self.masker!r} ({', '.join(MASKERS)})")
-        if self.unwrap not in UNWRAPPERS:
-            raise InputError(f"unknown unwrapping method {self.unwrap!r} ({', '.join(UNWRAPPERS)})")
-        if not (np.isfinite(self.refine_weight) and self.refine_weight >= 0):
-            raise InputError(f"the refinement's prior weight must be >= 0, got {self.refine_weight}")
-        if not (np.isfinite(self.refine_lambda) and self.refine_lambda > 0):
-            raise InputError(f"the refinement's TV weight must be positive, got {self.refine_lambda}")
-        if not (np.isfinite(self.refine_edge_weight) and 0 <= self.refine_edge_weight <= 1):
-            raise InputError(f"the refinement's edge weight must lie in [0, 1], got {self.refine_edge_weight}")
-        if not (isinstance(self.refine_edge_band, (int, np.integer)) and self.refine_edge_band >= 1):
-            raise InputError(f"the refinement's edge band must be a whole number of voxels >= 1, got {self.refine_edge_band}")
-        if self.refine_edge_mode not in REFINE_EDGE_MODES:
-            raise InputError(f"unknown refinement edge mode {self.refine_edge_mode!r} ({', '.join(REFINE_EDGE_MODES)})")
-        if self.refine_weight > 0 and self.inversion != "pedq":
-            raise InputError(f"refinement refines PedQ-NET's map: it needs --inversion pedq (got {self.inversion})")
 
 
 @dataclass
@@ -197,23 +118,23 @@ def run_case(
         notify(name, f"done {timings[name]:.2f}")
         return out
 
-    if config.inversion == "pedq" and models is None:
-        raise InputError("--inversion pedq needs the PedQ-NET models (none found: give --models DIR)")
+    inversion = resolve_inversion(config.inversion, models)
+    if inversion == "pedq" and (models is None or not models.has("recon")):
+        raise InputError("inversion pedq needs the PedQ-NET models (none found: give --models DIR)")
+    if config.refine and inversion != "pedq":
+        raise InputError(f"the refinement refines PedQ-NET's map: it needs inversion pedq (got {inversion})")
     with_seg = labels is not None or (models is not None and models.has("seg"))
-    if config.refine_weight > 0 and config.refine_edge_weight < 1 and not with_seg:
-        raise InputError("--refine is guided by the deep grey matter's boundaries: it needs a segmentation model (seg.json) or --labels "
-                         "(or --refine-edge-weight 1 for no guidance)")
-    skip = {"refine"} if config.refine_weight == 0 else set()
+    if config.refine and config.refine_edge_weight < 1 and not with_seg:
+        raise InputError("the refinement is guided by the deep grey matter's boundaries: it needs a segmentation model (seg.json) or "
+                         "--labels (or refine_edge_weight = 1 for no guidance)")
+    skip = set() if config.refine else {"refine"}
     skip |= set() if with_seg else {"segmentation"}
     notify("plan", ",".join(s for s in STAGES if s not in skip))
     use_network_mask = config.masker == "network" or (config.masker == "auto" and models is not None and models.has("mask"))
     if mask is None and use_network_mask:
         if models is None or not models.has("mask"):
-            raise InputError("--masker network needs a mask model (mask.json) in the models folder")
-        # mirrored along the head's left-right axis (the voxel axis nearest the world x axis) as well
-        lr_axis = int(np.argmax(np.abs(np.asarray(affine, float)[0, :3])))
-        brain = stage("mask", models.mask, first, voxel_size, mirror_axis=lr_axis if config.mask_mirror else None,
-                      threshold=config.mask_threshold)
+            raise InputError("masker network needs a mask model (mask.json) in the models folder")
+        brain = stage("mask", models.mask, first, voxel_size, threshold=config.mask_threshold)
         mask_source = "network"
     elif mask is None:
         brain = stage("mask", classic_mask, first, voxel_size)
@@ -231,23 +152,22 @@ def run_case(
     local, eroded = stage(
         "background", vsharp, total_field, brain, voxel_size, config.vsharp_radii, config.vsharp_threshold
     )
-    if config.inversion == "tkd":
+    if inversion == "tkd":
         chi = stage("inversion", tkd, local, eroded, voxel_size, b0, config.tkd_threshold)
-    elif config.inversion == "tv":
+    elif inversion == "tv":
         chi = stage("inversion", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations)
     else:
         chi = stage("inversion", models.reconstruct, local, eroded, voxel_size, b0)
-    chi_network = chi if config.inversion == "pedq" else None  # what the segmentation network was trained on
+    chi_network = chi if inversion == "pedq" else None  # what the segmentation network was trained on
     segmentation = None
     if labels is not None:  # where chi has values (the eroded mask), as the network's labels
         segmentation = stage("segmentation", np.where, eroded, labels, 0)
     elif with_seg:  # after TKD or TV too, the network segments the reconstruction network's map, which it learnt on
         segmentation = stage("segmentation", _segment_network_map, models, chi_network, local, eroded, voxel_size, b0)
-    if config.refine_weight > 0:
+    if config.refine:
         edge_weight = None
         if config.refine_edge_weight < 1:
-            edge_weight = structure_edge_weight(segmentation, config.refine_edge_weight, config.refine_edge_band,
-                                                across=config.refine_edge_mode == "across")
+            edge_weight = structure_edge_weight(segmentation, config.refine_edge_weight, config.refine_edge_band, across=True)
         chi = stage("refine", tv_admm, local, eroded, voxel_size, b0, config.refine_lambda, None, config.tv_iterations,
                     prior=chi, prior_weight=config.refine_weight, tv_weight=edge_weight)
     coverage = float(eroded.sum() / max(int(brain.sum()), 1))
@@ -270,9 +190,10 @@ def run_case(
     info = {
         "b0_direction_voxel_frame": [round(float(x), 6) for x in b0],
         "b0_direction_source": "given" if config.b0_direction is not None else "affine",
+        "inversion": inversion,
         "mask_source": mask_source,
         "brain_voxels": int(brain.sum()),
-        "coverage": coverage,
+        "coverage": coverage,  # the share of this run's brain mask (mask.nii.gz) where chi has values
         "echoes": len(tes),
         "chi_reference": "mean over the V-SHARP-eroded brain mask",
         **({"segmentation_source": "labels file" if labels is not None else "network"} if with_seg else {}),
@@ -305,7 +226,7 @@ def _write_dicom(folder, fmt: str, result, props, dicom: dict) -> dict:
 
     src = (dicom.get("M") or dicom.get("P"))
     source = src.datasets if src is not None else None
-    with StagedOutput(folder) as out:
+    with StagedOutput(folder, whole=True) as out:
         if fmt == "parametric-map":
             files = [write_parametric_map(out.folder(), result.qsm, source)]
         else:
@@ -370,7 +291,7 @@ def load_inputs(magnitude_path: str, phase_path: str | None, mask_path: str | No
     """
     from ..io import load_image
     from ..io.dicom import is_dicom_dir, read_dicom_folder
-    from ..preprocess import detect_and_scale_phase
+    from ..preprocess import check_not_swapped, detect_and_scale_phase
 
     dicom = {}
     if phase_path is None:
@@ -398,6 +319,7 @@ def load_inputs(magnitude_path: str, phase_path: str | None, mask_path: str | No
         raise InputError("phase and magnitude affines differ: they are not on the same grid")
     if not np.all(np.isfinite(mag)):
         raise InputError("magnitude contains NaN or infinite values")
+    check_not_swapped(mag, ph)
     phase_rad, phase_note = detect_and_scale_phase(ph)
     mask = _load_on_grid(mask_path, "mask", mprops) if mask_path is not None else None
     return mag, phase_rad, mask, mprops, phase_note, dicom
@@ -423,12 +345,13 @@ def load_labels(labels_path: str, props) -> np.ndarray:
 
 def run_case_files(
     magnitude_path: str,
-    phase_path: str,
+    phase_path: str | None,
     outdir: str,
-    config_overrides: dict,
+    settings: dict | None = None,
     *,
     echo_time: float | None = None,
     field_strength: float | None = None,
+    b0_direction: tuple[float, float, float] | None = None,
     mask_path: str | None = None,
     labels_path: str | None = None,
     progress: Progress | None = None,
@@ -437,36 +360,42 @@ def run_case_files(
     backend: str = "auto",
     dicom_out: str | None = None,
     dicom_format: str = "mr",
+    overwrite: bool = False,
 ) -> dict:
     """Load, run and write one case; returns the provenance dict that is also written.
 
-    ``config_overrides["inversion"] == "auto"`` picks ``pedq`` when models are found (the
-    argument, $PEDQ_MODELS, or the models shipped in the package), else ``tkd``.
+    ``settings`` are :class:`PipelineConfig`'s algorithmic fields (its defaults for the rest).
+    Models come from ``models_dir``, $PEDQ_MODELS, or the ones shipped in the package. OUTDIR
+    (and ``dicom_out``) must be new or empty unless ``overwrite``, which replaces it whole.
     """
     from ..io import StagedOutput, save_image, sha256_file
+    from ..io.dicom import is_dicom_dir
+    from ..io.outputs import check_output_folder
     from ..io.quicklook import quicklook
     from .networks import PedqModels, find_models
 
     log = log or (lambda msg: None)
-    config_overrides = dict(config_overrides)
-    found = find_models(models_dir)
-    wants_models = config_overrides.get("inversion") in ("auto", "pedq") or config_overrides.get("masker") in ("auto", "network")
-    models = PedqModels(found, backend=backend) if (found is not None and wants_models) else None
-    if config_overrides.get("inversion", "auto") == "auto":
-        config_overrides["inversion"] = "pedq" if models is not None else "tkd"
-        log(f"inversion: {config_overrides['inversion']} ({'models in ' + str(found) if models is not None else 'no PedQ-NET models found'})")
+    settings = dict(settings or {})
     if dicom_format not in ("mr", "parametric-map"):
         raise InputError(f"unknown DICOM output format {dicom_format!r} (mr, parametric-map)")
+    check_output_folder(outdir, overwrite)
+    if dicom_out:
+        check_output_folder(dicom_out, overwrite)
+    PipelineConfig(echo_time=0.01, field_strength=3.0, **settings).validate()  # bad settings fail before any loading
+    found = find_models(models_dir)
+    wants_models = settings.get("inversion", "auto") in ("auto", "pedq") or settings.get("masker", "auto") in ("auto", "network")
+    models = PedqModels(found, backend=backend) if (found is not None and wants_models) else None
+    inversion = resolve_inversion(settings.get("inversion", "auto"), models)
+    if settings.get("inversion", "auto") == "auto":
+        log(f"inversion: {inversion} ({'models in ' + str(found) if models is not None else 'no PedQ-NET models found'})")
     t0 = time.perf_counter()
-    from ..io.dicom import is_dicom_dir
-
     if phase_path is None or is_dicom_dir(magnitude_path) or is_dicom_dir(phase_path):
         mag, phase_rad, mask, props, phase_note, dicom = load_inputs(magnitude_path, phase_path, mask_path)
         te, b0, acq_source = acquisition_of(magnitude_path, phase_path, dicom, echo_time, field_strength)
     else:
         te, b0, acq_source = resolve_acquisition(magnitude_path, phase_path, echo_time, field_strength)
         dicom = {}
-    config = PipelineConfig(echo_time=te, field_strength=b0, **config_overrides)
+    config = PipelineConfig(echo_time=te, field_strength=b0, b0_direction=b0_direction, **settings)
     config.validate()
     if not dicom:
         mag, phase_rad, mask, props, phase_note, dicom = load_inputs(magnitude_path, phase_path, mask_path)
@@ -497,14 +426,14 @@ def run_case_files(
         },
         "acquisition": {"echo_time_s": te, "field_strength_t": b0, "source": acq_source, "phase_format": phase_note},
         "grid": {"shape": list(props.shape), "voxel_size_mm": [round(v, 6) for v in props.voxel_size]},
-        "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "parameters": config.parameters(),
         "units": {"phase_unwrapped": "rad", "local_field": "ppm", "qsm": "ppm"},
         "models": {r: {"manifest": str(m.path), "sha256": m.sha256} for r, m in models.manifests.items()} if models else None,
         "backend": backend if models else None,
         "backend_used": used or None,  # per network, auto resolved
         **result.info,
     }
-    with StagedOutput(outdir) as out:
+    with StagedOutput(outdir, whole=True) as out:
         save_image(out.path("mask.nii.gz"), result.mask, props.affine, dtype=np.uint8)
         save_image(out.path("phase_unwrapped.nii.gz"), result.phase_unwrapped, props.affine)
         save_image(out.path("local_field.nii.gz"), result.local_field, props.affine)
@@ -520,7 +449,7 @@ def run_case_files(
             lines = ["label,name,voxels,volume_ml,mean_ppm,std_ppm,qc"] + [
                 f"{r['label']},{r['name']},{r['voxels']},{r['volume_ml']:.4f},{r['mean_ppm']:.6f},{r['std_ppm']:.6f},{r['qc']}" for r in rows]
             out.path("regions.csv").write_text("\n".join(lines) + "\n")
-        quicklook(out.path("quicklook.png"), mag, result.mask, result.qsm, result.segmentation)
+        quicklook(out.path("quicklook.png"), mag[..., 0] if mag.ndim == 4 else mag, result.mask, result.qsm, result.segmentation, props.affine)
         if dicom_out:
             provenance["dicom_out"] = _write_dicom(dicom_out, dicom_format, result, props, dicom)
         provenance["timings_s"]["load"] = round(t_load, 4)
