@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Make the working tree small enough to travel to a lent GPU machine, and put it back afterwards.
 #
-#   bash scripts/device_tree.sh slim [ROLE[:half] ...]  # here, before the device call (default roles: recon seg)
-#   bash scripts/device_tree.sh restore                 # here, after it (always: the index is changed until then)
+#   bash dev/device_tree.sh slim [ROLE[:half] ...]  # here, before the device call (default roles: recon seg)
+#   bash dev/device_tree.sh restore                 # here, after it (always: the index is changed until then)
 #
 # A device call carries the tracked files and at most 64 MiB in all; the shipped ONNX files in
 # export/ are more than that. `slim` untracks them (git rm --cached; the files stay on disk), hides
 # them from the copy (.git/info/exclude, between marker lines) and copies the ROLEs' .onnx/.json
 # into .gpu/export/, which the call names in `carry` (with .whl, the MONAI wheel) and training
 # reads with `--init-from .gpu/export`. `restore` tracks them again and removes the marker lines.
-# ROLE:half carries that model's weights as float16 (scripts/onnx_half.py; device_train.sh turns
+# ROLE:half carries that model's weights as float16 (dev/onnx_half.py; device_train.sh turns
 # them back into float32, a close copy): for networks that only help training (a frozen UNETR,
 # the masking network that makes training masks), when recon, seg and mask together are too big.
-# The device side is scripts/device_train.sh; the whole procedure is in export/README.md.
+# The device side is dev/device_train.sh; the whole procedure is in dev/README.md.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 exclude=.git/info/exclude
@@ -59,7 +59,7 @@ slim)
     for spec in "${roles[@]}"; do
         role=${spec%:half}
         if [[ $spec == *:half ]]; then
-            "$py" scripts/onnx_half.py pack export "$role" .gpu/export > /dev/null || { restore; exit 2; }
+            "$py" dev/onnx_half.py pack export "$role" .gpu/export > /dev/null || { restore; exit 2; }
         else
             cp "export/$role.onnx" "export/$role.json" .gpu/export/
         fi
@@ -71,7 +71,7 @@ slim)
         exit 2
     fi
     echo "slim: ${#onnx[@]} ONNX files untracked; .gpu/export holds ${roles[*]} ($((total / 1024 / 1024)) MiB travel with .gpu and .whl)"
-    echo "carry [\".gpu\", \".whl\"]; afterwards: bash scripts/device_tree.sh restore"
+    echo "carry [\".gpu\", \".whl\"]; afterwards: bash dev/device_tree.sh restore"
     ;;
 restore)
     restore

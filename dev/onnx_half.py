@@ -1,7 +1,7 @@
 """Carry an exported model at half its size to a machine that takes at most 64 MiB, and back.
 
-    python scripts/onnx_half.py pack FOLDER ROLE OUT_FOLDER    # here: OUT_FOLDER/ROLE.half.onnx + ROLE.json
-    python scripts/onnx_half.py unpack FOLDER                  # there: every ROLE.half.onnx -> ROLE.onnx
+    python dev/onnx_half.py pack FOLDER ROLE OUT_FOLDER    # here: OUT_FOLDER/ROLE.half.onnx + ROLE.json
+    python dev/onnx_half.py unpack FOLDER                  # there: every ROLE.half.onnx -> ROLE.onnx
 
 pack stores the float32 weights of FOLDER/ROLE.onnx as float16 (the file is a container, not a
 runnable model). unpack turns them back into float32: the weights are the originals rounded to
@@ -85,7 +85,7 @@ def unpack(folder: Path) -> list[Path]:
         manifest = folder / f"{role}.json"
         record = json.loads(manifest.read_text())
         record["transport"] = {"float16_rounded": True, "original_sha256": record.get("sha256"),
-                               "note": "weights rounded to float16 to travel (scripts/onnx_half.py): a close copy of the original"}
+                               "note": "weights rounded to float16 to travel (dev/onnx_half.py): a close copy of the original"}
         record["sha256"] = sha256_file(dest)
         write_json_atomic(manifest, record)
         half.unlink()

@@ -1,4 +1,4 @@
-"""scripts/device_tree.sh: the tree is made small for a device call and put back exactly."""
+"""dev/: the tree is made small for a device call and put back exactly; weights come back in small parts."""
 import json
 import os
 import shutil
@@ -22,7 +22,8 @@ def clone(tmp_path):
     dst = tmp_path / "repo"
     subprocess.run(["git", "clone", "-q", str(REPO), str(dst)], check=True)
     for name in ("device_tree.sh", "onnx_half.py"):  # the ones under test
-        shutil.copy(REPO / "scripts" / name, dst / "scripts" / name)
+        (dst / "dev").mkdir(exist_ok=True)
+        shutil.copy(REPO / "dev" / name, dst / "dev" / name)
     (dst / ".whl").mkdir()
     (dst / ".whl" / "monai-0.0-py3-none-any.whl").write_bytes(b"stand-in: slim fetches MONAI only when missing")
     return dst
@@ -30,7 +31,7 @@ def clone(tmp_path):
 
 def _tree(cwd, *args):
     env = {**os.environ, "PYTHON": sys.executable}  # onnx_half.py needs onnx
-    return subprocess.run(["bash", "scripts/device_tree.sh", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    return subprocess.run(["bash", "dev/device_tree.sh", *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
 def test_slim_then_restore_leaves_the_checkout_as_it_was(clone):
@@ -93,7 +94,7 @@ def test_half_roles_travel_at_half_size_and_come_back_as_close_copies(clone):
     size = sum((clone / f).stat().st_size for f in listed if (clone / f).is_file())
     size += sum(p.stat().st_size for d in (".gpu", ".whl") for p in (clone / d).rglob("*") if p.is_file())
     assert size < 64 * 2**20
-    done = subprocess.run([sys.executable, "scripts/onnx_half.py", "unpack", str(gpu)], cwd=clone, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "dev/onnx_half.py", "unpack", str(gpu)], cwd=clone, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert not list(gpu.glob("*.half.onnx"))
     for role in ("seg", "mask"):
@@ -109,6 +110,43 @@ def test_half_roles_travel_at_half_size_and_come_back_as_close_copies(clone):
             np_ok = (abs(b[k].astype("float64") - v) <= 2.0**-11 * abs(v) + 1e-7).all() if v.dtype.kind == "f" else (b[k] == v).all()
             assert np_ok, k
     assert _tree(clone, "restore").returncode == 0
-    bad = subprocess.run([sys.executable, "scripts/onnx_half.py", "pack", "export", "nope", str(clone / "x")], cwd=clone,
+    bad = subprocess.run([sys.executable, "dev/onnx_half.py", "pack", "export", "nope", str(clone / "x")], cwd=clone,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("onnx_half: error:") and "Traceback" not in bad.stderr
+
+
+def test_weights_travel_in_parts_and_export_but_do_not_resume(tmp_path):
+    """A run's weights split into small files (a GPU machine returns at most 16 MiB a file), joined
+    and checked here, export like the original; resuming them is refused (no optimizer state)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("monai")
+    import importlib.util
+
+    from pedq_deploy.errors import InputError
+    from pedq_deploy.export import export_checkpoint
+    from pedq_deploy.training.config import TrainConfig
+    from pedq_deploy.training.trainer import Trainer, train
+
+    spec = importlib.util.spec_from_file_location("checkpoint_parts", REPO / "dev" / "checkpoint_parts.py")
+    parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parts)
+    tiny = dict(patch=(32, 32, 32), grid=(48, 48, 40), voxel_size=(3.0, 3.0, 3.0), frame_voxel=3.0, batch_size=1, crops_per_subject=2,
+                recon_filters=4, recon_levels=3, val_seeds=(2000,), device="cpu", checkpoint_every=1, validate_every=100)
+    run = tmp_path / "run"
+    train("tv", TrainConfig(steps=1, **tiny), run, quiet=True)
+    paths = parts.write_weight_parts(run, tmp_path / "parts", part_bytes=16 * 1024)
+    assert len(paths) > 2 and all(p.stat().st_size <= 16 * 1024 for p in paths[:-1])
+    joined = parts.join_weight_parts(tmp_path / "parts", tmp_path / "back")
+    a = torch.load(run / "checkpoint.pt", weights_only=True)
+    b = torch.load(joined, weights_only=True)
+    assert "optimizer" not in b and b["step"] == a["step"] and b["hardware"] == a["hardware"]
+    for k, v in a["models"]["recon"].items():
+        torch.testing.assert_close(b["models"]["recon"][k], v, rtol=0, atol=0)
+    assert [p.name for p in export_checkpoint(tmp_path / "back", tmp_path / "exported")] == ["recon.json"]
+    with pytest.raises(InputError, match="weights only"):
+        Trainer("tv", TrainConfig(steps=2, **tiny), tmp_path / "back").load()
+    part = paths[1]
+    part.write_bytes(part.read_bytes()[:-1])
+    with pytest.raises(InputError, match="corrupt"):
+        parts.join_weight_parts(tmp_path / "parts", tmp_path / "again")
+    assert not (tmp_path / "again" / "checkpoint.pt").exists()

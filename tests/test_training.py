@@ -13,7 +13,7 @@ pytest.importorskip("monai")
 
 from pedq_deploy.errors import InputError  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
-from pedq_deploy.training.config import TrainConfig, load_config, lr_factor  # noqa: E402
+from pedq_deploy.training.config import TrainConfig, load_config  # noqa: E402
 from pedq_deploy.training.data import PhantomStream  # noqa: E402
 from pedq_deploy.training.losses import model_loss, phase_per_ppm  # noqa: E402
 from pedq_deploy.training.trainer import Trainer  # noqa: E402
@@ -86,39 +86,6 @@ def test_joint_run_oversamples_structures_and_gives_the_unetr_its_own_step():
     assert Trainer("recon", tiny(foreground_fraction=1.0), "unused").stream.foreground_fraction == 0.0
 
 
-def test_cosine_schedule_warms_up_then_falls_to_zero_at_the_last_step():
-    const = tiny(steps=10)
-    assert [lr_factor(const, k) for k in (0, 5, 9)] == [1.0, 1.0, 1.0]  # the runs before the schedule
-    cos = tiny(steps=104, lr_schedule="cosine", lr_warmup_steps=4)
-    np.testing.assert_allclose([lr_factor(cos, k) for k in range(5)], [0.2, 0.4, 0.6, 0.8, 1.0])
-    np.testing.assert_allclose(lr_factor(cos, 54), 0.5, atol=1e-12)  # half-way through the cosine
-    np.testing.assert_allclose(lr_factor(cos, 104), 0.0, atol=1e-12)
-    falling = [lr_factor(cos, k) for k in range(4, 105)]
-    assert all(a > b for a, b in zip(falling, falling[1:]))
-
-
-def test_trainer_steps_with_the_scheduled_rate_in_every_group():
-    """Each parameter group (the UNETR's own seg_lr too) takes the schedule's factor of its rate."""
-    cfg = tiny(steps=4, lr_schedule="cosine", lr_warmup_steps=1, seg_lr=1e-4, foreground_fraction=1.0)
-    tr = Trainer("joint", cfg, "unused")
-    try:
-        for k in range(3):
-            tr.train_step()
-            lrs = sorted(g["lr"] for g in tr.opt.param_groups)
-            np.testing.assert_allclose(lrs, [1e-4 * lr_factor(cfg, k), 2e-3 * lr_factor(cfg, k)], rtol=1e-12)
-        assert lr_factor(cfg, 0) == 0.5 and lr_factor(cfg, 1) == 1.0 and lr_factor(cfg, 2) == pytest.approx(0.75)
-    finally:
-        tr.close()
-
-
-def test_schedule_config_is_checked(tmp_path):
-    for bad in ({"lr_schedule": "step"}, {"lr_warmup_steps": -1}, {"lr_warmup_steps": 10, "steps": 10}, {"lr_warmup_steps": 1.5}):
-        p = tmp_path / "c.json"
-        p.write_text(json.dumps(bad))
-        with pytest.raises(InputError, match="lr_"):
-            load_config(p)
-
-
 def test_stream_is_deterministic():
     s1, s2 = PhantomStream(tiny()), PhantomStream(tiny())
     for _ in range(3):
@@ -142,29 +109,6 @@ def test_data_workers_give_the_same_batches_and_resume(tmp_path):
     assert par._pool is None
     with pytest.raises(InputError, match="data_workers"):
         load_config(None, data_workers=-1)
-
-
-def test_subjects_per_batch_mixes_heads_and_resumes():
-    """Two subjects per batch of 4: two crops of each, drawn as each subject alone would give
-    them; the group retires together, and a restore mid-group gives the same batches."""
-    cfg = tiny(batch_size=4, crops_per_subject=4, subjects_per_batch=2)
-    one = PhantomStream(tiny(crops_per_subject=4))
-    alone = [one.next_sample().field_ppm for _ in range(12)]  # subjects 0, 1, 2: 4 crops each
-    mixed = PhantomStream(cfg)
-    first, second = mixed.next_batch(), mixed.next_batch()
-    for batch, crops in ((first, (0, 1)), (second, (2, 3))):
-        for got, want in zip(batch, [alone[c] for c in crops] + [alone[4 + c] for c in crops]):
-            np.testing.assert_array_equal(got.field_ppm, want)
-    assert mixed.state() == {"subject_index": 2, "crop_index": 0}
-    third = mixed.next_batch()  # subjects 2 and 3
-    np.testing.assert_array_equal(third[0].field_ppm, alone[8])
-    again = PhantomStream(cfg)
-    again.restore({"subject_index": 0, "crop_index": 2})
-    for got, want in zip(again.next_batch(), second):
-        np.testing.assert_array_equal(got.field_ppm, want.field_ppm)
-    for bad in (dict(subjects_per_batch=3), dict(subjects_per_batch=0), dict(subjects_per_batch=2, crops_per_subject=3)):
-        with pytest.raises(InputError, match="subjects_per_batch"):
-            load_config(None, **{"batch_size": 4, "crops_per_subject": 4, **bad})
 
 
 def test_pedq_train_cli_resumes_and_rejects_bad_config(tmp_path, capsys):
@@ -348,119 +292,6 @@ def test_the_segmentation_unetr_sees_chi_as_pedq_run_gives_it(tmp_path):
     assert Trainer("joint", tiny(seg_input="raw"), tmp_path / "run").load()
 
 
-def test_weights_travel_in_parts_and_export_but_do_not_resume(tmp_path):
-    """A run's weights split into small files (a GPU machine returns at most 16 MiB a file), joined
-    and checked here, export like the original; resuming them is refused (no optimizer state)."""
-    from pedq_deploy.export import export_checkpoint
-    from pedq_deploy.training.parts import join_weight_parts, write_weight_parts
-    from pedq_deploy.training.trainer import train
-
-    run = tmp_path / "run"
-    train("tv", tiny(steps=1, checkpoint_every=1, validate_every=100), run, quiet=True)
-    paths = write_weight_parts(run, tmp_path / "parts", part_bytes=16 * 1024)
-    assert len(paths) > 2 and all(p.stat().st_size <= 16 * 1024 for p in paths[:-1])
-    joined = join_weight_parts(tmp_path / "parts", tmp_path / "back")
-    a = torch.load(run / "checkpoint.pt", weights_only=True)
-    b = torch.load(joined, weights_only=True)
-    assert "optimizer" not in b and b["step"] == a["step"] and b["hardware"] == a["hardware"]
-    for k, v in a["models"]["recon"].items():
-        torch.testing.assert_close(b["models"]["recon"][k], v, rtol=0, atol=0)
-    assert [p.name for p in export_checkpoint(tmp_path / "back", tmp_path / "exported")] == ["recon.json"]
-    with pytest.raises(InputError, match="weights only"):
-        Trainer("tv", tiny(steps=2), tmp_path / "back").load()
-    part = paths[1]
-    part.write_bytes(part.read_bytes()[:-1])
-    with pytest.raises(InputError, match="corrupt"):
-        join_weight_parts(tmp_path / "parts", tmp_path / "again")
-    assert not (tmp_path / "again" / "checkpoint.pt").exists()
-
-
-def test_parts_leave_frozen_networks_behind_and_carry_snapshots_within_a_budget(tmp_path):
-    """A joint run with its UNETR frozen travels as its U-Net alone (the UNETR is the export it
-    started from), with as many snapshots, newest first, as the byte budget holds."""
-    from pedq_deploy.export import export_checkpoint
-    from pedq_deploy.training.parts import _bytes
-    from pedq_deploy.training.trainer import train
-
-    seg_dir = tmp_path / "start"
-    train("joint", tiny(steps=1, checkpoint_every=1, validate_every=100), tmp_path / "first", quiet=True)
-    export_checkpoint(tmp_path / "first", seg_dir)
-    run = tmp_path / "run"
-    train("joint", tiny(steps=3, checkpoint_every=3, validate_every=1, snapshots=True, frozen=("seg",)), run, quiet=True,
-          init_from=seg_dir)
-    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "checkpoint_parts.py")]
-    recon_bytes = len(_bytes(torch.load(run / "checkpoint.pt", weights_only=True)["models"]["recon"]))
-    done = subprocess.run([*script, "pack", str(run), str(tmp_path / "parts"), "--drop-frozen", "--snapshots",
-                           str(3.5 * recon_bytes / 2**20)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    index = json.loads((tmp_path / "parts" / "weights.parts.json").read_text())
-    assert index["dropped_frozen"] == ["seg"] and index["snapshots"] == ["step000002.pt", "step000003.pt"]  # step 1 over budget
-    done = subprocess.run([*script, "unpack", str(tmp_path / "parts"), str(tmp_path / "back")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    back = torch.load(tmp_path / "back" / "checkpoint.pt", weights_only=True)
-    assert set(back["models"]) == {"recon"} and "packed_snapshots" not in back
-    for name in ("step000002.pt", "step000003.pt"):
-        a = torch.load(run / "snapshots" / name, weights_only=True)["models"]["recon"]
-        b = torch.load(tmp_path / "back" / "snapshots" / name, weights_only=True)["models"]["recon"]
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [p.name for p in export_checkpoint(tmp_path / "back" / "snapshots" / "step000002.pt", tmp_path / "exp")] == ["recon.json"]
-    # a network missing without having been frozen is an error, not a silent partial export
-    del back["dropped_frozen"]
-    torch.save(back, tmp_path / "back" / "checkpoint.pt")
-    with pytest.raises(InputError, match="lacks the seg"):
-        export_checkpoint(tmp_path / "back", tmp_path / "exp2")
-    tight = subprocess.run([*script, "pack", str(run), str(tmp_path / "p2"), "--snapshots", "0.001"], capture_output=True, text=True)
-    assert tight.returncode == 2 and "over max_bytes" in tight.stderr
-
-
-def test_snapshots_keep_each_validated_step_exportable_but_not_resumable(tmp_path):
-    """With ``snapshots`` every validation also keeps that step's weights, so a run's steps can be
-    compared on whole heads afterwards; the last checkpoint alone cannot give an earlier step."""
-    from pedq_deploy.export import export_checkpoint
-    from pedq_deploy.training.trainer import train
-
-    run = tmp_path / "run"
-    train("tv", tiny(steps=4, checkpoint_every=4, validate_every=2, snapshots=True), run, quiet=True)
-    snaps = sorted(p.name for p in (run / "snapshots").iterdir())
-    assert snaps == ["step000002.pt", "step000004.pt"]
-    two = torch.load(run / "snapshots" / "step000002.pt", weights_only=True)
-    four = torch.load(run / "snapshots" / "step000004.pt", weights_only=True)
-    last = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert two["step"] == 2 and four["step"] == 4 and "optimizer" not in two
-    for k, v in last["models"]["recon"].items():  # the last snapshot is the checkpoint's weights
-        torch.testing.assert_close(four["models"]["recon"][k], v, rtol=0, atol=0)
-    assert any(not torch.equal(two["models"]["recon"][k], v) for k, v in last["models"]["recon"].items())
-    manifest = json.loads(export_checkpoint(run / "snapshots" / "step000002.pt", tmp_path / "exported")[0].read_text())
-    assert manifest["training"]["steps"] == 2 and manifest["training"]["validation_log"].startswith("step,")
-    # scripts/snapshot_models.sh: the snapshot's U-Net with the shipped masking and segmentation
-    # networks, as one models folder for the benchmarks' --models
-    script = Path(__file__).resolve().parents[1] / "scripts" / "snapshot_models.sh"
-    env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(script), str(run), "2", str(tmp_path / "models")], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["mask.json", "mask.onnx", "recon.json", "recon.onnx", "seg.json", "seg.onnx"]
-    assert json.loads((tmp_path / "models" / "recon.json").read_text())["training"]["steps"] == 2
-    missing = subprocess.run(["bash", str(script), str(run), "3", str(tmp_path / "none")], capture_output=True, text=True, env=env)
-    assert missing.returncode == 2 and "no snapshot" in missing.stderr and not (tmp_path / "none").exists()
-    # scripts/average_snapshots.py: the U-Net's weights averaged over the snapshots, as the last
-    # step's snapshot, so snapshot_models.sh exports the average
-    average = [sys.executable, str(script.with_name("average_snapshots.py")), str(run)]
-    done = subprocess.run([*average, str(tmp_path / "avg")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    avg = torch.load(tmp_path / "avg" / "snapshots" / "step000004.pt", weights_only=True)
-    assert avg["averaged_steps"] == [2, 4] and avg["step"] == 4
-    for k, v in avg["models"]["recon"].items():
-        want = (two["models"]["recon"][k] + four["models"]["recon"][k]) / 2 if v.is_floating_point() else four["models"]["recon"][k]
-        torch.testing.assert_close(v, want, rtol=1e-6, atol=1e-7)
-    too_few = subprocess.run([*average, str(tmp_path / "avg4"), "--from-step", "3"], capture_output=True, text=True)
-    assert too_few.returncode == 2 and "fewer than 2 snapshots" in too_few.stderr and not (tmp_path / "avg4").exists()
-    with pytest.raises(InputError, match="snapshots must be"):
-        load_config(None, snapshots="yes")
-    # an operational field: a run resumes with it switched off
-    train("tv", tiny(steps=5, checkpoint_every=4, validate_every=2), run, quiet=True)
-    assert len(list((run / "snapshots").iterdir())) == 2
-
-
 def test_sigterm_checkpoints_and_takes_the_data_workers_down(tmp_path):
     """A scheduler's (or `timeout`'s) SIGTERM ends the run after the step in hand, with a checkpoint
     and exit 0; the data workers go too, so a pipe from the run closes (communicate returns)."""
@@ -488,116 +319,6 @@ def test_sigterm_checkpoints_and_takes_the_data_workers_down(tmp_path):
     assert state["step"] == summary["step"]
     # the weights it stopped with were validated, though validate_every was never reached
     assert (out / "val_log.csv").read_text().strip().splitlines()[-1].split(",")[0] == str(state["step"])
-
-
-def test_a_repeat_scan_target_differs_from_the_input_by_independent_noise_only():
-    """model_target="repeat" (Noise2Noise): L_model's field is a second scan of the same head at the
-    same echo time. Without noise the two fields are the same; with noise their differences from
-    the noiseless field are uncorrelated and equally large. (Air has no signal, so its phase is
-    noise at any SNR, and the Laplacian unwrapping carries a trace of it into the brain: hence
-    "the same" to 1% of the field's range.)"""
-    from pedq_deploy.training.data import _subject_for
-
-    clean = _subject_for(tiny(model_target="repeat", snr_range=(1e9, 1e9)), 0, True)
-    noisy = _subject_for(tiny(model_target="repeat", snr_range=(40.0, 40.0)), 0, True)
-    m = clean.params["loss_mask"]
-    scale = np.abs(clean.local_field[m]).max()
-    np.testing.assert_allclose(clean.params["target_field"][m], clean.local_field[m], atol=0.01 * scale)
-    n1 = (noisy.local_field - clean.local_field)[m]
-    n2 = (noisy.params["target_field"] - clean.local_field)[m]
-    assert abs(np.corrcoef(n1, n2)[0, 1]) < 0.1
-    assert 0.8 < n2.std() / n1.std() < 1.25
-    assert n1.std() > 0.2 * clean.local_field[m].std()  # the noise is not negligible at SNR 40
-
-    tr = Trainer("recon", tiny(model_target="repeat"), "unused")
-    batch = tr._tensors(tr.stream.next_batch())
-    assert not torch.equal(batch["target"], batch["field"])
-    with torch.no_grad():
-        chi = tr.reconstruct(batch)
-        args = (batch["weight"], batch["mask"], batch["direction"], (tr.cfg.frame_voxel,) * 3, batch["rad_per_ppm"])
-        k = batch["rad_per_ppm"][:, None, None, None]
-        want = float(model_loss(chi[:, 0], batch["target"][:, 0] * k, *args))
-        assert float(tr.losses(batch)["model"]) == pytest.approx(want, rel=1e-6)
-        assert want != pytest.approx(float(model_loss(chi[:, 0], batch["field"][:, 0] * k, *args)), rel=1e-3)
-    # the source study's target is the input itself
-    sample = PhantomStream(tiny()).next_sample()
-    assert sample.target_ppm is sample.field_ppm
-    with pytest.raises(InputError, match="model_target"):
-        load_config(None, model_target="other")
-
-
-def test_the_amplitude_normalised_u_net_is_linear_in_the_field_and_exports(tmp_path):
-    """The inversion is linear: chi(a y) = a chi(y). The plain U-Net's instance norms discard the
-    input's amplitude (its output does not grow with the field); recon_amplitude_ref makes it linear,
-    takes the plain network's weights unchanged, and survives ONNX export."""
-    import onnxruntime as ort
-
-    from pedq_deploy.export.onnx import export_network
-    from pedq_deploy.training.networks import ReconNet
-
-    torch.manual_seed(0)
-    plain = ReconNet(tiny()).eval()
-    linear = ReconNet(tiny(recon_amplitude_ref=0.5)).eval()
-    linear.load_state_dict(plain.state_dict())  # strict: the same parameters and buffers
-    x = torch.randn(1, 1, 16, 16, 16) * 0.01  # ppm
-    with torch.no_grad():
-        p1, l1 = plain(x), linear(x)
-        for a in (0.1, 4.0):
-            torch.testing.assert_close(plain(a * x), p1, rtol=1e-3, atol=1e-3 * float(p1.abs().max()))  # blind to amplitude
-            torch.testing.assert_close(linear(a * x), a * l1, rtol=1e-4, atol=1e-5 * a * float(l1.abs().max()))
-    export_network(linear, "recon", 1, (16, 16, 16), tmp_path, voxel_size=(3.0,) * 3)
-    sess = ort.InferenceSession(str(tmp_path / "recon.onnx"), providers=["CPUExecutionProvider"])
-    y1 = sess.run(["output"], {"input": x.numpy()})[0]
-    y3 = sess.run(["output"], {"input": 3 * x.numpy()})[0]
-    np.testing.assert_allclose(y3, 3 * y1, rtol=1e-3, atol=1e-4 * np.abs(y3).max())
-    with pytest.raises(InputError, match="recon_amplitude_ref"):
-        load_config(None, recon_amplitude_ref=-1.0)
-
-
-def test_the_smoothed_brain_amplitude_ignores_noise_and_empty_space_and_exports(tmp_path):
-    """recon_amplitude_smooth: s is the RMS of the box-smoothed field over the brain voxels. White
-    noise as strong as the field inflates the window RMS sqrt(2)-fold but changes the smoothed one by at most
-    10%; zeros around the brain (a window at the brain's edge) lower the window RMS and leave the
-    smoothed one unchanged. The network stays exactly linear, in PyTorch and onnxruntime."""
-    import onnxruntime as ort
-
-    from pedq_deploy.export.onnx import export_network
-    from pedq_deploy.training.networks import ReconNet
-
-    torch.manual_seed(0)
-    raw = ReconNet(tiny(recon_amplitude_ref=0.5)).eval()
-    smooth = ReconNet(tiny(recon_amplitude_ref=0.5, recon_amplitude_smooth=5)).eval()
-    smooth.load_state_dict(raw.state_dict())
-    g = torch.arange(32, dtype=torch.float32) - 15.5
-    z, y, x = torch.meshgrid(g, g, g, indexing="ij")
-    field = torch.sin(x / 4.0) * torch.cos(y / 5.0) * torch.sin(z / 6.0 + 0.3)  # features ~ 10 voxels
-    field = (field / field.square().mean().sqrt())[None, None]
-    noise = torch.randn(field.shape)  # as strong as the field
-    with torch.no_grad():
-        r0, r1 = raw._amplitude(field), raw._amplitude(field + noise)
-        s0, s1 = smooth._amplitude(field), smooth._amplitude(field + noise)
-        assert float(r1 / r0) == pytest.approx(np.sqrt(2), rel=0.02)
-        assert float(s1 / s0) == pytest.approx(1.0, abs=0.10)
-        # the same brain in a window twice as wide: 7/8 of it is empty space
-        big = torch.zeros(1, 1, 64, 64, 64)
-        big[..., 16:48, 16:48, 16:48] = field + noise
-        assert float(raw._amplitude(big) / r1) == pytest.approx(np.sqrt(1 / 8), rel=1e-3)
-        inner = torch.zeros(1, 1, 40, 40, 40)
-        inner[..., 4:36, 4:36, 4:36] = field + noise
-        assert float(smooth._amplitude(big) / smooth._amplitude(inner)) == pytest.approx(1.0, abs=1e-5)
-        x16 = field[..., :16, :16, :16] * 0.01
-        l1 = smooth(x16)
-        for a in (0.1, 4.0):
-            torch.testing.assert_close(smooth(a * x16), a * l1, rtol=1e-4, atol=1e-5 * a * float(l1.abs().max()))
-    export_network(smooth, "recon", 1, (16, 16, 16), tmp_path, voxel_size=(3.0,) * 3)
-    sess = ort.InferenceSession(str(tmp_path / "recon.onnx"), providers=["CPUExecutionProvider"])
-    xn = x16.numpy()
-    y1 = sess.run(["output"], {"input": xn})[0]
-    np.testing.assert_allclose(y1, l1.numpy(), rtol=1e-3, atol=1e-4 * np.abs(y1).max())
-    np.testing.assert_allclose(sess.run(["output"], {"input": 3 * xn})[0], 3 * y1, rtol=1e-3, atol=1e-4 * np.abs(y1).max())
-    for k in (1, 4, -3, 2.0):
-        with pytest.raises(InputError, match="recon_amplitude_smooth"):
-            load_config(None, recon_amplitude_smooth=k)
 
 
 def test_subject_local_field_unwraps_with_the_method_asked_for(monkeypatch):
@@ -775,8 +496,7 @@ def test_recon_heads_may_be_masked_by_the_masking_network(tmp_path):
     assert not np.array_equal(s.params["loss_mask"], true.params["loss_mask"])
 
     cfg = tmp_path / "c.json"
-    for bad, match in (({"recon_network_mask": 1.5}, "share"), ({"recon_network_mask": 0.5, "seg_network_mask": 0.5}, "give one"),
-                       ({"recon_network_mask": 0.5, "model_target": "repeat"}, "repeat")):
+    for bad, match in (({"recon_network_mask": 1.5}, "share"), ({"recon_network_mask": 0.5, "seg_network_mask": 0.5}, "give one")):
         cfg.write_text(json.dumps(bad))
         with pytest.raises(InputError, match=match):
             load_config(cfg)

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,6 @@ from ..io.checksum import sha256_file
 from ..errors import InputError, PedqError
 from ..training.config import TrainConfig
 from ..training.networks import SEG_CLASSES, build
-from ..training.trainer import SNAPSHOTS
 
 __all__ = ["export_network", "export_checkpoint", "ExportError", "OPSET"]
 
@@ -115,9 +115,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InputError(f"cannot read checkpoint {p}: {str(exc).splitlines()[0]}") from None
-    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+    known = {f.name for f in fields(TrainConfig)}  # a checkpoint may name options that no longer exist (they were off)
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items() if k in known})
     models = build(state["kind"], cfg)
-    # a checkpoint that travelled without its frozen networks (training.parts, drop_frozen) exports
+    # a checkpoint that travelled without its frozen networks (dev/checkpoint_parts.py --drop-frozen) exports
     # the others: the frozen ones are the export the run started from
     dropped = [name for name in models if name not in state["models"]]
     if any(name not in (state.get("dropped_frozen") or ()) for name in dropped):
@@ -125,8 +126,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
     models = {name: m for name, m in models.items() if name not in dropped}
     for name, m in models.items():
         m.load_state_dict(state["models"][name])
-    run_dir = p.parent.parent if p.parent.name == SNAPSHOTS else p.parent  # a snapshot's run keeps the log
-    val_log = run_dir / "val_log.csv"
+    val_log = p.parent / "val_log.csv"
     provenance = {"kind": state["kind"], "steps": state["step"], "config": state["config"],
                   "train_seeds": list(cfg.train_seeds), "val_seeds": list(cfg.val_seeds),
                   "validation_log": val_log.read_text() if val_log.is_file() else None,

@@ -7,16 +7,14 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL", "LEGACY", "SEG_INPUTS", "MODEL_TARGETS", "LR_SCHEDULES", "lr_factor"]
+__all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL", "LEGACY", "SEG_INPUTS"]
 
 KINDS = ("mask", "recon", "joint", "tv", "seg")
 SEG_INPUTS = ("masked", "raw")
-MODEL_TARGETS = ("input", "repeat")
-LR_SCHEDULES = ("constant", "cosine")
 # what a checkpoint that predates a field did (where that differs from the field's default now)
 LEGACY = {"seg_input": "raw"}
 # fields that change how a run is carried out, not what it computes: a resumed run may change them
-OPERATIONAL = ("steps", "device", "checkpoint_every", "validate_every", "data_workers", "snapshots")
+OPERATIONAL = ("steps", "device", "checkpoint_every", "validate_every", "data_workers")
 
 
 @dataclass
@@ -32,15 +30,9 @@ class TrainConfig:
     snr_range: tuple[float, float] = (40.0, 200.0)
     echo_time_range: tuple[float, float] = (4.92e-3, 25e-3)
     field_strength: float = 3.0
-    # phase unwrapping before V-SHARP (pedq-run --unwrap); every shipped model trained on "laplacian"
+    # phase unwrapping before V-SHARP (the pipeline's unwrap setting); the configs in configs/ say which each stage used
     unwrap: str = "laplacian"
     crops_per_subject: int = 4
-    # how many consecutive subjects one batch's crops come from, batch_size / subjects_per_batch from
-    # each; they retire together after crops_per_subject crops each. 1: one subject after another,
-    # so a batch can be all one head (every run before this field). More: each step sees several
-    # heads (ages, tilts, noise), while each head still gives many crops, as a GPU fed by a few data
-    # workers needs
-    subjects_per_batch: int = 1
     data_workers: int = 0  # processes preparing the next subjects ahead (0: in the training process); results do not depend on it
     foreground_fraction: float = 0.0  # joint: share of crops centred on a deep grey matter structure
     train_seeds: tuple[int, int] = (0, 1000)  # subjects drawn from seeds in [a, b)
@@ -53,26 +45,9 @@ class TrainConfig:
     unetr_mlp_dim: int = 1536
     unetr_heads: int = 6
     field_scale: float = 100.0  # network input = local field (ppm) * field_scale
-    # > 0: the reconstruction network is made linear in the field's amplitude, as the inversion is:
-    # each window's input is divided by its RMS s (network units) and the output multiplied by
-    # s / recon_amplitude_ref. Without it the U-Net's instance norms discard the amplitude, and a
-    # neonate's small field comes out with an infant's contrast. 0: off (the networks before it)
-    recon_amplitude_ref: float = 0.0
-    # how s is measured when recon_amplitude_ref > 0. 0: the RMS over the whole window (zeros
-    # outside the brain included; the noise counts in it, so a noisy field comes out too strong).
-    # An odd width k >= 3: the RMS of the field box-smoothed over k^3 voxels, over the window's
-    # brain voxels (the nonzero input) only; smoothing lowers the noise's share in s about
-    # k^1.5-fold, and a window half outside the brain is no longer scaled down
-    recon_amplitude_smooth: int = 0
     chi_scale: float = 0.1  # chi (ppm) = network output * chi_scale
     # losses
     lambda_seg: float = 0.1
-    # the field y that L_model compares the network's chi with. "input": the local field the network
-    # was given (the source study). "repeat": the local field of a second scan of the same head at the
-    # same echo time with its own noise (Noise2Noise): the network cannot predict that noise from
-    # its input, so fitting noise no longer lowers the loss (each subject is simulated and
-    # preprocessed twice)
-    model_target: str = "input"
     lambda_tv: float = 1e-3
     seg_region: tuple[int, int, int] = (96, 96, 96)
     recon_window: tuple[int, int, int] = (96, 96, 96)  # sliding window of the recon net inside the region
@@ -80,12 +55,6 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 1e-3
     seg_lr: float | None = None  # joint: the segmentation UNETR's own learning rate (None: lr)
-    # the learning rate over the steps. "constant" (every run before this field). "cosine": rises
-    # linearly over lr_warmup_steps, then falls as a half cosine to 0 at `steps`, so the last
-    # checkpoints settle instead of swinging at a constant step size; the factor depends on the
-    # step alone (a resumed run continues the same curve, unless its `steps` is changed)
-    lr_schedule: str = "constant"
-    lr_warmup_steps: int = 0
     # joint: what the segmentation UNETR sees. "masked": chi inside the V-SHARP-eroded mask referenced
     # to its mean there, zero outside, as pedq-run gives it; "raw": the U-Net's output as it comes
     # (runs before this field trained so: LEGACY)
@@ -113,28 +82,11 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     validate_every: int = 100
-    # keep the weights of every validation in OUT/snapshots/stepNNNNNN.pt (no optimizer state:
-    # pedq-export takes one, a run cannot resume from it), so the step to ship can be chosen on
-    # whole heads (benchmarks/) rather than on the run's own validation crops
-    snapshots: bool = False
     device: str = "auto"  # auto: CUDA when present
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
-
-
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """The learning rate of step ``step`` (counted from 0) as a fraction of ``cfg.lr``."""
-    import math
-
-    if step < cfg.lr_warmup_steps:
-        return (step + 1) / (cfg.lr_warmup_steps + 1)
-    if cfg.lr_schedule == "constant":
-        return 1.0
-    span = max(cfg.steps - cfg.lr_warmup_steps, 1)
-    done = min(max(step - cfg.lr_warmup_steps, 0), span) / span
-    return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def load_config(path: str | Path | None, **overrides) -> TrainConfig:
@@ -164,13 +116,6 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         raise InputError(f"unwrap must be one of {', '.join(UNWRAP_METHODS)}, got {cfg.unwrap!r}")
     if cfg.seg_input not in SEG_INPUTS:
         raise InputError(f"seg_input must be one of {', '.join(SEG_INPUTS)}, got {cfg.seg_input!r}")
-    if not cfg.recon_amplitude_ref >= 0:
-        raise InputError(f"recon_amplitude_ref must be >= 0 (0: off), got {cfg.recon_amplitude_ref!r}")
-    k = cfg.recon_amplitude_smooth
-    if isinstance(k, bool) or not isinstance(k, int) or (k != 0 and (k < 3 or k % 2 == 0)):
-        raise InputError(f"recon_amplitude_smooth must be 0 (window RMS) or an odd width >= 3, got {k!r}")
-    if cfg.model_target not in MODEL_TARGETS:
-        raise InputError(f"model_target must be one of {', '.join(MODEL_TARGETS)}, got {cfg.model_target!r}")
     if isinstance(cfg.frozen, str) or not all(isinstance(r, str) for r in cfg.frozen):
         raise InputError(f"frozen must be a list of network names, got {cfg.frozen!r}")
     f = cfg.seg_box_fraction
@@ -184,21 +129,6 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         raise InputError(f"recon_network_mask must be a share in [0, 1], got {cfg.recon_network_mask!r}")
     if cfg.recon_network_mask > 0 and cfg.seg_network_mask > 0:
         raise InputError("recon_network_mask and seg_network_mask: give one (a seg run masks its heads with seg_network_mask)")
-    if cfg.recon_network_mask > 0 and cfg.model_target == "repeat":
-        raise InputError("recon_network_mask does not go with model_target 'repeat' (the repeat scan's field is made in the true mask)")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise InputError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
-    w = cfg.lr_warmup_steps
-    if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w < max(cfg.steps, 1):
-        raise InputError(f"lr_warmup_steps must be a whole number in [0, steps), got {w!r}")
-    if not isinstance(cfg.snapshots, bool):
-        raise InputError(f"snapshots must be true or false, got {cfg.snapshots!r}")
-    n = cfg.subjects_per_batch
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or cfg.batch_size % n:
-        raise InputError(f"subjects_per_batch must be a whole number >= 1 that divides batch_size ({cfg.batch_size}), got {n!r}")
-    if n > 1 and cfg.crops_per_subject % (cfg.batch_size // n):
-        raise InputError(f"crops_per_subject ({cfg.crops_per_subject}) must be a multiple of batch_size / subjects_per_batch "
-                         f"({cfg.batch_size // n}), so a group of subjects retires together")
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:
         raise InputError(f"data_workers must be a whole number >= 0, got {cfg.data_workers!r}")
     return cfg

@@ -42,7 +42,6 @@ class Sample:
     brain: np.ndarray  # true brain mask (mask network target)
     direction: np.ndarray
     rad_per_ppm: float
-    target_ppm: np.ndarray  # the field L_model compares with: field_ppm itself, or a repeat scan's (model_target)
 
 
 def to_b0_frame(s, frame_voxel: float):
@@ -51,8 +50,6 @@ def to_b0_frame(s, frame_voxel: float):
     soft = lambda a: fr.to_frame(a.astype(np.float32))  # noqa: E731
     params = dict(s.params, loss_mask=soft(s.params["loss_mask"]) > 0.5, magnitude_norm=soft(s.params["magnitude_norm"]),
                   frame_tilt_deg=fr.tilt_deg)
-    if "target_field" in s.params:
-        params["target_field"] = soft(s.params["target_field"])
     return replace(s, magnitude=soft(s.magnitude), phase=None, total_field=None, chi=soft(s.chi), local_field=soft(s.local_field),
                    brain_mask=soft(s.brain_mask) > 0.5, labels=fr.to_frame(s.labels, order=0).astype(np.uint8),
                    voxel_size=(frame_voxel,) * 3, b0_direction=np.array([0.0, 0.0, 1.0]), params=params)
@@ -79,15 +76,8 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, fr
     age = cfg.ages[int(rng.integers(len(cfg.ages)))]
     te = float(rng.uniform(*cfg.echo_time_range))
     snr = float(np.exp(rng.uniform(np.log(cfg.snr_range[0]), np.log(cfg.snr_range[1]))))
-    repeat = cfg.model_target == "repeat"
-    # a repeat scan: the same head and echo time twice, with independent noise (the phantom's echoes)
     s = make_subject(seed=seed, age=age, shape=cfg.grid, voxel_size=cfg.voxel_size, tilt_deg=float(rng.uniform(0, cfg.max_tilt_deg)),
-                     echo_time=(te, te) if repeat else te, field_strength=cfg.field_strength, snr=snr)
-    if repeat:
-        second = s.phase[..., 1]
-        s.magnitude, s.phase, s.echo_time = s.magnitude[..., 0], s.phase[..., 0], te
-        s.params["echo_time"] = te
-        s.params["target_field"], _ = subject_local_field(s, second, unwrap=cfg.unwrap)
+                     echo_time=te, field_strength=cfg.field_strength, snr=snr)
     mask = None
     if share > 0 and rng.random() < share:  # as pedq-run masks by default
         mask = exported_models(folder, "mask").mask(s.magnitude, s.voxel_size)
@@ -197,7 +187,7 @@ def _seg_sample_from(s: SegSubject, crop_rng, cfg: TrainConfig, foreground_fract
     zeros = np.zeros(size, np.float32)
     mask = take(roi, np.float32)
     return Sample(take(chi, np.float32), mask, zeros, zeros, take(labels, np.uint8), zeros, zeros,
-                  np.array([0.0, 0.0, 1.0], np.float32), 0.0, zeros)
+                  np.array([0.0, 0.0, 1.0], np.float32), 0.0)
 
 
 def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foreground_fraction: float = 0.0) -> Sample:
@@ -207,9 +197,8 @@ def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foregroun
 
     loss_mask = crop_array(s.params["loss_mask"], o, cfg.patch, np.float32)
     mag = crop_array(s.params["magnitude_norm"], o, cfg.patch, np.float32)
-    target = crop_array(s.params["target_field"], o, cfg.patch, np.float32) if "target_field" in s.params else c.local_field
     return Sample(c.local_field, loss_mask, np.clip(mag, 0, 1), c.chi, c.labels, mag, c.brain_mask.astype(np.float32),
-                  np.asarray(s.b0_direction, np.float32), phase_per_ppm(s.echo_time, s.field_strength), target)
+                  np.asarray(s.b0_direction, np.float32), phase_per_ppm(s.echo_time, s.field_strength))
 
 
 def _subject_for(cfg: TrainConfig, index: int, frame: bool | str):
@@ -258,9 +247,6 @@ class PhantomStream:
     than one subject's simulation and preprocessing. The batches are the same with or without
     workers, because a subject depends on its index alone. Call ``close()`` when done.
 
-    With ``cfg.subjects_per_batch`` = n > 1 a batch takes ``batch_size / n`` crops from each of n
-    consecutive subjects, which retire together after ``crops_per_subject`` crops each; the state
-    is then the group's first subject and the crops drawn from each.
     """
 
     def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9, *, frame: bool | str = False, foreground_fraction: float = 0.0,
@@ -271,7 +257,7 @@ class PhantomStream:
         self.brain_fraction = brain_fraction
         self.subject_index = 0
         self.crop_index = 0
-        self._lanes = None  # [(subject, crop generator)] being cropped
+        self._current = None  # (subject, crop generator) being cropped
         self.workers = int(workers)
         self._pool = None
         self._pending: dict = {}  # subject index -> future
@@ -282,7 +268,7 @@ class PhantomStream:
     def restore(self, state: dict) -> None:
         self.subject_index = int(state["subject_index"])
         self.crop_index = int(state["crop_index"])
-        self._lanes = None
+        self._current = None
         for fut in self._pending.values():
             fut.cancel()
         self._pending.clear()
@@ -293,8 +279,8 @@ class PhantomStream:
             from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
-        # keep every worker busy and one more subject queued per worker (and the whole next group queued)
-        ahead = max(2 * self.workers + 1, 2 * self.cfg.subjects_per_batch)
+        # keep every worker busy and one more subject queued per worker
+        ahead = 2 * self.workers + 1
         for index in range(self.subject_index, self.subject_index + ahead):
             if index not in self._pending:
                 self._pending[index] = self._pool.submit(_subject_for, self.cfg, index, self.frame)
@@ -312,35 +298,21 @@ class PhantomStream:
             draw_sample(subject, rng, self.cfg, self.brain_fraction, self.foreground_fraction)
         return subject, rng
 
-    def _draw(self, lane) -> Sample:
-        return draw_sample(lane[0], lane[1], self.cfg, self.brain_fraction, self.foreground_fraction)
-
     def next_sample(self) -> Sample:
-        """The next crop, one subject after another (``subjects_per_batch`` 1)."""
-        if self._lanes is None:
-            self._lanes = [self._load(self.subject_index)]
-        sample = self._draw(self._lanes[0])
-        self._advance(1, 1)
+        """The next crop, one subject after another, ``crops_per_subject`` crops each."""
+        if self._current is None:
+            self._current = self._load(self.subject_index)
+        subject, rng = self._current
+        sample = draw_sample(subject, rng, self.cfg, self.brain_fraction, self.foreground_fraction)
+        self.crop_index += 1
+        if self.crop_index >= self.cfg.crops_per_subject:
+            self.subject_index += 1
+            self.crop_index = 0
+            self._current = None
         return sample
 
     def next_batch(self) -> list[Sample]:
-        n = self.cfg.subjects_per_batch
-        if n == 1:
-            return [self.next_sample() for _ in range(self.cfg.batch_size)]
-        if self._lanes is None:
-            self._lanes = [self._load(self.subject_index + j) for j in range(n)]
-        per = self.cfg.batch_size // n
-        batch = [self._draw(lane) for lane in self._lanes for _ in range(per)]
-        self._advance(per, n)
-        return batch
-
-    def _advance(self, crops: int, subjects: int) -> None:
-        """``crops`` more drawn from each lane; after ``crops_per_subject`` the ``subjects`` lanes retire."""
-        self.crop_index += crops
-        if self.crop_index >= self.cfg.crops_per_subject:
-            self.subject_index += subjects
-            self.crop_index = 0
-            self._lanes = None
+        return [self.next_sample() for _ in range(self.cfg.batch_size)]
 
     def close(self) -> None:
         if self._pool is not None:

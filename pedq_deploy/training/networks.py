@@ -35,29 +35,9 @@ class ReconNet(nn.Module):
                            act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), res_block=False)
         self.register_buffer("field_scale", torch.tensor(float(cfg.field_scale)))
         self.register_buffer("chi_scale", torch.tensor(float(cfg.chi_scale)))
-        # a constant, not a buffer: exported models of before it load into this network unchanged
-        self.amplitude_ref = float(cfg.recon_amplitude_ref)
-        self.amplitude_smooth = int(cfg.recon_amplitude_smooth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * self.field_scale
-        if not self.amplitude_ref:
-            return self.net(x) * self.chi_scale
-        # chi is linear in the field: net(a x) = a net(x) for any window amplitude a
-        s = self._amplitude(x)
-        return self.net(x / s) * (s * (self.chi_scale / self.amplitude_ref))
-
-    def _amplitude(self, x: torch.Tensor) -> torch.Tensor:
-        """Each window's field amplitude s (network units), with s(a x) = |a| s(x)."""
-        dims = (1, 2, 3, 4)
-        if not self.amplitude_smooth:
-            # the RMS over the window, zeros outside the mask included, as in training crops
-            return torch.sqrt(torch.mean(x * x, dim=dims, keepdim=True) + 1e-8)
-        k = self.amplitude_smooth
-        smooth = torch.nn.functional.avg_pool3d(x, k, stride=1, padding=k // 2)
-        brain = (x != 0).to(x.dtype)
-        n = torch.clamp(torch.sum(brain, dim=dims, keepdim=True), min=1.0)
-        return torch.sqrt(torch.sum(smooth * smooth * brain, dim=dims, keepdim=True) / n + 1e-8)
+        return self.net(x * self.field_scale) * self.chi_scale
 
 
 def _unetr(cfg: TrainConfig, in_ch: int, out_ch: int, img_size) -> nn.Module:

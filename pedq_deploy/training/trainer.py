@@ -15,16 +15,14 @@ import torch
 
 from .. import metrics as M
 from ..errors import InputError
-from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig, lr_factor
+from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig
 from .data import PhantomStream, Sample, draw_sample, prepare_subject, require_exported, require_seg_recon, seg_subject
 from .losses import model_loss, tv_loss
 from .networks import SEG_CLASSES, build
-from .parts import RESUME_ONLY
 
 __all__ = ["Trainer", "train"]
 
 CHECKPOINT = "checkpoint.pt"
-SNAPSHOTS = "snapshots"
 
 
 def _device(name: str) -> torch.device:
@@ -58,7 +56,6 @@ class Trainer:
         groups = [{"params": list(m.parameters()), "lr": cfg.seg_lr if (k == "seg" and cfg.seg_lr is not None) else cfg.lr}
                   for k, m in self.models.items() if k not in self.frozen]
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self._base_lrs = [g["lr"] for g in groups]  # each group's own rate, before the schedule's factor
         if kind == "seg":  # before any data worker starts
             require_seg_recon(cfg)
         if cfg.recon_network_mask > 0:
@@ -125,7 +122,7 @@ class Trainer:
     # ---- batches ---------------------------------------------------------------------------
     def _tensors(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         st = lambda name: torch.from_numpy(np.stack([getattr(s, name) for s in samples])).to(self.device)  # noqa: E731
-        batch = {"field": st("field_ppm")[:, None], "target": st("target_ppm")[:, None], "mask": st("mask"), "weight": st("weight"),
+        batch = {"field": st("field_ppm")[:, None], "mask": st("mask"), "weight": st("weight"),
                  "direction": st("direction"), "rad_per_ppm": torch.tensor([s.rad_per_ppm for s in samples], device=self.device),
                  "magnitude": st("magnitude")[:, None], "brain": st("brain")[:, None]}
         if self.kind in ("joint", "seg"):  # only the segmentation loss needs class indices
@@ -159,7 +156,7 @@ class Trainer:
             loss = self._seg_loss(self.models["seg"](batch["field"]), batch["classes"])
             return {"seg": loss, "total": loss}
         chi = self.reconstruct(batch)
-        lm = model_loss(chi[:, 0], batch["target"][:, 0] * batch["rad_per_ppm"][:, None, None, None], batch["weight"], batch["mask"],
+        lm = model_loss(chi[:, 0], batch["field"][:, 0] * batch["rad_per_ppm"][:, None, None, None], batch["weight"], batch["mask"],
                         batch["direction"], (self.cfg.frame_voxel,) * 3, batch["rad_per_ppm"])
         out = {"model": lm}
         if self.kind == "tv":
@@ -181,9 +178,6 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         parts = self.losses(batch)
         parts["total"].backward()
-        factor = lr_factor(self.cfg, self.step)
-        for g, base in zip(self.opt.param_groups, self._base_lrs):
-            g["lr"] = base * factor
         self.opt.step()
         self.step += 1
         return {k: float(v.detach()) for k, v in parts.items()}
@@ -256,12 +250,6 @@ class Trainer:
     def save(self) -> None:
         self._write(self._state(), self.out / CHECKPOINT)
 
-    def save_snapshot(self) -> Path:
-        """The weights as they are now, in ``snapshots/stepNNNNNN.pt``, without what only resuming
-        needs (as ``parts.write_weight_parts`` keeps them): exportable, not resumable."""
-        state = {k: v for k, v in self._state().items() if k not in RESUME_ONLY}
-        return self._write(state, self.out / SNAPSHOTS / f"step{self.step:06d}.pt")
-
     def load(self) -> bool:
         path = self.out / CHECKPOINT
         if not path.is_file():
@@ -270,7 +258,7 @@ class Trainer:
         if state["kind"] != self.kind:
             raise InputError(f"{path} holds a {state['kind']!r} run, not {self.kind!r}")
         if state.get("optimizer") is None:
-            raise InputError(f"{path} holds weights only (joined from parts), no optimizer state to resume: "
+            raise InputError(f"{path} holds weights only, no optimizer state to resume: "
                              "export it and start a new run from the export with --init-from")
         saved = dict(state["config"])
         mine = json.loads(self.cfg.to_json())
@@ -311,8 +299,6 @@ def _append_row(path: Path, header: list[str], row: list) -> None:
 def _log_validation(tr: Trainer, val_path: Path) -> dict:
     val = tr.validate()
     _append_row(val_path, ["step", *sorted(val)], [tr.step, *(f"{val[k]:.6g}" for k in sorted(val))])
-    if tr.cfg.snapshots:
-        tr.save_snapshot()
     return val
 
 

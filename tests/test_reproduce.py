@@ -1,0 +1,53 @@
+"""scripts/reproduce_models.py: configs/ holds every training stage behind the shipped models, as
+their manifests record it, and the plan trains each stage after the stages it starts from."""
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("reproduce_models", REPO / "scripts" / "reproduce_models.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_configs_agree_with_the_shipped_manifests_lineage():
+    assert _script().check() == []
+
+
+def test_a_config_that_drifts_from_its_manifest_is_reported(tmp_path):
+    repro = _script()
+    shutil.copytree(REPO / "export", tmp_path / "export")
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    stages, shipped = repro.lineage(tmp_path)
+    mask_stage = stages[shipped["mask"][0]]
+    path = tmp_path / "configs" / f"{mask_stage.name}.json"
+    cfg = json.loads(path.read_text())
+    cfg["lr"] = cfg.get("lr", 1e-3) * 2
+    path.write_text(json.dumps(cfg))
+    (tmp_path / "configs" / "extra.json").write_text("{}")
+    problems = repro.check(tmp_path)
+    assert any(f"{mask_stage.name}.json: lr" in p for p in problems)
+    assert any("extra.json belongs to no stage" in p for p in problems)
+
+
+def test_the_plan_trains_each_stage_after_the_ones_it_starts_from(tmp_path):
+    repro = _script()
+    out = tmp_path / "repro"
+    made = set()
+    for cmd in repro.plan(out):
+        if cmd[0] == "cp":
+            assert Path(cmd[1]).parent in made, cmd  # copied from an export made earlier
+        if cmd[0].endswith("pedq-train"):
+            config = cmd[cmd.index("--config") + 1]
+            assert config.startswith(str(out)) or (REPO / config).is_file()
+            assert int(cmd[cmd.index("--steps") + 1]) > 0
+        if cmd[0].endswith("pedq-export"):
+            made.add(Path(cmd[cmd.index("-o") + 1]))
+    finals = [Path(c[2]) for c in repro.plan(out) if c[0] == "cp" and Path(c[2]).parent in (out / "export", out / "export" / "nnunet_tv")]
+    assert {p.relative_to(out / "export").as_posix() for p in finals} == {
+        "mask.onnx", "mask.json", "recon.onnx", "recon.json", "seg.onnx", "seg.json", "nnunet_tv/recon.onnx", "nnunet_tv/recon.json"}
