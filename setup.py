@@ -1,4 +1,5 @@
 """Build the Cython kernels in csrc/ as private extension modules of pedq_deploy."""
+
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup

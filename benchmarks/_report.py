@@ -1,22 +1,27 @@
-"""Shared helpers: timing, machine description, and writing one section of RESULTS.md."""
+"""Shared helpers: timing, the machine's description, and where results are written.
+
+Each benchmark writes its own section to ``benchmarks/results/NAME.md`` (and its raw numbers to
+``NAME.json`` where a later page is built from them). ``benchmarks/scoreboard.py`` runs the
+product's benchmarks and composes ``benchmarks/RESULTS.md`` from their sections.
+"""
+
 from __future__ import annotations
 
 import json
 import os
 import platform
-import re
 import statistics
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from pedq_deploy.phantom.sources import SEEDS
 
-# The phantom seeds the benchmarks draw heads from. Training draws from TrainConfig.train_seeds
-# (0-999) and validates on TrainConfig.val_seeds (2000, 2001). Models and settings are chosen on
-# VALIDATION_SEEDS; the numbers reported against the targets come from HELD_OUT_SEEDS, which
-# nothing is tuned on.
-HELD_OUT_SEEDS = range(1000, 1010)
-VALIDATION_SEEDS = range(2000, 2010)
+RESULTS_DIR = Path(__file__).with_name("results")
+
+# Models and settings are chosen on VALIDATION_SEEDS; the numbers reported come from
+# HELD_OUT_SEEDS, which nothing is tuned on; training draws from SEEDS["train"].
+HELD_OUT_SEEDS = SEEDS["held_out"]
+VALIDATION_SEEDS = SEEDS["validation"]
 
 
 def median_time(fn, repeat: int = 3) -> tuple[float, object]:
@@ -30,41 +35,31 @@ def median_time(fn, repeat: int = 3) -> tuple[float, object]:
 
 def machine() -> str:
     load = os.getloadavg()
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-            f"load average before the run {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"load average before the run {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)"
+    )
 
 
-def update_section(name: str, markdown: str) -> None:
-    """Replace the section ``name`` of RESULTS.md (between its markers), or append it."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{markdown.rstrip()}\n{end}"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEvery number here is written by a script in `benchmarks/`; rerun it to refresh its section.\n"
-    if start in text and end in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
+def _atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
-    os.replace(tmp, RESULTS)
-
-
-def write_records(path: Path, records: list, note: str, models_dir=None) -> None:
-    """A benchmark's raw records, the machine note and (``models_dir``) the manifests of the models
-    it ran, as JSON at ``path`` (written whole or not at all): a section rebuilt from it later
-    describes the models that made the numbers, whatever the folder holds by then."""
-    files = [Path(models_dir, f"{role}.json") for role in ("mask", "recon", "seg")] if models_dir is not None else []
-    manifests = {f.stem: json.loads(f.read_text()) for f in files if f.is_file()}
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"records": records, "machine": note, "manifests": manifests}, indent=1))
     os.replace(tmp, path)
+    return path
 
 
-def read_records(path: Path) -> tuple[list, str, dict | None]:
-    """What :func:`write_records` wrote: (records, machine note, manifests by role; None where the
-    file predates them)."""
-    saved = json.loads(Path(path).read_text())
-    return saved["records"], saved["machine"], saved.get("manifests")
+def write_section(name: str, markdown: str) -> Path:
+    """A benchmark's section (markdown, starting with its ``##`` heading) as results/NAME.md."""
+    return _atomic(RESULTS_DIR / f"{name}.md", markdown.rstrip() + "\n")
+
+
+def write_json(name: str, data) -> Path:
+    return _atomic(RESULTS_DIR / f"{name}.json", json.dumps(data, indent=1))
+
+
+def read_json(name: str):
+    return json.loads((RESULTS_DIR / f"{name}.json").read_text())
 
 
 def training_chain(training: dict, role: str) -> list[dict]:
@@ -95,12 +90,13 @@ def describe_chain(chain: list[dict]) -> str:
     return text
 
 
-def model_provenance(models_dir, role: str = "recon", manifests: dict | None = None) -> str:
-    """describe_chain of the ``role`` model exported in ``models_dir``, from its manifest (or from
-    ``manifests[role]``, as :func:`read_records` gives them)."""
-    try:
-        manifest = manifests[role] if manifests else json.loads((Path(models_dir) / f"{role}.json").read_text())
-        raw = manifest["training"]
-        return describe_chain(training_chain(raw, role))
-    except (OSError, KeyError, ValueError):
-        return "provenance unavailable"
+def model_summary(models_dir) -> dict[str, str]:
+    """Role -> 'sha256 prefix, training in short' of the models in ``models_dir``."""
+    out = {}
+    for role in ("mask", "recon", "seg"):
+        f = Path(models_dir) / f"{role}.json"
+        if f.is_file():
+            m = json.loads(f.read_text())
+            steps, hours, hw = chain_totals(training_chain(m.get("training") or {}, role))
+            out[role] = f"{m.get('sha256', '?')[:12]}: {steps} steps, {hours:.1f} h ({', '.join(hw) or '?'})"
+    return out

@@ -7,8 +7,9 @@ quality-guided unwrapping) against the 4 echoes combined by ``combine_echoes``; 
 the noise-free true total field (what background removal leaves at best). Error: NRMSE of the local
 field against the true one inside the eroded mask, both referenced to their mean there.
 
-``.venv/bin/python benchmarks/bench_echoes.py [--subjects N]`` -> "echoes" section of RESULTS.md.
+``.venv/bin/python benchmarks/bench_echoes.py [--subjects N]`` -> benchmarks/results/echoes.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, update_section  # noqa: E402
+from _report import machine, write_section  # noqa: E402
 
 from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.physics import phase_to_ppm  # noqa: E402
@@ -57,15 +58,20 @@ def main() -> None:
         r.setdefault("reference: noise-free true total field", []).append(error(s.total_field, s))
         print(seed, age, {k: round(v[-1], 3) for k, v in r.items()}, f"first echo alone in {single[s.brain_mask].mean():.1%}", flush=True)
     ages = list(rows)
-    lines = ["## Multi-echo: the local field error against single echoes (issue 10)", "",
-             f"{args.subjects} held-out phantoms (seeds 1000-{999 + args.subjects}), tilt 15 deg, source-protocol grid, 4 echoes "
-             "(TE 4.92/9.84/14.76/19.68 ms), SNR 100 at the first echo. NRMSE of V-SHARP's local field against the true local field in "
-             "the eroded mask (lower is better), mean over the subjects of each age. "
-             f"`combine_echoes` took {np.median(seconds):.1f} s per head (median). Machine: {note}. Script: `benchmarks/bench_echoes.py`.", "",
-             "| field from | " + " | ".join(ages) + " |", "| --- |" + " ---: |" * len(ages)]
+    lines = [
+        "## Multi-echo: the local field error against single echoes",
+        "",
+        f"{args.subjects} held-out phantoms (seeds 1000-{999 + args.subjects}), tilt 15 deg, source-protocol grid, 4 echoes "
+        "(TE 4.92/9.84/14.76/19.68 ms), SNR 100 at the first echo. NRMSE of V-SHARP's local field against the true local field in "
+        "the eroded mask (lower is better), mean over the subjects of each age. "
+        f"`combine_echoes` took {np.median(seconds):.1f} s per head (median). Machine: {note}. Script: `benchmarks/bench_echoes.py`.",
+        "",
+        "| field from | " + " | ".join(ages) + " |",
+        "| --- |" + " ---: |" * len(ages),
+    ]
     for name in rows[ages[0]]:
         lines.append(f"| {name} | " + " | ".join(f"{np.mean(rows[a][name]):.3f}" for a in ages) + " |")
-    update_section("echoes", "\n".join(lines))
+    write_section("echoes", "\n".join(lines))
     print("\n".join(lines))
 
 

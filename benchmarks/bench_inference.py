@@ -10,8 +10,9 @@ local field rotated into the B0-aligned frame over the brain's box (recon), and 
 the network grid over the brain's box (seg). "Our runtime, brain windows" skips the windows that
 hold no brain voxel (what pedq-run does; brain voxels get identical values). Our runtime is timed on
 every CPU backend installed (onnxruntime always; OpenVINO with the ``openvino`` extra), same ONNX file.
-``.venv/bin/python benchmarks/bench_inference.py``; writes the "inference" section of RESULTS.md.
+``.venv/bin/python benchmarks/bench_inference.py``; writes benchmarks/results/inference.md.
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,9 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, median_time, update_section  # noqa: E402
-
 import torch  # noqa: E402
+from _report import machine, median_time, write_section  # noqa: E402
 
 from pedq_deploy.backends import load_manifest, make_runner  # noqa: E402
 from pedq_deploy.export import export_network  # noqa: E402
@@ -48,7 +48,11 @@ def conv_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
         elif isinstance(mod, torch.nn.Linear):
             total[0] += 2.0 * mod.in_features * out.numel()
 
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d, torch.nn.Linear))]
+    hs = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         model(x)
     for h in hs:
@@ -69,8 +73,10 @@ def inputs(cfg):
     frame = B0Frame.build(brain.shape, s.voxel_size, s.b0_direction, cfg.frame_voxel, box=mask_box(brain, s.voxel_size))
     recon = (frame.to_frame(s.local_field)[None], frame.to_frame(brain.astype(np.float32)) > 0)
     box = mask_box(brain, s.voxel_size, 0.0)
-    seg = (resample_to(s.chi[box], s.voxel_size, (cfg.frame_voxel,) * 3)[None],
-           resample_to(brain[box].astype(np.float32), s.voxel_size, (cfg.frame_voxel,) * 3) > 0)
+    seg = (
+        resample_to(s.chi[box], s.voxel_size, (cfg.frame_voxel,) * 3)[None],
+        resample_to(brain[box].astype(np.float32), s.voxel_size, (cfg.frame_voxel,) * 3) > 0,
+    )
     return {"recon": recon, "seg": seg}
 
 
@@ -86,8 +92,12 @@ def int8_check(work: Path, x: np.ndarray, patch) -> str:
     shipped = Path(__file__).resolve().parents[1] / "export" / "seg.onnx"
     src = shipped if shipped.is_file() else work / "seg.onnx"
     starts = [window_starts(max(s_, p), p, 0.5) for s_, p in zip(x.shape[1:], patch)]
-    windows = [x[None, :, i:i + patch[0], j:j + patch[1], k:k + patch[2]].astype(np.float32)
-               for i in starts[0] for j in starts[1] for k in starts[2]]
+    windows = [
+        x[None, :, i : i + patch[0], j : j + patch[1], k : k + patch[2]].astype(np.float32)
+        for i in starts[0]
+        for j in starts[1]
+        for k in starts[2]
+    ]
     windows = [w for w in windows if w.shape[2:] == tuple(patch)]
 
     class Reader(CalibrationDataReader):
@@ -98,8 +108,16 @@ def int8_check(work: Path, x: np.ndarray, patch) -> str:
             return next(self.it, None)
 
     quant_pre_process(str(src), str(work / "seg_pre.onnx"), skip_symbolic_shape=True)
-    quantize_static(str(work / "seg_pre.onnx"), str(work / "seg_int8.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+    quantize_static(
+        str(work / "seg_pre.onnx"),
+        str(work / "seg_int8.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+    )
     opts = ort.SessionOptions()
     from pedq_deploy.physics import fft_workers
 
@@ -109,12 +127,17 @@ def int8_check(work: Path, x: np.ndarray, patch) -> str:
     t32, a = median_time(lambda: [fp32.run(None, {"input": w})[0] for w in windows], 3)
     t8, b = median_time(lambda: [int8.run(None, {"input": w})[0] for w in windows], 3)
     agree = float(np.mean([np.mean(p.argmax(1) == q.argmax(1)) for p, q in zip(a, b)]))
-    return (f"int8 weights for the {'shipped' if src == shipped else 'random-weight'} segmentation UNETR (onnxruntime static QDQ "
-            f"quantization of its convolutions, per channel, "
-            f"calibrated on 6 of its {len(windows)} windows): {t32:.2f} s fp32 against {t8:.2f} s int8 for the same windows "
-            f"(**{t32 / t8:.2f}x**), labels unchanged in {agree:.2%} of voxels. "
-            + ("No gain: onnxruntime's CPU provider runs these 3D convolutions no faster in int8."
-               if t32 / t8 < 1.2 else "A gain worth shipping as an option once its accuracy is checked on the benchmark heads."))
+    return (
+        f"int8 weights for the {'shipped' if src == shipped else 'random-weight'} segmentation UNETR (onnxruntime static QDQ "
+        f"quantization of its convolutions, per channel, "
+        f"calibrated on 6 of its {len(windows)} windows): {t32:.2f} s fp32 against {t8:.2f} s int8 for the same windows "
+        f"(**{t32 / t8:.2f}x**), labels unchanged in {agree:.2%} of voxels. "
+        + (
+            "No gain: onnxruntime's CPU provider runs these 3D convolutions no faster in int8."
+            if t32 / t8 < 1.2
+            else "A gain worth shipping as an option once its accuracy is checked on the benchmark heads."
+        )
+    )
 
 
 def main() -> None:
@@ -130,16 +153,20 @@ def main() -> None:
     rate = sgemm_rate()
     torch_threads = torch.get_num_threads()
     patch = tuple(cfg.patch)
-    lines = ["## Network inference (issue 7)", "",
-             f"The shipped models' sizes (`configs/joint_cpu.json`: DynUNet base {cfg.recon_filters}, UNETR hidden {cfg.unetr_hidden_size}), "
-             f"random weights; {patch[0]}^3 windows at {cfg.frame_voxel} mm, overlap 0.5, batch 1. Inputs as pedq-run builds them for a 256x256x80 "
-             f"scan tilted 20 deg: recon {feeds['recon'][0].shape[1:]} (B0 frame over the brain box), seg {feeds['seg'][0].shape[1:]}. "
-             f"NumPy sgemm here: {rate / 1e9:.0f} GFLOP/s; torch {torch.__version__} ({torch_threads} threads). Machine: {note}. "
-             "Script: `benchmarks/bench_inference.py`.", "",
-             "| network | runtime backend | windows (all / brain) | GFLOP / window | forward passes alone (s) | our runtime, all windows (s) | runtime / forwards | "
-             "our runtime, brain windows (s) | compute floor, all windows (s) | runtime / floor | MONAI + torch eager (s) | speed-up, all windows | "
-             "speed-up, brain windows | MONAI + torch.compile (s; compile s) | speed-up vs compiled | max abs diff in the brain (ppm or logit) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "## Speed: the networks against MONAI and PyTorch",
+        "",
+        f"The shipped models' sizes (`configs/joint_cpu.json`: DynUNet base {cfg.recon_filters}, UNETR hidden {cfg.unetr_hidden_size}), "
+        f"random weights; {patch[0]}^3 windows at {cfg.frame_voxel} mm, overlap 0.5, batch 1. Inputs as pedq-run builds them for a 256x256x80 "
+        f"scan tilted 20 deg: recon {feeds['recon'][0].shape[1:]} (B0 frame over the brain box), seg {feeds['seg'][0].shape[1:]}. "
+        f"NumPy sgemm here: {rate / 1e9:.0f} GFLOP/s; torch {torch.__version__} ({torch_threads} threads). Machine: {note}. "
+        "Script: `benchmarks/bench_inference.py`.",
+        "",
+        "| network | runtime backend | windows (all / brain) | GFLOP / window | forward passes alone (s) | our runtime, all windows (s) | runtime / forwards | "
+        "our runtime, brain windows (s) | compute floor, all windows (s) | runtime / floor | MONAI + torch eager (s) | speed-up, all windows | "
+        "speed-up, brain windows | MONAI + torch.compile (s; compile s) | speed-up vs compiled | max abs diff in the brain (ppm or logit) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     from pedq_deploy.backends.openvino import openvino_available
 
     backends = ["onnxruntime"] + (["openvino"] if openvino_available() else [])
@@ -174,20 +201,25 @@ def main() -> None:
                 t_roi, ours_roi = median_time(lambda: sliding_window_inference(x, patch, pred, overlap=0.5, batch_size=1, roi=roi), 3)
             comp_cells = f"{t_comp:.2f}; {t_compile:.0f} | {t_comp / t_rt:.2f}x" if t_comp is not None else f"failed: {why} | "
             diff = float(np.abs(ours_roi - theirs)[:, roi].max())
-            lines.append(f"| {role} | {backend} | {n_windows} / {sum(calls)} | {flops / 1e9:.1f} | {t_fwd:.2f} | {t_rt:.2f} | {t_rt / t_fwd:.2f} | "
-                         f"{t_roi:.2f} | {floor:.2f} | {t_rt / floor:.1f} | {t_monai:.2f} | **{t_monai / t_rt:.2f}x** | {t_monai / t_roi:.2f}x | "
-                         f"{comp_cells} | {diff:.2g} |")
+            lines.append(
+                f"| {role} | {backend} | {n_windows} / {sum(calls)} | {flops / 1e9:.1f} | {t_fwd:.2f} | {t_rt:.2f} | {t_rt / t_fwd:.2f} | "
+                f"{t_roi:.2f} | {floor:.2f} | {t_rt / floor:.1f} | {t_monai:.2f} | **{t_monai / t_rt:.2f}x** | {t_monai / t_roi:.2f}x | "
+                f"{comp_cells} | {diff:.2g} |"
+            )
             print(lines[-1], flush=True)
     lines += ["", int8_check(work, feeds["seg"][0], patch)]
-    lines += ["", "Targets (issue 7): runtime / forwards <= 1.3; runtime >= 1.5x faster than MONAI + torch eager. Both backends run the "
-              "same ONNX file; OpenVINO (fp32) is what `--backend auto` picks on a CPU where it is installed (`pip install "
-              "'pedq-deploy[openvino]'`): its CPU plugin runs the 3D convolutions as direct oneDNN kernels where onnxruntime's CPU "
-              "provider goes through im2col + GEMM (72% of onnxruntime's time in the segmentation UNETR is Conv). torch.compile (inductor, "
-              "CPU) compiles in about a minute per network when its on-disk cache is cold (the column shows this run's time, cache "
-              "included) and leaves the 3D convolutions to the same oneDNN kernels as eager. The compute floor "
-              "counts convolution and linear FLOPs at the measured sgemm rate; 3D convolutions on 2 cores reach a fraction of it. "
-              "The outputs differ from MONAI's where the two place windows and Gaussian maps differently (both within the same model)."]
-    update_section("inference", "\n".join(lines))
+    lines += [
+        "",
+        "Targets: runtime / forwards <= 1.3; runtime >= 1.5x faster than MONAI + torch eager. Both backends run the "
+        "same ONNX file; OpenVINO (fp32) is what `--backend auto` picks on a CPU where it is installed (`pip install "
+        "'pedq-deploy[openvino]'`): its CPU plugin runs the 3D convolutions as direct oneDNN kernels where onnxruntime's CPU "
+        "provider goes through im2col + GEMM (72% of onnxruntime's time in the segmentation UNETR is Conv). torch.compile (inductor, "
+        "CPU) compiles in about a minute per network when its on-disk cache is cold (the column shows this run's time, cache "
+        "included) and leaves the 3D convolutions to the same oneDNN kernels as eager. The compute floor "
+        "counts convolution and linear FLOPs at the measured sgemm rate; 3D convolutions on 2 cores reach a fraction of it. "
+        "The outputs differ from MONAI's where the two place windows and Gaussian maps differently (both within the same model).",
+    ]
+    write_section("inference", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -12,8 +12,9 @@ TKD, TV and PedQ-NET (the shipped models), given
 Reports the median misfit in noise units and which flags were raised: M (chi does not explain the
 field), B (the field's dipole cone points elsewhere than the given B0), E (phase not linear in TE).
 
-``.venv/bin/python benchmarks/bench_qc.py [--subjects N]`` -> "qc" section of RESULTS.md.
+``.venv/bin/python benchmarks/bench_qc.py [--subjects N]`` -> benchmarks/results/qc.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,13 @@ import numpy as np
 import scipy.ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, update_section  # noqa: E402
+from _report import machine, write_section  # noqa: E402
 
+from pedq_deploy.config import PipelineConfig  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
 from pedq_deploy.postprocess import QC_THRESHOLDS  # noqa: E402
 from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
-from pedq_deploy.runtime.pipeline import PipelineConfig, run_case  # noqa: E402
+from pedq_deploy.runtime.pipeline import run_case  # noqa: E402
 
 PROTOCOLS = {"one echo, TE 4.92 ms": (4.92e-3,), "4 echoes, TE 5-20 ms": (5e-3, 10e-3, 15e-3, 20e-3)}
 
@@ -68,23 +70,46 @@ def main() -> None:
             for name, change in scenarios.items():
                 for method in methods:
                     te = change.get("echo_time", tes)
-                    cfg = PipelineConfig(echo_time=te if len(te) > 1 else te[0], field_strength=3.0, inversion=method, masker="classic",
-                                         b0_direction=change.get("b0_direction"))
+                    cfg = PipelineConfig(
+                        echo_time=te if len(te) > 1 else te[0],
+                        field_strength=3.0,
+                        inversion=method,
+                        masker="classic",
+                        b0_direction=change.get("b0_direction"),
+                    )
                     order = change.get("order", slice(None))
                     mag, ph = (s.magnitude[..., order], s.phase[..., order]) if len(tes) > 1 else (s.magnitude, s.phase)
-                    r = run_case(mag, ph, s.affine, v, cfg, mask=change.get("mask", s.brain_mask), models=models if method == "pedq" else None)
+                    r = run_case(
+                        mag, ph, s.affine, v, cfg, mask=change.get("mask", s.brain_mask), models=models if method == "pedq" else None
+                    )
                     qc = r.info["qc"]
-                    rows.append({"seed": seed, "age": age, "protocol": proto, "scenario": name, "method": method,
-                                 "ratio": qc["misfit_noise_ratio"], "above3": qc["misfit_fraction_above_3"], "b0_check": qc.get("b0_check"),
-                                 "single_echo_fraction": qc.get("single_echo_fraction"),
-                                 "flags": "".join(k for k, word in (("M", "does not explain"), ("B", "B0 direction"), ("E", "not linear in TE"))
-                                                  if any(word in f for f in qc["flags"]))})
-                    print(f"{seed} {age} {proto} {name} {method}: ratio {qc['misfit_noise_ratio']:.2f} flags {rows[-1]['flags'] or '-'} "
-                          f"b0 {qc.get('b0_check')}", flush=True)
+                    rows.append(
+                        {
+                            "seed": seed,
+                            "age": age,
+                            "protocol": proto,
+                            "scenario": name,
+                            "method": method,
+                            "ratio": qc["misfit_noise_ratio"],
+                            "above3": qc["misfit_fraction_above_3"],
+                            "b0_check": qc.get("b0_check"),
+                            "single_echo_fraction": qc.get("single_echo_fraction"),
+                            "flags": "".join(
+                                k
+                                for k, word in (("M", "does not explain"), ("B", "B0 direction"), ("E", "not linear in TE"))
+                                if any(word in f for f in qc["flags"])
+                            ),
+                        }
+                    )
+                    print(
+                        f"{seed} {age} {proto} {name} {method}: ratio {qc['misfit_noise_ratio']:.2f} flags {rows[-1]['flags'] or '-'} "
+                        f"b0 {qc.get('b0_check')}",
+                        flush=True,
+                    )
     out = Path(__file__).parent / "results" / "qc.json"
     out.write_text(json.dumps(rows, indent=1))
     lines = [
-        "## QC: does the data-consistency map catch wrong parameters? (issue 10)",
+        "## QC: does the data-consistency map catch wrong parameters?",
         "",
         f"{args.subjects} held-out phantoms (seeds 1000-{999 + args.subjects}, neonates and infants, tilt 15 deg), SNR 100 at the "
         "first echo, true brain mask except in the mask scenario. The summary is the median over the eroded mask of "
@@ -106,7 +131,7 @@ def main() -> None:
                 cells.append(f"{np.mean([r['ratio'] for r in sel]):.2f} ({' / '.join(r['flags'] or '-' for r in sel)})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    update_section("qc", "\n".join(lines))
+    write_section("qc", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -2,8 +2,9 @@
 and against the peers a user would pick (scikit-image's unwrapper, a plain NumPy Laplacian).
 
 Run alone (two cores are easily disturbed): ``.venv/bin/python benchmarks/bench_stages.py``.
-Writes the "stages" section of benchmarks/RESULTS.md.
+Writes results/stages.md (the speed section of benchmarks/RESULTS.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ import numpy as np
 import scipy.fft
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, median_time, update_section  # noqa: E402
+from _report import machine, median_time, write_json, write_section  # noqa: E402
 
 from pedq_deploy.inversion import crop_to_mask, tkd, tv_admm  # noqa: E402
 from pedq_deploy.io import save_image  # noqa: E402
@@ -36,8 +37,10 @@ TV_ITERS = 60
 def numpy_laplacian_unwrap(phase, voxel_size):
     """The same algorithm in plain NumPy (numpy.fft, no fused kernels): the comparison baseline."""
     shape = phase.shape
-    lap = sum(((2 * np.cos(2 * np.pi * np.fft.fftfreq(n) ) - 2) / h**2).reshape([-1 if a == i else 1 for i in range(3)])
-              for a, (n, h) in enumerate(zip(shape, voxel_size)))
+    lap = sum(
+        ((2 * np.cos(2 * np.pi * np.fft.fftfreq(n)) - 2) / h**2).reshape([-1 if a == i else 1 for i in range(3)])
+        for a, (n, h) in enumerate(zip(shape, voxel_size))
+    )
     s, c = np.sin(phase), np.cos(phase)
     lap_phi = c * np.fft.ifftn(lap * np.fft.fftn(s)).real - s * np.fft.ifftn(lap * np.fft.fftn(c)).real
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -146,13 +149,14 @@ def main() -> None:
     # end to end through the CLI, in fresh processes
     # each run in a fresh process that reports its own peak RSS: VmHWM of its address space (ru_maxrss would
     # carry over the forking benchmark's own peak across exec)
-    wrapper = ("import sys\nfrom pedq_deploy.cli.run import main\ntry:\n    main(sys.argv[2:])\nexcept SystemExit as e:\n"
-               "    code = e.code or 0\nelse:\n    code = 0\n"
-               "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
-               "open(sys.argv[1], 'w').write(hwm)\nsys.exit(code)\n")
-    from pedq_deploy.runtime.networks import find_models
-
+    wrapper = (
+        "import sys\nfrom pedq_deploy.cli.run import main\ntry:\n    main(sys.argv[2:])\nexcept SystemExit as e:\n"
+        "    code = e.code or 0\nelse:\n    code = 0\n"
+        "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+        "open(sys.argv[1], 'w').write(hwm)\nsys.exit(code)\n"
+    )
     from pedq_deploy.backends.openvino import openvino_available
+    from pedq_deploy.runtime.networks import find_models
 
     e2e, rss_runs = {}, {}
     # (label, --inversion, --backend): the default models on each CPU backend installed
@@ -162,47 +166,104 @@ def main() -> None:
         if openvino_available():  # auto picks OpenVINO; time onnxruntime too
             variants.append(("auto, onnxruntime", "auto", "onnxruntime"))
     for label, inv, backend in variants:
+
         def run():
             dst = work / "cli_run"
             shutil.rmtree(dst, ignore_errors=True)
-            subprocess.run([sys.executable, "-c", wrapper, str(work / "rss.txt"), str(work / "scan/magnitude.nii.gz"),
-                            str(work / "scan/phase.nii.gz"), "-o", str(dst), "-q", "--inversion", inv]
-                           + (["--masker", "classic"] if inv != "auto" else []) + (["--backend", backend] if backend else []), check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    wrapper,
+                    str(work / "rss.txt"),
+                    str(work / "scan/magnitude.nii.gz"),
+                    str(work / "scan/phase.nii.gz"),
+                    "-o",
+                    str(dst),
+                    "-q",
+                    "--inversion",
+                    inv,
+                ]
+                + (["--models", "none"] if inv != "auto" else [])
+                + (["--backend", backend] if backend else []),
+                check=True,
+            )
             rss_runs[label] = max(rss_runs.get(label, 0), int((work / "rss.txt").read_text()) / 1024)
             prov = json.loads((dst / "provenance.json").read_text())
             used = sorted(set((prov.get("backend_used") or {}).values()))
-            return prov["timings_s"], prov["parameters"]["inversion"] + (f"; {', '.join(used)}" if used else "")
+            return prov["timings_s"], prov["inversion"] + (f"; {', '.join(used)}" if used else "")
+
         t, (tim, used) = median_time(run, 3)
         e2e[label] = (t, tim, used)
-    peaks = {"Laplacian unwrap": peak_mb(lambda: laplacian_unwrap(phase, v)), "least-squares unwrap": peak_mb(lambda: lsq_unwrap(phase, v)), "V-SHARP": peak_mb(lambda: vsharp(field, mask, v)),
-             "TV-ADMM": peak_mb(lambda: tv_admm(local, eroded, v, subject.b0_direction, iterations=5))}
+    peaks = {
+        "Laplacian unwrap": peak_mb(lambda: laplacian_unwrap(phase, v)),
+        "least-squares unwrap": peak_mb(lambda: lsq_unwrap(phase, v)),
+        "V-SHARP": peak_mb(lambda: vsharp(field, mask, v)),
+        "TV-ADMM": peak_mb(lambda: tv_admm(local, eroded, v, subject.b0_direction, iterations=5)),
+    }
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     shutil.rmtree(work, ignore_errors=True)
 
-    lines = ["## Stages on 256x256x80 (0.78x0.78x2 mm), median of 3", "",
-             f"Machine: {load_note}. Script: `benchmarks/bench_stages.py` ({time.strftime('%Y-%m-%d')}).", "",
-             f"FFT of one 256x256x80 volume here: complex64 {tc * 1e3:.1f} ms, real (rfft/irfft mean) {tr * 1e3:.1f} ms "
-             f"(scipy.fft, {fft_workers()} workers).", "",
-             "| stage | time (s) | FFT floor (s) | time / floor | floor counts |", "| --- | ---: | ---: | ---: | --- |"]
+    write_json(
+        "stages",
+        {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": load_note,
+            "stages": [{"stage": n, "seconds": t, "fft_floor_s": f} for n, t, f, _ in rows],
+            "end_to_end": {
+                label: {"wall_s": t, "inside_s": tim, "ran": used, "peak_rss_mb": rss_runs[label]} for label, (t, tim, used) in e2e.items()
+            },
+        },
+    )
+    lines = [
+        "## Speed: each stage on 256x256x80 (0.78x0.78x2 mm), median of 3",
+        "",
+        f"Machine: {load_note}. Script: `benchmarks/bench_stages.py` ({time.strftime('%Y-%m-%d')}).",
+        "",
+        f"FFT of one 256x256x80 volume here: complex64 {tc * 1e3:.1f} ms, real (rfft/irfft mean) {tr * 1e3:.1f} ms "
+        f"(scipy.fft, {fft_workers()} workers).",
+        "",
+        "| stage | time (s) | FFT floor (s) | time / floor | floor counts |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
     for name, t, floor, what in rows:
-        lines.append(f"| {name} | {t:.3f} | {'' if floor is None else f'{floor:.3f}'} | {'' if floor is None else f'{t / floor:.2f}'} | {what or ''} |")
-    lines += ["", "Peers, same volume:", "",
-              f"- scikit-image `unwrap_phase` (quality-guided, masked): {t_sk:.2f} s; ours (Cython, quality-guided): {t_q:.2f} s "
-              f"(**{t_sk / t_q:.1f}x**); the two agree to one global 2 pi multiple on {agree:.1%} of the mask.",
-              f"- Laplacian unwrapping in plain NumPy (numpy.fft): {t_np:.2f} s; ours (fused Numba + scipy.fft): {t_lap:.2f} s (**{t_np / t_lap:.1f}x**).",
-              f"- V-SHARP in plain NumPy (same radii and spheres, numpy.fft): {t_npv:.2f} s; ours (fused Numba + scipy.fft): {t_vs_ours:.2f} s "
-              f"(**{t_npv / t_vs_ours:.1f}x**); largest difference {vs_diff:.1e} of the local field's range.",
-              "", "End to end, `pedq-run` in a fresh process (least-squares unwrapping, V-SHARP; classic mask for TKD and TV; "
-              "`auto` = the default: the shipped models, network mask, PedQ-NET inversion and segmentation, on the backend `auto` "
-              "picks, in brackets with the inversion used; `auto, onnxruntime` the same with `--backend onnxruntime`), median of 3, "
-              "with the process's peak RSS:", ""]
+        lines.append(
+            f"| {name} | {t:.3f} | {'' if floor is None else f'{floor:.3f}'} | {'' if floor is None else f'{t / floor:.2f}'} | {what or ''} |"
+        )
+    lines += [
+        "",
+        "Peers, same volume:",
+        "",
+        f"- scikit-image `unwrap_phase` (quality-guided, masked): {t_sk:.2f} s; ours (Cython, quality-guided): {t_q:.2f} s "
+        f"(**{t_sk / t_q:.1f}x**); the two agree to one global 2 pi multiple on {agree:.1%} of the mask.",
+        f"- Laplacian unwrapping in plain NumPy (numpy.fft): {t_np:.2f} s; ours (fused Numba + scipy.fft): {t_lap:.2f} s (**{t_np / t_lap:.1f}x**).",
+        f"- V-SHARP in plain NumPy (same radii and spheres, numpy.fft): {t_npv:.2f} s; ours (fused Numba + scipy.fft): {t_vs_ours:.2f} s "
+        f"(**{t_npv / t_vs_ours:.1f}x**); largest difference {vs_diff:.1e} of the local field's range.",
+        "",
+        "End to end, `pedq-run` in a fresh process (least-squares unwrapping, V-SHARP; classic mask for TKD and TV; "
+        "`auto` = the default: the shipped models, network mask, PedQ-NET inversion and segmentation, on the backend `auto` "
+        "picks, in brackets with the inversion used; `auto, onnxruntime` the same with `--backend onnxruntime`), median of 3, "
+        "with the process's peak RSS:",
+        "",
+    ]
     for label, (t, tim, used) in e2e.items():
-        lines.append(f"- `{label}`{' (' + used + ')' if used != label else ''}: {t:.1f} s wall, peak RSS {rss_runs[label]:.0f} MB "
-                     "(inside: " + ", ".join(f"{k} {tim[k]:.2f}" for k in
-                     ("load", "mask", "unwrap", "background", "inversion", "qc", "segmentation", "write") if k in tim) + " s)")
-    lines += ["", "Peak memory (tracemalloc, NumPy allocations of the stage): " + ", ".join(f"{k} {p:.0f} MB" for k, p in peaks.items())
-              + f"; peak RSS of the benchmark process {rss:.0f} MB."]
-    update_section("stages", "\n".join(lines))
+        lines.append(
+            f"- `{label}`{' (' + used + ')' if used != label else ''}: {t:.1f} s wall, peak RSS {rss_runs[label]:.0f} MB "
+            "(inside: "
+            + ", ".join(
+                f"{k} {tim[k]:.2f}"
+                for k in ("load", "mask", "unwrap", "background", "inversion", "qc", "segmentation", "write")
+                if k in tim
+            )
+            + " s)"
+        )
+    lines += [
+        "",
+        "Peak memory (tracemalloc, NumPy allocations of the stage): "
+        + ", ".join(f"{k} {p:.0f} MB" for k, p in peaks.items())
+        + f"; peak RSS of the benchmark process {rss:.0f} MB.",
+    ]
+    write_section("stages", "\n".join(lines))
     print("\n".join(lines))
 
 

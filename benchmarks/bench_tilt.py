@@ -8,8 +8,9 @@ the network in the frame of B0 = z (what a network without the rotation would as
 whenever the head is tilted). If the frame works, the network's error does not grow with tilt and
 the B0 = z variant falls behind as the tilt grows.
 
-``.venv/bin/python benchmarks/bench_tilt.py RUN_DIR``; writes the "tilt" section of RESULTS.md.
+``.venv/bin/python benchmarks/bench_tilt.py RUN_DIR``; writes benchmarks/results/tilt.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import describe_chain, machine, training_chain, update_section  # noqa: E402
+from _report import describe_chain, machine, training_chain, write_section  # noqa: E402
 
 from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.export import export_checkpoint  # noqa: E402
@@ -39,8 +40,12 @@ TILTS = (0.0, 10.0, 20.0, 30.0)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", help="pedq-train run folder, or a folder of exported models (recon.json + recon.onnx)")
-    ap.add_argument("--echo-time", type=str, default="4.92e-3",
-                    help="seconds (default: the source protocol's); several, comma-separated, for a multi-echo scan (combined by combine_echoes)")
+    ap.add_argument(
+        "--echo-time",
+        type=str,
+        default="4.92e-3",
+        help="seconds (default: the source protocol's); several, comma-separated, for a multi-echo scan (combined by combine_echoes)",
+    )
     ap.add_argument("--snr", type=float, default=100.0)
     ap.add_argument("--subjects", type=int, default=len(SUBJECTS))
     ap.add_argument("--tilts", type=str, default=",".join(f"{t:g}" for t in TILTS))
@@ -69,10 +74,12 @@ def main() -> None:
             else:
                 total = phase_to_ppm(laplacian_unwrap(s.phase, s.voxel_size), s.echo_time, s.field_strength)
             local, eroded = vsharp(total, s.brain_mask, s.voxel_size)
-            outs = {"TKD": tkd(local, eroded, s.voxel_size, s.b0_direction),
-                    "TV (iterative)": tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60),
-                    "network, B0 frame": models.reconstruct(local, eroded, s.voxel_size, s.b0_direction),
-                    "network, B0 = z assumed": models.reconstruct(local, eroded, s.voxel_size, (0.0, 0.0, 1.0))}
+            outs = {
+                "TKD": tkd(local, eroded, s.voxel_size, s.b0_direction),
+                "TV (iterative)": tv_admm(local, eroded, s.voxel_size, s.b0_direction, 3e-4, None, 60),
+                "network, B0 frame": models.reconstruct(local, eroded, s.voxel_size, s.b0_direction),
+                "network, B0 = z assumed": models.reconstruct(local, eroded, s.voxel_size, (0.0, 0.0, 1.0)),
+            }
             true_local = np.where(eroded, s.local_field - s.local_field[eroded].mean(), 0.0)
             for name, chi in outs.items():
                 # data consistency with the true B0: the field of the output against the noise-free local field
@@ -81,20 +88,33 @@ def main() -> None:
                 resid = float(np.linalg.norm(f - true_local) / np.linalg.norm(true_local))
                 chi_e = np.where(eroded, chi - chi[eroded].mean(), 0.0)
                 truth_e = np.where(eroded, s.chi - s.chi[eroded].mean(), 0.0)
-                res[tilt][name].append((M.nrmse(chi, s.chi, s.brain_mask), M.nrmse(chi_e, truth_e, eroded), M.hfen(chi, s.chi, s.brain_mask),
-                                        M.xsim(chi, s.chi, s.brain_mask), resid))
+                res[tilt][name].append(
+                    (
+                        M.nrmse(chi, s.chi, s.brain_mask),
+                        M.nrmse(chi_e, truth_e, eroded),
+                        M.hfen(chi, s.chi, s.brain_mask),
+                        M.xsim(chi, s.chi, s.brain_mask),
+                        resid,
+                    )
+                )
             print(seed, age, tilt, {k: round(v[-1][0], 3) for k, v in res[tilt].items()}, flush=True)
     models.close()
     val_path = Path(args.run) / "val_log.csv"
     val = list(csv.reader(open(val_path))) if val_path.is_file() else []
-    lines = [f"## Tilted heads: the reconstruction network in the B0-aligned frame (issue 4), TE {te_text}, SNR {args.snr:g}", "",
-             f"Models `{args.run}` ({trained}), run through the deployed "
-             f"onnxruntime path. {len(subjects)} held-out subjects (seeds {subjects[0][0]}-{subjects[-1][0]}, neonates and infants) at each tilt, "
-             f"source protocol grid, TE {te_text}, SNR {args.snr:g}; same V-SHARP local field (true brain mask) for every method. Mean over subjects; whole-mask scores. "
-             f"Machine: {note}. Script: `benchmarks/bench_tilt.py`.", "",
-             "Field residual: the field of the output (true B0) against the noise-free local field inside the eroded mask, relative "
-             "(0 = the output explains the field exactly); it isolates whether the dipole model was right, which is what the tilt changes.", "",
-             "| tilt (deg) | method | NRMSE | NRMSE, covered region | HFEN | XSIM | field residual |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"## Tilted heads: the reconstruction network in the B0-aligned frame, TE {te_text}, SNR {args.snr:g}",
+        "",
+        f"Models `{args.run}` ({trained}), run through the deployed "
+        f"onnxruntime path. {len(subjects)} held-out subjects (seeds {subjects[0][0]}-{subjects[-1][0]}, neonates and infants) at each tilt, "
+        f"source protocol grid, TE {te_text}, SNR {args.snr:g}; same V-SHARP local field (true brain mask) for every method. Mean over subjects; whole-mask scores. "
+        f"Machine: {note}. Script: `benchmarks/bench_tilt.py`.",
+        "",
+        "Field residual: the field of the output (true B0) against the noise-free local field inside the eroded mask, relative "
+        "(0 = the output explains the field exactly); it isolates whether the dipole model was right, which is what the tilt changes.",
+        "",
+        "| tilt (deg) | method | NRMSE | NRMSE, covered region | HFEN | XSIM | field residual |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for t in tilts:
         for name, rows in res[t].items():
             a = np.array(rows).mean(0)
@@ -102,11 +122,14 @@ def main() -> None:
     for col, label in ((1, "NRMSE in the covered region"), (4, "field residual")):
         net = {t: np.array(res[t]["network, B0 frame"]).mean(0)[col] for t in tilts}
         wrong = {t: np.array(res[t]["network, B0 = z assumed"]).mean(0)[col] for t in tilts}
-        lines += ["", f"Network {label} at {tilts[-1]:g} deg over that at {tilts[0]:g} deg: {net[tilts[-1]] / net[tilts[0]]:.3f} in the B0 frame, "
-                  f"{wrong[tilts[-1]] / wrong[tilts[0]]:.3f} with B0 = z assumed."]
+        lines += [
+            "",
+            f"Network {label} at {tilts[-1]:g} deg over that at {tilts[0]:g} deg: {net[tilts[-1]] / net[tilts[0]]:.3f} in the B0 frame, "
+            f"{wrong[tilts[-1]] / wrong[tilts[0]]:.3f} with B0 = z assumed.",
+        ]
     if val:
         lines += ["", f"Validation on held-out crops during training (seeds 2000-2001), last row: {dict(zip(val[0], val[-1]))}."]
-    update_section(args.section, "\n".join(lines))
+    write_section(args.section, "\n".join(lines))
     print("\n".join(lines))
 
 

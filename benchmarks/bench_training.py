@@ -2,8 +2,9 @@
 
 Default networks and patches (96^3, DynUNet base 16, UNETR feature 16 / hidden 384), batch 1,
 data drawn on the fly from the phantom. ``.venv/bin/python benchmarks/bench_training.py [--steps N]``;
-writes the "training" section of RESULTS.md. Run alone: it uses both cores.
+writes benchmarks/results/training.md. Run alone: it uses both cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, update_section  # noqa: E402
+from _report import machine, write_section  # noqa: E402
 
 from pedq_deploy.training.config import TrainConfig  # noqa: E402
 from pedq_deploy.training.trainer import Trainer  # noqa: E402
@@ -29,12 +30,16 @@ def main() -> None:
     note = machine()
     import torch
 
-    lines = ["## Short CPU training runs (issue 4)", "",
-             f"{args.steps} steps per network, batch 1, 96^3 patches, default sizes; data drawn on the fly (a subject every 4 crops: "
-             "160x160x128 at 1.2 mm, unwrapped and V-SHARPed as the runtime does). "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads. Machine: {note}. Script: `benchmarks/bench_training.py`.", "",
-             "| network (kind) | parameters | median s/step (incl. data) | loss: first 5 steps -> last 5 steps (mean) |",
-             "| --- | ---: | ---: | --- |"]
+    lines = [
+        "## Short CPU training runs",
+        "",
+        f"{args.steps} steps per network, batch 1, 96^3 patches, default sizes; data drawn on the fly (a subject every 4 crops: "
+        "160x160x128 at 1.2 mm, unwrapped and V-SHARPed as the runtime does). "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads. Machine: {note}. Script: `benchmarks/bench_training.py`.",
+        "",
+        "| network (kind) | parameters | median s/step (incl. data) | loss: first 5 steps -> last 5 steps (mean) |",
+        "| --- | ---: | ---: | --- |",
+    ]
     work = Path(tempfile.mkdtemp(prefix="pedq-train-bench-"))
     for kind in ("recon", "tv", "joint", "mask"):
         cfg = TrainConfig(steps=args.steps, device="cpu")
@@ -48,13 +53,22 @@ def main() -> None:
             losses.append(parts["total"])
             print(kind, tr.step, f"{parts['total']:.5g}", f"{times[-1]:.2f}s", flush=True)
         k = min(5, len(losses))
-        names = {"recon": "reconstruction DynUNet (L_model)", "tv": "nnU-Net_TV ablation (L_model + TV)",
-                 "joint": "PedQ-NET joint (L_model + lambda L_seg, UNETR seg)", "mask": "masking UNETR (Dice + CE)"}
-        lines.append(f"| {names[kind]} | {n / 1e6:.1f} M | {np.median(times):.2f} | {np.mean(losses[:k]):.4g} -> {np.mean(losses[-k:]):.4g} |")
+        names = {
+            "recon": "reconstruction DynUNet (L_model)",
+            "tv": "nnU-Net_TV ablation (L_model + TV)",
+            "joint": "PedQ-NET joint (L_model + lambda L_seg, UNETR seg)",
+            "mask": "masking UNETR (Dice + CE)",
+        }
+        lines.append(
+            f"| {names[kind]} | {n / 1e6:.1f} M | {np.median(times):.2f} | {np.mean(losses[:k]):.4g} -> {np.mean(losses[-k:]):.4g} |"
+        )
     shutil.rmtree(work, ignore_errors=True)
-    lines += ["", "These runs show the loop works and the losses move; they are not trained models. Training to a usable model "
-              "runs for hours (resumable: rerun `pedq-train KIND --out DIR` to continue) and is issue 6's work."]
-    update_section("training", "\n".join(lines))
+    lines += [
+        "",
+        "These runs show the loop works and the losses move; they are not trained models. Training to a usable model "
+        "runs for hours (resumable: rerun `pedq-train KIND --out DIR` to continue).",
+    ]
+    write_section("training", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -9,10 +9,11 @@ noise-free true total field: what background removal leaves at best.
 
 Unwrappers: ours (Laplacian after Schofield & Zhu, least squares on wrapped differences, the Cython
 quality-guided one) and scikit-image's ``unwrap_phase`` (quality-guided, masked to the brain), the
-peer in DOMAIN.md. Times: median of 3 per head (scikit-image: 1), on the same phase, in this run.
+peer a user would pick. Times: median of 3 per head (scikit-image: 1), on the same phase, in this run.
 
-``.venv/bin/python benchmarks/bench_unwrap.py [--subjects N]`` -> "unwrap_te" section of RESULTS.md.
+``.venv/bin/python benchmarks/bench_unwrap.py [--subjects N]`` -> benchmarks/results/unwrap_te.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import machine, median_time, update_section  # noqa: E402
-
+from _report import machine, median_time, write_section  # noqa: E402
 from bench_echoes import error  # noqa: E402  (the same local field error as the multi-echo benchmark)
 
 from pedq_deploy.phantom import make_subject  # noqa: E402
@@ -64,21 +64,29 @@ def main() -> None:
             row["reference: noise-free true total field"] = error(s.total_field, s)
             for k, v in row.items():
                 errors.setdefault((age, te, k), []).append(v)
-            print(f"seed {seed} {age} tilt {tilt:.0f} TE {te * 1e3:.2f} ms: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+            print(
+                f"seed {seed} {age} tilt {tilt:.0f} TE {te * 1e3:.2f} ms: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True
+            )
     names = list(METHODS) + ["reference: noise-free true total field"]
     ages = [a for a in ("neonate", "infant") if any(k[0] == a for k in errors)]
     cols = [(a, te) for a in ages for te in TES]
     lap = np.asarray(seconds["laplacian"])
-    lines = ["## Unwrapping at long echo times: the local field error each unwrapper leaves", "",
-             f"{args.subjects} held-out phantoms (seeds 1000-{999 + args.subjects}; neonates and infants alternating; tilts 0-30 deg), "
-             "source-protocol grid (256x256x80, 0.78x0.78x2 mm, 3 T), one single-echo scan per echo time, SNR 100. NRMSE of V-SHARP's "
-             "local field (true brain mask) against the true local field in the eroded mask, both referenced to their mean there; mean "
-             "over the subjects of each age (lower is better). `laplacian`: Schofield & Zhu (the sine of the neighbour differences); "
-             "`lsq`: least squares on the wrapped differences (Ghiglia & Romero); `quality`: our quality-guided path following "
-             "(Cython); scikit-image: `skimage.restoration.unwrap_phase`, quality-guided, masked to the brain.",
-             f"Machine: {note}. Script: `benchmarks/bench_unwrap.py`.", "",
-             "| unwrapper | " + " | ".join(f"{a}, TE {te * 1e3:.0f} ms" for a, te in cols) + " | seconds (median) | time / Laplacian's (same head) |",
-             "| --- |" + " ---: |" * (len(cols) + 2)]
+    lines = [
+        "## Unwrapping at long echo times: the local field error each unwrapper leaves",
+        "",
+        f"{args.subjects} held-out phantoms (seeds 1000-{999 + args.subjects}; neonates and infants alternating; tilts 0-30 deg), "
+        "source-protocol grid (256x256x80, 0.78x0.78x2 mm, 3 T), one single-echo scan per echo time, SNR 100. NRMSE of V-SHARP's "
+        "local field (true brain mask) against the true local field in the eroded mask, both referenced to their mean there; mean "
+        "over the subjects of each age (lower is better). `laplacian`: Schofield & Zhu (the sine of the neighbour differences); "
+        "`lsq`: least squares on the wrapped differences (Ghiglia & Romero); `quality`: our quality-guided path following "
+        "(Cython); scikit-image: `skimage.restoration.unwrap_phase`, quality-guided, masked to the brain.",
+        f"Machine: {note}. Script: `benchmarks/bench_unwrap.py`.",
+        "",
+        "| unwrapper | "
+        + " | ".join(f"{a}, TE {te * 1e3:.0f} ms" for a, te in cols)
+        + " | seconds (median) | time / Laplacian's (same head) |",
+        "| --- |" + " ---: |" * (len(cols) + 2),
+    ]
     for name in names:
         cells = [f"{np.mean(errors[(a, te, name)]):.3f}" for a, te in cols]
         if name in seconds:
@@ -87,7 +95,7 @@ def main() -> None:
         else:
             cells += ["", ""]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    update_section("unwrap_te", "\n".join(lines))
+    write_section("unwrap_te", "\n".join(lines))
     print("\n".join(lines))
 
 

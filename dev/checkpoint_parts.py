@@ -10,6 +10,7 @@ kept frozen (they are the export it started from). ``unpack`` checks and joins t
 folder that ``pedq-export`` reads. Such a checkpoint cannot be resumed (its Adam moments are
 gone): continue from its export with ``pedq-train --init-from``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,10 +53,16 @@ def write_weight_parts(run_dir: str | Path, out_dir: str | Path, part_bytes: int
     paths = []
     for i in range(0, len(data), part_bytes):
         p = out / f"weights.part{i // part_bytes:02d}"
-        p.write_bytes(data[i: i + part_bytes])
+        p.write_bytes(data[i : i + part_bytes])
         paths.append(p)
-    index = {"parts": [p.name for p in paths], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-             "kind": state["kind"], "step": state["step"], "dropped_frozen": slim.get("dropped_frozen", [])}
+    index = {
+        "parts": [p.name for p in paths],
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "kind": state["kind"],
+        "step": state["step"],
+        "dropped_frozen": slim.get("dropped_frozen", []),
+    }
     (out / INDEX).write_text(json.dumps(index, indent=2))
     return [*paths, out / INDEX]
 

@@ -11,6 +11,7 @@ manifest check still holds and nobody takes the copy for the original. For netwo
 help training (a frozen UNETR, the masking network that makes training masks), never for the
 network being trained or shipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,8 +85,11 @@ def unpack(folder: Path) -> list[Path]:
         _replace_atomic(lambda p: onnx.save(model, str(p)), dest)
         manifest = folder / f"{role}.json"
         record = json.loads(manifest.read_text())
-        record["transport"] = {"float16_rounded": True, "original_sha256": record.get("sha256"),
-                               "note": "weights rounded to float16 to travel (dev/onnx_half.py): a close copy of the original"}
+        record["transport"] = {
+            "float16_rounded": True,
+            "original_sha256": record.get("sha256"),
+            "note": "weights rounded to float16 to travel (dev/onnx_half.py): a close copy of the original",
+        }
         record["sha256"] = sha256_file(dest)
         write_json_atomic(manifest, record)
         half.unlink()

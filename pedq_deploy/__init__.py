@@ -3,11 +3,12 @@
 Data flow, one way: ``io`` -> ``preprocess`` -> ``inversion`` / networks -> ``io``.
 Importing the package is cheap: submodules load when first used.
 """
+
 from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["__version__", "errors", "io", "metrics", "phantom", "physics", "inversion", "preprocess", "runtime"]
 
 

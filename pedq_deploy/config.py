@@ -9,6 +9,7 @@ the scan, not to the file.
 This module imports nothing heavy (no Numba, no SciPy): the command-line tools read it to show
 their help.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,18 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["PipelineConfig", "INVERSIONS", "MASKERS", "UNWRAPPERS", "MASK_THRESHOLD", "ACQUISITION_FIELDS",
-           "parameter_names", "read_config_file", "default_config_text", "resolve_inversion"]
+__all__ = [
+    "PipelineConfig",
+    "INVERSIONS",
+    "MASKERS",
+    "UNWRAPPERS",
+    "MASK_THRESHOLD",
+    "ACQUISITION_FIELDS",
+    "parameter_names",
+    "read_config_file",
+    "default_config_text",
+    "resolve_inversion",
+]
 
 INVERSIONS = ("auto", "pedq", "tkd", "tv")
 MASKERS = ("auto", "classic", "network")
@@ -45,30 +56,42 @@ class PipelineConfig:
     field_strength: float
     b0_direction: tuple[float, float, float] | None = None  # voxel frame; None: from the affine
     inversion: str = _param(
-        "auto", "dipole inversion: auto (pedq when the PedQ-NET models are found, else tkd), pedq (the "
-        "reconstruction network), tkd (truncated k-space division), tv (total variation, ADMM)", INVERSIONS)
+        "auto",
+        "dipole inversion: auto (pedq when the PedQ-NET models are found, else tkd), pedq (the "
+        "reconstruction network), tkd (truncated k-space division), tv (total variation, ADMM)",
+        INVERSIONS,
+    )
     masker: str = _param(
-        "auto", "brain mask: auto (the masking network when its model is found, else classic), network, "
-        "classic (threshold, morphology, largest component)", MASKERS)
-    mask_threshold: float = _param(
-        MASK_THRESHOLD, "the masking network's brain probability above which a voxel is brain")
+        "auto",
+        "brain mask: auto (the masking network when its model is found, else classic), network, "
+        "classic (threshold, morphology, largest component)",
+        MASKERS,
+    )
+    mask_threshold: float = _param(MASK_THRESHOLD, "the masking network's brain probability above which a voxel is brain")
     unwrap: str = _param(
-        "lsq", "phase unwrapping: lsq (least squares on the wrapped neighbour differences), laplacian "
-        "(Schofield & Zhu 2003; errs at long echo times), quality (quality-guided path following)", UNWRAPPERS)
+        "lsq",
+        "phase unwrapping: lsq (least squares on the wrapped neighbour differences), laplacian "
+        "(Schofield & Zhu 2003; errs at long echo times), quality (quality-guided path following)",
+        UNWRAPPERS,
+    )
     vsharp_radii: tuple[float, ...] | None = _param(
-        None, "V-SHARP sphere radii in mm, largest first; none: 12 mm down to twice the thickest voxel side")
+        None, "V-SHARP sphere radii in mm, largest first; none: 12 mm down to twice the thickest voxel side"
+    )
     vsharp_threshold: float = _param(0.05, "V-SHARP's deconvolution threshold (truncated SVD of the SMV kernel)")
     tkd_threshold: float = _param(0.19, "TKD: the dipole kernel's magnitude below which it is truncated")
     tv_lambda: float = _param(3e-4, "TV: the weight of the total variation term")
     tv_iterations: int = _param(60, "TV and the refinement: ADMM iterations")
     refine: bool = _param(
-        False, "refine PedQ-NET's map by TV on the local field with the map as a prior, TV lifted across "
+        False,
+        "refine PedQ-NET's map by TV on the local field with the map as a prior, TV lifted across "
         "the boundaries of the segmented deep grey matter (needs a segmentation model or labels): "
-        "sharper deep grey matter, noisier within it")
+        "sharper deep grey matter, noisier within it",
+    )
     refine_weight: float = _param(0.003, "refinement: the prior's weight, in squared dipole-kernel units")
     refine_lambda: float = _param(3e-4, "refinement: its TV weight away from the structures' boundaries")
     refine_edge_weight: float = _param(
-        0.0, "refinement: TV's weight is multiplied by this across the deep grey matter's boundaries (1: no guidance)")
+        0.0, "refinement: TV's weight is multiplied by this across the deep grey matter's boundaries (1: no guidance)"
+    )
     refine_edge_band: int = _param(3, "refinement: how far from a boundary, in voxels, TV is lowered")
 
     @property
@@ -186,9 +209,12 @@ def default_config_text() -> str:
     """The defaults as a TOML file, a comment above each setting (what ``--print-config`` writes)."""
     import textwrap
 
-    lines = ["# pedq-deploy pipeline settings: pass this file to pedq-run / pedq-study / pedq-serve with --config.",
-             "# Every setting left out keeps its default. Echo times, field strength and B0 come from the scan.",
-             "", "[pipeline]"]
+    lines = [
+        "# pedq-deploy pipeline settings: pass this file to pedq-run / pedq-study / pedq-serve with --config.",
+        "# Every setting left out keeps its default. Echo times, field strength and B0 come from the scan.",
+        "",
+        "[pipeline]",
+    ]
     for f in fields(PipelineConfig):
         if f.name in ACQUISITION_FIELDS:
             continue

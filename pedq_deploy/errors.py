@@ -1,4 +1,5 @@
 """Exceptions the command-line tools turn into a one-line message and exit code 2."""
+
 from __future__ import annotations
 
 __all__ = ["PedqError", "InputError"]

@@ -8,6 +8,7 @@ rotation costs no extra interpolation: it replaces the plain zoom to the network
 Physical coordinates here are millimetres along the voxel axes (``p = index * voxel_size``);
 the B0 direction is a unit vector in that frame (see :func:`pedq_deploy.physics.b0_direction_from_affine`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ class B0Frame:
     origin: np.ndarray  # frame coordinates (mm) of frame voxel (0, 0, 0)
 
     @classmethod
-    def build(cls, shape, voxel_size, b0, frame_voxel: float, box: tuple[slice, slice, slice] | None = None) -> "B0Frame":
+    def build(cls, shape, voxel_size, b0, frame_voxel: float, box: tuple[slice, slice, slice] | None = None) -> B0Frame:
         """Frame of a ``shape`` grid; the frame's grid covers ``box`` (default: the whole volume)."""
         v = np.asarray(voxel_size, np.float64)
         if v.shape != (3,) or not np.all(np.isfinite(v)) or np.any(v <= 0):
@@ -94,8 +95,16 @@ class B0Frame:
         # source index = diag(1/v) R^T (origin + t * frame index)
         m = (self.rotation.T * self.frame_voxel) / np.asarray(self.voxel_size)[:, None]
         off = (self.rotation.T @ self.origin) / np.asarray(self.voxel_size)
-        return ndi.affine_transform(np.asarray(volume, np.float32), m, off, output_shape=self.frame_shape, order=order,
-                                    mode="constant", cval=cval, prefilter=order > 1)
+        return ndi.affine_transform(
+            np.asarray(volume, np.float32),
+            m,
+            off,
+            output_shape=self.frame_shape,
+            order=order,
+            mode="constant",
+            cval=cval,
+            prefilter=order > 1,
+        )
 
     def from_frame(self, volume: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
         if tuple(volume.shape) != self.frame_shape:
@@ -103,5 +112,6 @@ class B0Frame:
         # frame index = (R diag(v) source index - origin) / t
         m = self.rotation * np.asarray(self.voxel_size)[None, :] / self.frame_voxel
         off = -self.origin / self.frame_voxel
-        return ndi.affine_transform(np.asarray(volume, np.float32), m, off, output_shape=self.shape, order=order,
-                                    mode="constant", cval=cval, prefilter=order > 1)
+        return ndi.affine_transform(
+            np.asarray(volume, np.float32), m, off, output_shape=self.shape, order=order, mode="constant", cval=cval, prefilter=order > 1
+        )

@@ -18,6 +18,7 @@ Magn. Reson. Med., 2024 (SSIM without value clipping, K1=0.01, K2=0.001, L=1).
 S. Ravishankar, Y. Bresler, "MR image reconstruction from highly undersampled k-space data by
 dictionary learning", IEEE TMI 30:1028-1041, 2011 (HFEN: LoG filter, sigma 1.5 voxels).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,12 +36,22 @@ __all__ = [
     "surface_distance",
     "region_stats",
     "edge_sharpness",
+    "amplitude_slope",
+    "eroded_coverage",
     "score_qsm",
     "FS_DGM_NAMES",
 ]
 
-FS_DGM_NAMES = {10: "Left-Thalamus", 11: "Left-Caudate", 12: "Left-Putamen", 13: "Left-Pallidum",
-                49: "Right-Thalamus", 50: "Right-Caudate", 51: "Right-Putamen", 52: "Right-Pallidum"}
+FS_DGM_NAMES = {
+    10: "Left-Thalamus",
+    11: "Left-Caudate",
+    12: "Left-Putamen",
+    13: "Left-Pallidum",
+    49: "Right-Thalamus",
+    50: "Right-Caudate",
+    51: "Right-Putamen",
+    52: "Right-Pallidum",
+}
 
 
 def _prep(recon, truth, mask):
@@ -67,6 +78,27 @@ def nrmse(recon, truth, mask) -> float:
     """``||r - t||_2 / ||t||_2`` over the mask."""
     r, t, m = _prep(recon, truth, mask)
     return float(np.linalg.norm((r - t)[m]) / max(np.linalg.norm(t[m]), 1e-12))
+
+
+def amplitude_slope(recon, truth, mask) -> float:
+    """Least-squares slope of the reconstruction on the truth over the mask, each about its own
+    mean: 1 when the map carries the truth's contrast, 0.5 when it carries half of it (a map with
+    the right pattern at too low a contrast hides the deep grey matter). Uncovered voxels count as
+    zero, as in the other scores."""
+    r, t, m = _prep(recon, truth, mask)
+    rd, td = r[m] - r[m].mean(), t[m] - t[m].mean()
+    return float((rd @ td) / max(td @ td, 1e-30))
+
+
+def eroded_coverage(recon, mask, voxel_size, mm: float = 2.0) -> float:
+    """:func:`coverage` over the mask eroded by ``mm`` (a ball in mm on this grid): how much of the
+    brain away from its very edge a method leaves without values."""
+    v = np.asarray(voxel_size, float)
+    r = np.ceil(mm / v).astype(int)
+    grid = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
+    ball = sum((g * vi / mm) ** 2 for g, vi in zip(grid, v)) <= 1.0
+    inner = ndi.binary_erosion(np.asarray(mask) > 0, structure=ball)
+    return coverage(recon, inner if inner.any() else mask)
 
 
 def hfen(recon, truth, mask, sigma: float = 1.5) -> float:
@@ -131,8 +163,13 @@ def surface_distance(a: np.ndarray, b: np.ndarray, voxel_size=(1.0, 1.0, 1.0)) -
     return {"mean_mm": float(d.mean()), "hd95_mm": float(np.percentile(d, 95))}
 
 
-def region_stats(chi: np.ndarray, labels: np.ndarray, voxel_volume_ml: float = 0.0, names: dict[int, str] | None = None,
-                 checks: dict[str, list[str]] | None = None) -> list[dict]:
+def region_stats(
+    chi: np.ndarray,
+    labels: np.ndarray,
+    voxel_volume_ml: float = 0.0,
+    names: dict[int, str] | None = None,
+    checks: dict[str, list[str]] | None = None,
+) -> list[dict]:
     """Per-label voxels, volume (mL), mean and standard deviation of ``chi`` (ppm); with ``checks``
     (name -> flags of :func:`pedq_deploy.postprocess.segmentation_checks`), ``qc``: ``ok`` or the flags."""
     names = FS_DGM_NAMES if names is None else names
@@ -142,9 +179,16 @@ def region_stats(chi: np.ndarray, labels: np.ndarray, voxel_volume_ml: float = 0
     for number, name in names.items():
         sel = lab == number
         n = int(sel.sum())
-        rows.append({"label": int(number), "name": name, "voxels": n, "volume_ml": n * voxel_volume_ml,
-                     "mean_ppm": float(c[sel].mean()) if n else float("nan"),
-                     "std_ppm": float(c[sel].std()) if n else float("nan")})
+        rows.append(
+            {
+                "label": int(number),
+                "name": name,
+                "voxels": n,
+                "volume_ml": n * voxel_volume_ml,
+                "mean_ppm": float(c[sel].mean()) if n else float("nan"),
+                "std_ppm": float(c[sel].std()) if n else float("nan"),
+            }
+        )
         if checks is not None:
             rows[-1]["qc"] = ";".join(checks.get(name, [])) or "ok"
     return rows
@@ -180,15 +224,22 @@ def score_qsm(recon, truth, mask, labels=None) -> dict:
         "ssim": ssim(recon, truth, mask),
         "xsim": xsim(recon, truth, mask),
         "coverage": coverage(recon, mask),
+        "slope": amplitude_slope(recon, truth, mask),
     }
     if labels is not None and np.any(labels):
         r, t, m = _prep(recon, truth, mask)
         out["dgm_edge_sharpness"] = edge_sharpness(r, t, labels)
         rows = []
         for rec_row, tru_row in zip(region_stats(r, labels), region_stats(t, labels)):
-            rows.append({**{k: rec_row[k] for k in ("label", "name", "voxels")}, "mean_ppm": rec_row["mean_ppm"],
-                         "std_ppm": rec_row["std_ppm"], "truth_mean_ppm": tru_row["mean_ppm"],
-                         "mean_error_ppm": rec_row["mean_ppm"] - tru_row["mean_ppm"]})
+            rows.append(
+                {
+                    **{k: rec_row[k] for k in ("label", "name", "voxels")},
+                    "mean_ppm": rec_row["mean_ppm"],
+                    "std_ppm": rec_row["std_ppm"],
+                    "truth_mean_ppm": tru_row["mean_ppm"],
+                    "mean_error_ppm": rec_row["mean_ppm"] - tru_row["mean_ppm"],
+                }
+            )
         out["regions"] = rows
         errs = [abs(row["mean_error_ppm"]) for row in rows if row["voxels"]]
         out["dgm_mean_abs_error_ppm"] = float(np.mean(errs)) if errs else float("nan")

@@ -7,6 +7,7 @@ Conventions
   so the B0 direction in the voxel frame is ``R.T @ [0, 0, 1]`` with ``R`` the affine's rotation.
 * Field maps are in ppm of B0; phase in radians; susceptibility in ppm (SI, relative).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

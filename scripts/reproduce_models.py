@@ -21,6 +21,7 @@ of that network that does not itself descend from the stage being trained.
 A reproduction gives the same networks only up to the nondeterminism of the hardware's kernels;
 stages that ran on a GPU take hours on a CPU (``plan`` says where each ran).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = {"mask": "export/mask.json", "recon": "export/recon.json", "seg": "export/seg.json", "nnunet_tv": "export/nnunet_tv/recon.json"}
 # options a shipped stage may record that the package no longer has; each was off (this value) in every shipped stage
-RETIRED = {"recon_amplitude_ref": 0.0, "recon_amplitude_smooth": 0, "model_target": "input", "lr_schedule": "constant",
-           "lr_warmup_steps": 0, "subjects_per_batch": 1, "snapshots": False}
+RETIRED = {
+    "recon_amplitude_ref": 0.0,
+    "recon_amplitude_smooth": 0,
+    "model_target": "input",
+    "lr_schedule": "constant",
+    "lr_warmup_steps": 0,
+    "subjects_per_batch": 1,
+    "snapshots": False,
+}
 MODEL_REFS = {"seg_recon": "recon", "mask_model": "mask"}  # config fields that name a models folder, and the network they use
 
 
@@ -159,15 +167,27 @@ def plan(out: Path, device: str | None = None) -> list[list[str]]:
             cmds.append(["mkdir", "-p", str(start)])
             for role, (parent, prole) in s.inputs.items():
                 src = out / f"{stages[parent].name}_export"
-                cmds += [["cp", str(src / f"{prole}.onnx"), str(start / f"{role}.onnx")], ["cp", str(src / f"{prole}.json"), str(start / f"{role}.json")]]
+                cmds += [
+                    ["cp", str(src / f"{prole}.onnx"), str(start / f"{role}.onnx")],
+                    ["cp", str(src / f"{prole}.json"), str(start / f"{role}.json")],
+                ]
             cmd += ["--init-from", str(start), "--init-roles", ",".join(s.inputs)]
         for field, role in MODEL_REFS.items():
             if s.config.get(field):  # "export" at the time: the stage then shipped
                 ref = stages[model_ref(stages, s, role)]
                 patched = out / f"{s.name}.config.json"
-                cmds.append([sys.executable, "-c", "import json,sys; c=json.load(open(sys.argv[1])); c[sys.argv[2]]=sys.argv[3]; "
-                             "json.dump(c, open(sys.argv[4], 'w'), indent=2)", cmd[cmd.index("--config") + 1], field,
-                             str(out / f"{ref.name}_export"), str(patched)])
+                cmds.append(
+                    [
+                        sys.executable,
+                        "-c",
+                        "import json,sys; c=json.load(open(sys.argv[1])); c[sys.argv[2]]=sys.argv[3]; "
+                        "json.dump(c, open(sys.argv[4], 'w'), indent=2)",
+                        cmd[cmd.index("--config") + 1],
+                        field,
+                        str(out / f"{ref.name}_export"),
+                        str(patched),
+                    ]
+                )
                 cmd[cmd.index("--config") + 1] = str(patched)
         cmds += [cmd, [bin_("pedq-export"), str(run), "-o", str(exported)]]
     final = out / "export"
@@ -175,7 +195,10 @@ def plan(out: Path, device: str | None = None) -> list[list[str]]:
     for name, (sha, role) in shipped.items():
         dest = final / "nnunet_tv" if name == "nnunet_tv" else final
         src = out / f"{stages[sha].name}_export"
-        cmds += [["cp", str(src / f"{role}.onnx"), str(dest / f"{role}.onnx")], ["cp", str(src / f"{role}.json"), str(dest / f"{role}.json")]]
+        cmds += [
+            ["cp", str(src / f"{role}.onnx"), str(dest / f"{role}.onnx")],
+            ["cp", str(src / f"{role}.json"), str(dest / f"{role}.json")],
+        ]
     return cmds
 
 
@@ -200,8 +223,10 @@ def main(argv: list[str]) -> int:
         for s in stages.values():
             inputs = ", ".join(f"{r} from {stages[p].name}" for r, (p, _) in s.inputs.items()) or "random weights"
             refs = ", ".join(f"{f} = {stages[model_ref(stages, s, r)].name}" for f, r in MODEL_REFS.items() if s.config.get(f))
-            print(f"{s.name}: {s.kind}, {s.steps} steps on {'; '.join(s.hardware) or '?'}, "
-                  f"{s.record.get('train_seconds', 0) / 60:.0f} min; starts from {inputs}" + (f"; {refs}" if refs else ""))
+            print(
+                f"{s.name}: {s.kind}, {s.steps} steps on {'; '.join(s.hardware) or '?'}, "
+                f"{s.record.get('train_seconds', 0) / 60:.0f} min; starts from {inputs}" + (f"; {refs}" if refs else "")
+            )
         for name, (sha, role) in shipped.items():
             print(f"shipped {name}: the {role} network of {stages[sha].name}")
         return 0

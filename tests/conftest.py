@@ -9,8 +9,10 @@ SMALL_VOXEL = (2.0, 2.0, 3.0)
 
 def grid_mm(shape, voxel_size):
     """Voxel-frame mm coordinates centred on the grid, as three broadcastable arrays."""
-    return [((np.arange(n) - (n - 1) / 2.0) * v).reshape([-1 if a == i else 1 for i in range(3)])
-            for a, (n, v) in enumerate(zip(shape, voxel_size))]
+    return [
+        ((np.arange(n) - (n - 1) / 2.0) * v).reshape([-1 if a == i else 1 for i in range(3)])
+        for a, (n, v) in enumerate(zip(shape, voxel_size))
+    ]
 
 
 def ball(shape, voxel_size, center, radius, supersample=4):
@@ -21,8 +23,9 @@ def ball(shape, voxel_size, center, radius, supersample=4):
     for ox in offs:
         for oy in offs:
             for oz in offs:
-                out += ((x + ox * voxel_size[0] - center[0]) ** 2 + (y + oy * voxel_size[1] - center[1]) ** 2
-                        + (z + oz * voxel_size[2] - center[2]) ** 2 <= radius**2)
+                out += (x + ox * voxel_size[0] - center[0]) ** 2 + (y + oy * voxel_size[1] - center[1]) ** 2 + (
+                    z + oz * voxel_size[2] - center[2]
+                ) ** 2 <= radius**2
     return out / supersample**3
 
 

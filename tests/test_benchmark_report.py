@@ -1,4 +1,5 @@
 """The benchmarks' report helpers: a model's lineage follows its own role through the manifests."""
+
 import importlib.util
 from pathlib import Path
 
@@ -23,12 +24,14 @@ def test_a_network_started_fresh_does_not_inherit_another_networks_history():
 
 
 def test_benchmark_heads_are_never_training_heads():
+    from pedq_deploy.phantom.sources import SEEDS
     from pedq_deploy.training.config import TrainConfig
 
     cfg = TrainConfig()
     train = set(range(*cfg.train_seeds))
+    assert train <= set(SEEDS["train"])
     held_out, validation = set(report.HELD_OUT_SEEDS), set(report.VALIDATION_SEEDS)
-    assert len(held_out) >= 10 and len(validation) >= 4  # issue 6: at least 10 held-out heads
+    assert len(held_out) >= 10 and len(validation) >= 4
     assert not held_out & train and not validation & train
     # choices are made on the validation heads: they must not be the held-out heads that are reported
     assert not held_out & validation

@@ -1,4 +1,5 @@
 """The pedq-run contract: outputs on the input grid, one-line errors with exit code 2, no partial output."""
+
 import json
 import shutil
 import subprocess
@@ -63,9 +64,26 @@ def test_pedq_run_tv_quality_with_given_mask_and_siemens_phase(phantom_dir, tmp_
     nib.save(nib.Nifti1Image(ints, ph.affine), str(tmp_path / "phase_int.nii.gz"))
     out = tmp_path / "tv"
     config = write_config(tmp_path / "tv.toml", inversion="tkd", unwrap="quality", tv_iterations=30)
-    code, err = run_cli(run_main, [str(phantom_dir / "magnitude.nii.gz"), str(tmp_path / "phase_int.nii.gz"), "-o", str(out),
-                                   "--config", config, "--inversion", "tv", "--mask", str(phantom_dir / "brain_mask.nii.gz"),
-                                   "--echo-time", "0.00492", "--field-strength", "3"], capsys)
+    code, err = run_cli(
+        run_main,
+        [
+            str(phantom_dir / "magnitude.nii.gz"),
+            str(tmp_path / "phase_int.nii.gz"),
+            "-o",
+            str(out),
+            "--config",
+            config,
+            "--inversion",
+            "tv",
+            "--mask",
+            str(phantom_dir / "brain_mask.nii.gz"),
+            "--echo-time",
+            "0.00492",
+            "--field-strength",
+            "3",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "-4096..4095" in err
     prov = json.loads((out / "provenance.json").read_text())
@@ -77,9 +95,22 @@ def test_pedq_run_regions_from_given_labels(phantom_dir, tmp_path, capsys):
     """--labels (e.g. a registered atlas) replaces the segmentation network: regions.csv holds each
     structure's voxels where chi has values and the mean of the written QSM there."""
     out = tmp_path / "lab"
-    code, err = run_cli(run_main, [str(phantom_dir / "magnitude.nii.gz"), str(phantom_dir / "phase.nii.gz"), "-o", str(out),
-                                   "--inversion", "tkd", "--mask", str(phantom_dir / "brain_mask.nii.gz"),
-                                   "--labels", str(phantom_dir / "labels.nii.gz")], capsys)
+    code, err = run_cli(
+        run_main,
+        [
+            str(phantom_dir / "magnitude.nii.gz"),
+            str(phantom_dir / "phase.nii.gz"),
+            "-o",
+            str(out),
+            "--inversion",
+            "tkd",
+            "--mask",
+            str(phantom_dir / "brain_mask.nii.gz"),
+            "--labels",
+            str(phantom_dir / "labels.nii.gz"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["segmentation_source"] == "labels file" and len(prov["inputs"]["labels"]["sha256"]) == 64
@@ -119,8 +150,8 @@ def read_png(path):
     data = path.read_bytes()
     pos, idat, width, height = 8, b"", 0, 0
     while pos < len(data):
-        n, tag = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
+        n, tag = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + n]
         if tag == b"IHDR":
             width, height = struct.unpack(">II", body[:8])
         elif tag == b"IDAT":
@@ -136,8 +167,8 @@ def _text(path, text):
     return path
 
 
-def _write(path, data, affine=np.eye(4)):
-    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+def _write(path, data, affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine), str(path))
     return str(path)
 
 
@@ -163,23 +194,39 @@ def bad_inputs(phantom_dir, tmp_path):
         "empty mask": ([good_m, good_p, "--mask", _write(tmp_path / "empty.nii.gz", np.zeros(m.shape, np.uint8), aff)] + te, "empty"),
         "phase out of range": ([good_m, _write(tmp_path / "p_big.nii.gz", p * 10, aff)] + te, "no known format"),
         "unknown option value": ([good_m, good_p, "--inversion", "magic"] + te, "magic"),
-        "refining no network map": ([good_m, good_p, "--inversion", "tkd", "--config", write_config(tmp_path / "r.toml", refine=True)] + te,
-                                    "needs inversion pedq"),
-        "refine weight not positive": ([good_m, good_p, "--config", write_config(tmp_path / "w.toml", refine=True, refine_weight=0)] + te,
-                                       "refine_weight must be a positive number"),
-        "edge weight out of range": ([good_m, good_p, "--config", write_config(tmp_path / "e.toml", refine_edge_weight=1.5)] + te,
-                                     "must lie in [0, 1]"),
+        "refining no network map": (
+            [good_m, good_p, "--inversion", "tkd", "--config", write_config(tmp_path / "r.toml", refine=True)] + te,
+            "needs inversion pedq",
+        ),
+        "refine weight not positive": (
+            [good_m, good_p, "--config", write_config(tmp_path / "w.toml", refine=True, refine_weight=0)] + te,
+            "refine_weight must be a positive number",
+        ),
+        "edge weight out of range": (
+            [good_m, good_p, "--config", write_config(tmp_path / "e.toml", refine_edge_weight=1.5)] + te,
+            "must lie in [0, 1]",
+        ),
         "edge band below 1": ([good_m, good_p, "--config", write_config(tmp_path / "b.toml", refine_edge_band=0)] + te, "refine_edge_band"),
-        "unknown setting": ([good_m, good_p, "--config", write_config(tmp_path / "u.toml", mask_mirror=True)] + te, "unknown settings mask_mirror"),
-        "acquisition in the config": ([good_m, good_p, "--config", write_config(tmp_path / "a.toml", echo_time=0.005)] + te, "belong to the scan"),
+        "unknown setting": (
+            [good_m, good_p, "--config", write_config(tmp_path / "u.toml", mask_mirror=True)] + te,
+            "unknown settings mask_mirror",
+        ),
+        "acquisition in the config": (
+            [good_m, good_p, "--config", write_config(tmp_path / "a.toml", echo_time=0.005)] + te,
+            "belong to the scan",
+        ),
         "config not TOML": ([good_m, good_p, "--config", str(_text(tmp_path / "bad.toml", "unwrap = [lsq"))] + te, "not valid TOML"),
         "echo time option in ms": ([good_m, good_p, "--echo-time", "4.92", "--field-strength", "3"], "that is 0.00492 s"),
         "magnitude and phase swapped": ([good_p, good_m] + te, "wrong order"),
         "phase not negative anywhere": ([good_m, _write(tmp_path / "p_pos.nii.gz", np.abs(p), aff)] + te, "no negative values"),
-        "labels not whole numbers": ([good_m, good_p, "--labels", _write(tmp_path / "prob.nii.gz", np.full(m.shape, 0.5, np.float32), aff)] + te,
-                                     "whole numbers"),
-        "labels off the grid": ([good_m, good_p, "--labels", _write(tmp_path / "lab_small.nii.gz", np.zeros(m.shape, np.uint8)[:-2], aff)] + te,
-                                "labels are not on"),
+        "labels not whole numbers": (
+            [good_m, good_p, "--labels", _write(tmp_path / "prob.nii.gz", np.full(m.shape, 0.5, np.float32), aff)] + te,
+            "whole numbers",
+        ),
+        "labels off the grid": (
+            [good_m, good_p, "--labels", _write(tmp_path / "lab_small.nii.gz", np.zeros(m.shape, np.uint8)[:-2], aff)] + te,
+            "labels are not on",
+        ),
     }
 
 
@@ -219,7 +266,17 @@ def test_a_non_empty_outdir_is_refused_and_overwrite_replaces_it_whole(phantom_d
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("a user's own file")
-    argv = [str(phantom_dir / "magnitude.nii.gz"), str(phantom_dir / "phase.nii.gz"), "-o", str(out), "--inversion", "tkd", "--models", "none", "-q"]
+    argv = [
+        str(phantom_dir / "magnitude.nii.gz"),
+        str(phantom_dir / "phase.nii.gz"),
+        "-o",
+        str(out),
+        "--inversion",
+        "tkd",
+        "--models",
+        "none",
+        "-q",
+    ]
     code, err = run_cli(run_main, argv, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
@@ -230,17 +287,50 @@ def test_a_non_empty_outdir_is_refused_and_overwrite_replaces_it_whole(phantom_d
     assert "qsm.nii.gz" in names and "provenance.json" in names and not names & {"notes.txt", "metrics.json"}
     assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # not the staging folder's private permissions
     assert not list(tmp_path.glob(".out.partial-*"))
-    code, err = run_cli(run_main, [str(phantom_dir / "magnitude.nii.gz"), str(phantom_dir / "phase.nii.gz"), "-o", str(tmp_path / "new"),
-                                   "--inversion", "tkd", "--models", "none"], capsys)
+    code, err = run_cli(
+        run_main,
+        [
+            str(phantom_dir / "magnitude.nii.gz"),
+            str(phantom_dir / "phase.nii.gz"),
+            "-o",
+            str(tmp_path / "new"),
+            "--inversion",
+            "tkd",
+            "--models",
+            "none",
+        ],
+        capsys,
+    )
     assert code == 0 and "of the brain mask it used (mask.nii.gz" in err  # says of which mask its coverage is
 
 
-@pytest.mark.parametrize("case", ["missing file", "not 3D", "shape mismatch", "affine mismatch", "NaN phase",
-                                  "non-positive echo time", "echo time in ms", "empty mask", "phase out of range",
-                                  "unknown option value", "refining no network map", "refine weight not positive",
-                                  "edge weight out of range", "edge band below 1", "unknown setting", "acquisition in the config",
-                                  "config not TOML", "echo time option in ms", "magnitude and phase swapped", "phase not negative anywhere",
-                                  "labels not whole numbers", "labels off the grid"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "not 3D",
+        "shape mismatch",
+        "affine mismatch",
+        "NaN phase",
+        "non-positive echo time",
+        "echo time in ms",
+        "empty mask",
+        "phase out of range",
+        "unknown option value",
+        "refining no network map",
+        "refine weight not positive",
+        "edge weight out of range",
+        "edge band below 1",
+        "unknown setting",
+        "acquisition in the config",
+        "config not TOML",
+        "echo time option in ms",
+        "magnitude and phase swapped",
+        "phase not negative anywhere",
+        "labels not whole numbers",
+        "labels off the grid",
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_no_output(case, bad_inputs, tmp_path, capsys):
     argv, message = bad_inputs[case]
     out = tmp_path / "out"
@@ -258,12 +348,31 @@ def test_console_scripts_run_in_a_fresh_process(phantom_dir, tmp_path):
     """The installed entry point: a real process, exit code 2 and no traceback on bad input."""
     exe = shutil.which("pedq-run", path=str(__import__("pathlib").Path(sys.executable).parent))
     assert exe is not None
-    r = subprocess.run([exe, str(tmp_path / "missing.nii.gz"), str(phantom_dir / "phase.nii.gz"), "-o", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [exe, str(tmp_path / "missing.nii.gz"), str(phantom_dir / "phase.nii.gz"), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "not found" in r.stderr
-    code = ("import sys; from pedq_deploy.cli.run import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")
-    r = subprocess.run([sys.executable, "-c", code, str(phantom_dir / "magnitude.nii.gz"), str(phantom_dir / "phase.nii.gz"),
-                        "-o", str(tmp_path / "fresh"), "-q"], capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; from pedq_deploy.cli.run import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(phantom_dir / "magnitude.nii.gz"),
+            str(phantom_dir / "phase.nii.gz"),
+            "-o",
+            str(tmp_path / "fresh"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr

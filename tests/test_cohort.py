@@ -1,4 +1,5 @@
 """BIDS studies: discovery (inheritance principle), derivatives, regions.tsv, the report, resume and kills."""
+
 import csv
 import json
 import os
@@ -8,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -20,13 +20,17 @@ from pedq_deploy.phantom import make_subject, write_bids
 
 SMALL = dict(shape=(40, 40, 24), voxel_size=(3.0, 3.0, 4.0), snr=200.0)
 TES = (5e-3, 10e-3, 15e-3)
-STUDY = ("import sys\nfrom pedq_deploy.cli.study import main\n"
-         "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
-         "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)\n")
+STUDY = (
+    "import sys\nfrom pedq_deploy.cli.study import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
+    "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)\n"
+)
 # BIDS Derivatives names of our outputs (common derivatives: desc-<label>_mask, _dseg); the raw-style
 # _Chimap files are checked with the bids-validator where it is installed
-DERIV = re.compile(r"^sub-[a-zA-Z0-9]+(_ses-[a-zA-Z0-9]+)?(_acq-[a-zA-Z0-9]+)?(_run-[0-9]+)?"
-                   r"(_Chimap\.(nii\.gz|json)|_desc-brain_mask\.(nii\.gz|json)|_desc-dgm_dseg\.nii\.gz|_desc-consistency_qcmap\.nii\.gz)$")
+DERIV = re.compile(
+    r"^sub-[a-zA-Z0-9]+(_ses-[a-zA-Z0-9]+)?(_acq-[a-zA-Z0-9]+)?(_run-[0-9]+)?"
+    r"(_Chimap\.(nii\.gz|json)|_desc-brain_mask\.(nii\.gz|json)|_desc-dgm_dseg\.nii\.gz|_desc-consistency_qcmap\.nii\.gz)$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +145,12 @@ def test_study_writes_bids_derivatives_regions_report_and_resumes(bids_root, tmp
 
 def test_a_study_killed_midway_completes_on_rerun_and_nothing_is_partial(bids_root, tmp_path):
     out = tmp_path / "deriv"
-    proc = subprocess.Popen([sys.executable, "-c", STUDY, str(bids_root), "-o", str(out), "--scheduler", "none", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUDY, str(bids_root), "-o", str(out), "--scheduler", "none", "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not list(out.glob("sub-*/anat/*_Chimap.json")):
         time.sleep(0.05)
@@ -165,8 +173,11 @@ def test_study_on_a_local_dask_cluster_matches_in_process(bids_root, tmp_path):
     pytest.importorskip("distributed")
     a, b = tmp_path / "a", tmp_path / "b"
     for out, sched in ((a, "none"), (b, "local")):
-        r = run_cli([bids_root, "-o", out, "--scheduler", sched, "--workers", "2", "--models", "none"] if sched == "local"
-                    else [bids_root, "-o", out, "--scheduler", sched, "--models", "none"])
+        r = run_cli(
+            [bids_root, "-o", out, "--scheduler", sched, "--workers", "2", "--models", "none"]
+            if sched == "local"
+            else [bids_root, "-o", out, "--scheduler", sched, "--models", "none"]
+        )
         assert r.returncode == 0, r.stderr
     assert "local Dask cluster: 2 worker(s)" in r.stderr
     for f in a.rglob("*_Chimap.nii.gz"):
@@ -178,13 +189,34 @@ def test_report_plots_deep_grey_matter_against_age_and_sorts(tmp_path):
     from pedq_deploy.cohort import write_report
 
     def regions(shift):
-        return [{"label": lab, "name": str(lab), "voxels": 10, "volume_ml": 0.1, "mean_ppm": 0.01 * (lab % 10) + shift, "std_ppm": 0.01}
-                for lab in (10, 11, 12, 13, 49, 50, 51, 52)]
+        return [
+            {"label": lab, "name": str(lab), "voxels": 10, "volume_ml": 0.1, "mean_ppm": 0.01 * (lab % 10) + shift, "std_ppm": 0.01}
+            for lab in (10, 11, 12, 13, 49, 50, 51, 52)
+        ]
 
-    runs = [{"run": f"sub-{i}", "suffix": "T2starw", "subject": str(i), "session": None, "status": "done", "reason": "", "seconds": 3.0 + i,
-             "qc": {"misfit_noise_ratio": 1.0 + i, "flags": ["x"] if i == 2 else []}, "coverage": 0.7, "echoes": 1, "echo_times": [0.005],
-             "inversion": "tv", "figure": None, "regions": regions(0.005 * i), "age_years": 0.1 * i} for i in range(1, 4)]
-    runs.append({**runs[0], "run": "sub-9", "status": "failed", "reason": "phase and magnitude affines differ", "regions": [], "age_years": None})
+    runs = [
+        {
+            "run": f"sub-{i}",
+            "suffix": "T2starw",
+            "subject": str(i),
+            "session": None,
+            "status": "done",
+            "reason": "",
+            "seconds": 3.0 + i,
+            "qc": {"misfit_noise_ratio": 1.0 + i, "flags": ["x"] if i == 2 else []},
+            "coverage": 0.7,
+            "echoes": 1,
+            "echo_times": [0.005],
+            "inversion": "tv",
+            "figure": None,
+            "regions": regions(0.005 * i),
+            "age_years": 0.1 * i,
+        }
+        for i in range(1, 4)
+    ]
+    runs.append(
+        {**runs[0], "run": "sub-9", "status": "failed", "reason": "phase and magnitude affines differ", "regions": [], "age_years": None}
+    )
     page = write_report(tmp_path, {"runs": runs, "counts": {"done": 3, "failed": 1}, "version": "x"}).read_text()
     assert page.count("<circle") == 3 * 4  # three aged runs x four structures (left and right averaged)
     assert page.count("<tr class='flagged'>") == 1 and page.count("<tr class='failed'>") == 1
@@ -192,11 +224,13 @@ def test_report_plots_deep_grey_matter_against_age_and_sorts(tmp_path):
 
 
 def test_study_option_errors_are_one_line(bids_root, tmp_path):
-    for args, msg in (([tmp_path / "nope"], "BIDS folder not found"),
-                      ([tmp_path], "not a BIDS dataset"),
-                      ([bids_root, "--participant-label", "09"], "no such participant"),
-                      ([bids_root, "--echo-time", "0.005"], "No such option"),
-                      ([bids_root, "--workers", "0"], "at least 1")):
+    for args, msg in (
+        ([tmp_path / "nope"], "BIDS folder not found"),
+        ([tmp_path], "not a BIDS dataset"),
+        ([bids_root, "--participant-label", "09"], "no such participant"),
+        ([bids_root, "--echo-time", "0.005"], "No such option"),
+        ([bids_root, "--workers", "0"], "at least 1"),
+    ):
         r = run_cli([*args, "-o", tmp_path / "o"])
         assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "o").exists()
@@ -209,9 +243,22 @@ def test_report_renders_in_a_real_browser(bids_root, tmp_path):
     out = tmp_path / "deriv"
     assert run_cli([bids_root, "-o", out, "--scheduler", "none", "--models", "none"]).returncode == 0
     shot = tmp_path / "report.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,900",
-                    (out / "report.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1400,900",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(png) > 30_000  # a blank 1400x900 page compresses to a few kB: text, table and thumbnails drew

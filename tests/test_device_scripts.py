@@ -1,4 +1,5 @@
 """dev/: the tree is made small for a device call and put back exactly; weights come back in small parts."""
+
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ def test_slim_then_restore_leaves_the_checkout_as_it_was(clone):
 
     r = _tree(clone, "slim")
     assert r.returncode == 0, r.stderr
-    assert "export/recon.onnx" not in _git(clone, "ls-files", "export")   # untracked, not deleted
+    assert "export/recon.onnx" not in _git(clone, "ls-files", "export")  # untracked, not deleted
     assert (clone / "export" / "recon.onnx").is_file()
     assert sorted(p.name for p in (clone / ".gpu" / "export").iterdir()) == ["recon.json", "recon.onnx", "seg.json", "seg.onnx"]
     # what a device call would copy: tracked + not ignored, plus the carried paths, under 64 MiB
@@ -110,8 +111,9 @@ def test_half_roles_travel_at_half_size_and_come_back_as_close_copies(clone):
             np_ok = (abs(b[k].astype("float64") - v) <= 2.0**-11 * abs(v) + 1e-7).all() if v.dtype.kind == "f" else (b[k] == v).all()
             assert np_ok, k
     assert _tree(clone, "restore").returncode == 0
-    bad = subprocess.run([sys.executable, "dev/onnx_half.py", "pack", "export", "nope", str(clone / "x")], cwd=clone,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "dev/onnx_half.py", "pack", "export", "nope", str(clone / "x")], cwd=clone, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("onnx_half: error:") and "Traceback" not in bad.stderr
 
 
@@ -130,8 +132,20 @@ def test_weights_travel_in_parts_and_export_but_do_not_resume(tmp_path):
     spec = importlib.util.spec_from_file_location("checkpoint_parts", REPO / "dev" / "checkpoint_parts.py")
     parts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(parts)
-    tiny = dict(patch=(32, 32, 32), grid=(48, 48, 40), voxel_size=(3.0, 3.0, 3.0), frame_voxel=3.0, batch_size=1, crops_per_subject=2,
-                recon_filters=4, recon_levels=3, val_seeds=(2000,), device="cpu", checkpoint_every=1, validate_every=100)
+    tiny = dict(
+        patch=(32, 32, 32),
+        grid=(48, 48, 40),
+        voxel_size=(3.0, 3.0, 3.0),
+        frame_voxel=3.0,
+        batch_size=1,
+        crops_per_subject=2,
+        recon_filters=4,
+        recon_levels=3,
+        val_seeds=(2000,),
+        device="cpu",
+        checkpoint_every=1,
+        validate_every=100,
+    )
     run = tmp_path / "run"
     train("tv", TrainConfig(steps=1, **tiny), run, quiet=True)
     paths = parts.write_weight_parts(run, tmp_path / "parts", part_bytes=16 * 1024)

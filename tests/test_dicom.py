@@ -1,4 +1,5 @@
 """DICOM in and out: phantom -> Siemens-style DICOM series -> pedq-run -> DICOM QSM -> read back."""
+
 import json
 import subprocess
 import sys
@@ -15,8 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from pedq_deploy.io.dicom import read_dicom_folder  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
 
-RUN = ("import sys\nfrom pedq_deploy.cli.run import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-       "    sys.exit(e.code or 0)\n")
+RUN = "import sys\nfrom pedq_deploy.cli.run import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    sys.exit(e.code or 0)\n"
 STUDY = generate_uid()
 FRAME = generate_uid()
 
@@ -90,8 +90,21 @@ def test_reader_geometry_and_siemens_phase(dicom_scan):
 
 def test_round_trip_dicom_in_dicom_out_matches_the_nifti_output(dicom_scan, tmp_path):
     s, root = dicom_scan
-    r = run([root / "mag", root / "pha", "-o", tmp_path / "a", "--inversion", "tkd", "--models", "none",
-             "--dicom-out", tmp_path / "a_dcm", "-q"])
+    r = run(
+        [
+            root / "mag",
+            root / "pha",
+            "-o",
+            tmp_path / "a",
+            "--inversion",
+            "tkd",
+            "--models",
+            "none",
+            "--dicom-out",
+            tmp_path / "a_dcm",
+            "-q",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     r2 = run([root / "both", "-o", tmp_path / "b", "--inversion", "tkd", "--models", "none", "-q"])
     assert r2.returncode == 0, r2.stderr
@@ -108,8 +121,10 @@ def test_round_trip_dicom_in_dicom_out_matches_the_nifti_output(dicom_scan, tmp_
     assert {d.StudyInstanceUID for d in ds} == {STUDY} and ds[0].PatientID == "P0001"
     assert ds[0].SeriesInstanceUID not in (d.SeriesInstanceUID for d in read_dicom_folder(root / "mag")["M"].datasets)
     assert "DERIVED" in ds[0].ImageType and ds[0].ReferencedSeriesSequence[0].SeriesInstanceUID
-    vol = np.stack([d.pixel_array.T * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in
-                    sorted(ds, key=lambda d: int(d.InstanceNumber))], axis=2)
+    vol = np.stack(
+        [d.pixel_array.T * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in sorted(ds, key=lambda d: int(d.InstanceNumber))],
+        axis=2,
+    )
     np.testing.assert_allclose(vol, np.asarray(qa.dataobj), atol=0.0005 + 1e-6)
     assert np.allclose([float(x) for x in ds[0].ImagePositionPatient], [-s.affine[0, 3], -s.affine[1, 3], s.affine[2, 3]], atol=1e-3)
 
@@ -134,8 +149,22 @@ def _dciodvfy_errors(path):
 
 def test_parametric_map_output_and_the_dicom_validator(dicom_scan, tmp_path):
     s, root = dicom_scan
-    r = run([root / "both", "-o", tmp_path / "a", "--inversion", "tkd", "--models", "none", "-q",
-             "--dicom-out", tmp_path / "pm", "--dicom-format", "parametric-map"])
+    r = run(
+        [
+            root / "both",
+            "-o",
+            tmp_path / "a",
+            "--inversion",
+            "tkd",
+            "--models",
+            "none",
+            "-q",
+            "--dicom-out",
+            tmp_path / "pm",
+            "--dicom-format",
+            "parametric-map",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     (pm_file,) = list((tmp_path / "pm").glob("*.dcm"))
     pm = pydicom.dcmread(pm_file)
@@ -144,7 +173,9 @@ def test_parametric_map_output_and_the_dicom_validator(dicom_scan, tmp_path):
     # frames in the order of their positions along the slice normal = the volume's z
     iop = np.array([float(x) for x in pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient])
     normal = np.cross(iop[:3], iop[3:])
-    pos = [np.array([float(x) for x in f.PlanePositionSequence[0].ImagePositionPatient]) @ normal for f in pm.PerFrameFunctionalGroupsSequence]
+    pos = [
+        np.array([float(x) for x in f.PlanePositionSequence[0].ImagePositionPatient]) @ normal for f in pm.PerFrameFunctionalGroupsSequence
+    ]
     frames = pm.pixel_array[np.argsort(pos)]
     np.testing.assert_allclose(np.transpose(frames, (2, 1, 0)), qsm, atol=1e-6)  # float values, no rescale step
     run([root / "both", "-o", tmp_path / "b", "--inversion", "tkd", "--models", "none", "-q", "--dicom-out", tmp_path / "mr"])

@@ -1,9 +1,10 @@
 """Multi-echo combination: temporal unwrapping and the weighted echo fit."""
+
 import numpy as np
 import pytest
+from conftest import ball, grid_mm
 from numpy.testing import assert_allclose
 
-from conftest import ball, grid_mm
 from pedq_deploy.errors import InputError
 from pedq_deploy.physics import GAMMA_MHZ_PER_T
 from pedq_deploy.preprocess import combine_echoes, vsharp
@@ -66,12 +67,15 @@ def test_more_echoes_of_the_same_head_lower_the_local_field_error():
     assert combined < 0.8 * min(single), (combined, single)
 
 
-@pytest.mark.parametrize("tes,shape,msg", [
-    ((4e-3, 8e-3), (8, 8, 8, 3), "3 echoes but 2 echo times"),
-    ((8e-3, 4e-3, 9e-3), (8, 8, 8, 3), "increase"),
-    ((4.0, 8.0, 12.0), (8, 8, 8, 3), "seconds"),
-    ((4e-3,), (8, 8, 8), "4D"),
-])
+@pytest.mark.parametrize(
+    "tes,shape,msg",
+    [
+        ((4e-3, 8e-3), (8, 8, 8, 3), "3 echoes but 2 echo times"),
+        ((8e-3, 4e-3, 9e-3), (8, 8, 8, 3), "increase"),
+        ((4.0, 8.0, 12.0), (8, 8, 8, 3), "seconds"),
+        ((4e-3,), (8, 8, 8), "4D"),
+    ],
+)
 def test_bad_echo_input_is_refused(tes, shape, msg):
     a = np.zeros(shape, np.float32)
     with pytest.raises(InputError, match=msg):

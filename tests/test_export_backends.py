@@ -1,4 +1,5 @@
 """Export parity (PyTorch vs onnxruntime), manifests, and model-file verification."""
+
 import json
 import shutil
 
@@ -13,14 +14,28 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 pytest.importorskip("onnx")
 
-from pedq_deploy.export import export_checkpoint, export_network  # noqa: E402
+from pedq_deploy.export import export_network  # noqa: E402
 from pedq_deploy.training.config import TrainConfig  # noqa: E402
 from pedq_deploy.training.networks import MaskNet, ReconNet, SegNet  # noqa: E402
 from pedq_deploy.training.trainer import Trainer  # noqa: E402
 
-TINY = dict(patch=(32, 32, 32), grid=(48, 48, 40), voxel_size=(3.0, 3.0, 3.0), frame_voxel=3.0, recon_filters=4, recon_levels=3,
-            unetr_feature_size=8, unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4, seg_region=(32, 32, 32),
-            recon_window=(32, 32, 32), val_seeds=(2000,), device="cpu", crops_per_subject=1)
+TINY = dict(
+    patch=(32, 32, 32),
+    grid=(48, 48, 40),
+    voxel_size=(3.0, 3.0, 3.0),
+    frame_voxel=3.0,
+    recon_filters=4,
+    recon_levels=3,
+    unetr_feature_size=8,
+    unetr_hidden_size=48,
+    unetr_mlp_dim=96,
+    unetr_heads=4,
+    seg_region=(32, 32, 32),
+    recon_window=(32, 32, 32),
+    val_seeds=(2000,),
+    device="cpu",
+    crops_per_subject=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +43,10 @@ def exported(tmp_path_factory):
     cfg = TrainConfig(**TINY)
     out = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    paths = {role: export_network(net, role, 1, (32, 32, 32), out, voxel_size=cfg.voxel_size)
-             for role, net in (("recon", ReconNet(cfg)), ("seg", SegNet(cfg)), ("mask", MaskNet(cfg)))}
+    paths = {
+        role: export_network(net, role, 1, (32, 32, 32), out, voxel_size=cfg.voxel_size)
+        for role, net in (("recon", ReconNet(cfg)), ("seg", SegNet(cfg)), ("mask", MaskNet(cfg)))
+    }
     return out, paths
 
 

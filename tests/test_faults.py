@@ -1,5 +1,6 @@
 """Faults: pedq-run killed at random points (SIGKILL, SIGTERM) and a full disk never leave a partial
 result that looks complete; a rerun gives the same result."""
+
 import os
 import signal
 import subprocess
@@ -15,9 +16,21 @@ ARGS = ["--inversion", "tv", "--models", "none", "-q", "--overwrite"]
 
 
 def start(phantom_dir, out):
-    return subprocess.Popen([sys.executable, "-m", "pedq_deploy.cli.run", str(phantom_dir / "magnitude.nii.gz"),
-                             str(phantom_dir / "phase.nii.gz"), "-o", str(out), *ARGS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pedq_deploy.cli.run",
+            str(phantom_dir / "magnitude.nii.gz"),
+            str(phantom_dir / "phase.nii.gz"),
+            "-o",
+            str(out),
+            *ARGS,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(p, timeout=300):
@@ -40,8 +53,9 @@ def reference(phantom_dir, tmp_path_factory):
     return np.asarray(nib.load(str(out / "qsm.nii.gz")).dataobj)
 
 
-@pytest.mark.parametrize("sig,delay", [(signal.SIGKILL, 0.3), (signal.SIGKILL, 1.5), (signal.SIGKILL, 3.0),
-                                       (signal.SIGTERM, 1.0), (signal.SIGTERM, 2.5)])
+@pytest.mark.parametrize(
+    "sig,delay", [(signal.SIGKILL, 0.3), (signal.SIGKILL, 1.5), (signal.SIGKILL, 3.0), (signal.SIGTERM, 1.0), (signal.SIGTERM, 2.5)]
+)
 def test_killed_run_leaves_nothing_partial_and_rerun_matches(phantom_dir, reference, tmp_path, sig, delay):
     out = tmp_path / "out"
     p = start(phantom_dir, out)

@@ -1,4 +1,5 @@
 """The B0-aligned frame: geometry and physics (a sphere's field) with known answers."""
+
 import numpy as np
 import pytest
 
@@ -123,7 +124,7 @@ def test_mask_from_probability_keeps_the_largest_component_above_the_threshold_f
     p[5:20, 5:20, 19] = 0.6  # ... and a rim of doubtful voxels
     p[25:28, 25:28, 25:28] = 0.95  # a smaller detached blob
     at_half = mask_from_probability(p, 0.5)
-    assert at_half.sum() == 15 ** 3 and at_half[11, 11, 11] and not at_half[26, 26, 26]
+    assert at_half.sum() == 15**3 and at_half[11, 11, 11] and not at_half[26, 26, 26]
     assert mask_from_probability(p, 0.7).sum() == 15 * 15 * 14  # the rim drops out
     with pytest.raises(InputError, match="between 0 and 1"):
         mask_from_probability(p, 1.0)

@@ -1,5 +1,6 @@
 """Fuzzed inputs through pedq-run (in-process): every case ends in success or a one-line error with
 exit code 2, never a traceback, a hang or a partial output folder."""
+
 import gzip
 import io
 import json
@@ -36,7 +37,9 @@ def run_case(tmp: Path, mutate) -> tuple[int, str]:
     nib.save(nib.Nifti1Image(mag, aff), str(paths["mag"]))
     nib.save(nib.Nifti1Image(phase, aff), str(paths["phase"]))
     for k in ("mag", "phase"):
-        paths[k].with_name(paths[k].name.replace(".nii.gz", ".json")).write_text(json.dumps({"EchoTime": 0.02, "MagneticFieldStrength": 3.0}))
+        paths[k].with_name(paths[k].name.replace(".nii.gz", ".json")).write_text(
+            json.dumps({"EchoTime": 0.02, "MagneticFieldStrength": 3.0})
+        )
     mutate(paths)
     out = tmp / "out"
     err = io.StringIO()
@@ -80,29 +83,36 @@ def _apply_header(kind, value, target):
     def fn(paths):
         p = paths[target]
         if kind == "pixdim":
+
             def f(d, h):
                 h["pixdim"][1] = value
                 h.set_qform(None, code=0)
                 h["sform_code"] = 0
                 return d, h
         elif kind == "srow":
+
             def f(d, h):
                 h["srow_x"][0] = value
                 h["sform_code"] = 1
                 h.set_qform(None, code=0)
                 return d, h
         elif kind == "dtype":
+
             def f(d, h):
                 h.set_data_dtype(value)
                 return d.astype(value), h
         elif kind == "4d":
+
             def f(d, h):
                 return np.repeat(d[..., None], value + 1, axis=3), h
         else:
+
             def f(d, h):
                 h["scl_slope"] = value
                 return d, h
+
         _rewrite(p, f)
+
     return fn
 
 
@@ -118,12 +128,21 @@ def test_truncated_gzip(tmp_path_factory, cut, target):
     def fn(paths):
         raw = paths[target].read_bytes()
         paths[target].write_bytes(raw[: int(len(raw) * cut)])
+
     code, _ = run_case(tmp_path_factory.mktemp("trunc"), fn)
     assert code == 2
 
 
-sidecar_values = st.one_of(st.none(), st.booleans(), st.integers(-10, 100), st.floats(allow_nan=True, allow_infinity=True),
-                           st.text(max_size=5), st.lists(st.floats(0, 1), max_size=3), st.just(4.92), st.just(25.0))
+sidecar_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 100),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.floats(0, 1), max_size=3),
+    st.just(4.92),
+    st.just(25.0),
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -132,6 +151,7 @@ def test_fuzzed_sidecars(tmp_path_factory, te, b0, target):
     def fn(paths):
         side = paths[target].with_name(paths[target].name.replace(".nii.gz", ".json"))
         side.write_text(json.dumps({"EchoTime": te, "MagneticFieldStrength": b0}))
+
     code, text = run_case(tmp_path_factory.mktemp("side"), fn)
     if te in (4.92, 25.0):  # EchoTime in ms: named as such
         assert code == 2 and "milliseconds" in text
@@ -149,6 +169,7 @@ def test_fuzzed_values(tmp_path_factory, kind, scale):
             _rewrite(paths["phase"], lambda d, h: (np.where(d > 0.5, np.nan, d).astype(np.float32), h))
         else:
             _rewrite(paths["phase"], lambda d, h: (np.zeros_like(d), h))
+
     run_case(tmp_path_factory.mktemp("vals"), fn)
 
 
@@ -159,6 +180,7 @@ def test_huge_claimed_dimensions_are_refused_before_allocation(tmp_path):
         hdr["dim"][1:4] = (30000, 30000, 30000)
         raw = hdr.binaryblock + b"\0" * 4 + np.zeros(100, np.float32).tobytes()
         paths["mag"].write_bytes(gzip.compress(raw))
+
     code, text = run_case(tmp_path, fn)
     assert code == 2 and ("implausible" in text or "cannot read" in text)
 
@@ -174,7 +196,22 @@ def test_mask_that_misses_the_head(tmp_path):
     nib.save(nib.Nifti1Image(phase, aff), str(tmp_path / "p.nii.gz"))
     err = io.StringIO()
     with redirect_stderr(err), pytest.raises(SystemExit) as e:
-        main([str(tmp_path / "m.nii.gz"), str(tmp_path / "p.nii.gz"), "-o", str(tmp_path / "o"), "-q", "--mask", str(mask_path),
-              "--echo-time", "0.02", "--field-strength", "3", "--inversion", "tkd"])
+        main(
+            [
+                str(tmp_path / "m.nii.gz"),
+                str(tmp_path / "p.nii.gz"),
+                "-o",
+                str(tmp_path / "o"),
+                "-q",
+                "--mask",
+                str(mask_path),
+                "--echo-time",
+                "0.02",
+                "--field-strength",
+                "3",
+                "--inversion",
+                "tkd",
+            ]
+        )
     assert e.value.code == 2 and "Traceback" not in err.getvalue() and not (tmp_path / "o").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)

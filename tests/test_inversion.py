@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from conftest import ball
 from scipy import ndimage as ndi
 
-from conftest import ball
 from pedq_deploy.errors import InputError
 from pedq_deploy.inversion import structure_edge_weight, tkd, tv_admm
 from pedq_deploy.metrics import edge_sharpness, nrmse
@@ -79,8 +79,13 @@ def test_structure_edge_weight_marks_both_sides_of_every_label_change():
     assert w[0, 2, 2] == 1.0 and w[3, 5, 2] == 1.0
     assert structure_edge_weight(lab, 0.2, band=2)[0, 2, 2] == np.float32(0.2)
     np.testing.assert_array_equal(structure_edge_weight(np.zeros((4, 4, 4), np.int32), 0.0), 1.0)
-    for bad in (dict(labels=lab.astype(np.float32), weight=0.2), dict(labels=lab[0], weight=0.2),
-                dict(labels=lab, weight=1.5), dict(labels=lab, weight=np.nan), dict(labels=lab, weight=0.2, band=0)):
+    for bad in (
+        dict(labels=lab.astype(np.float32), weight=0.2),
+        dict(labels=lab[0], weight=0.2),
+        dict(labels=lab, weight=1.5),
+        dict(labels=lab, weight=np.nan),
+        dict(labels=lab, weight=0.2, band=0),
+    ):
         with pytest.raises(InputError):
             structure_edge_weight(**bad)
 

@@ -80,3 +80,28 @@ def test_surface_distance_of_concentric_spheres_is_the_radius_gap():
     assert same["mean_mm"] == 0.0 and same["hd95_mm"] == 0.0
     with pytest.raises(InputError):
         surface_distance(r < 0, r < 20)
+
+
+def test_amplitude_slope_is_the_share_of_the_contrast_a_map_carries():
+    from pedq_deploy.metrics import amplitude_slope
+
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((12, 12, 12))
+    mask = np.ones(truth.shape, bool)
+    assert amplitude_slope(truth, truth, mask) == pytest.approx(1.0)
+    assert amplitude_slope(0.25 * truth + 3.0, truth, mask) == pytest.approx(0.25)  # a quarter of the contrast, any offset
+    noise = rng.standard_normal(truth.shape)
+    assert abs(amplitude_slope(0.5 * truth + 0.1 * noise, truth, mask) - 0.5) < 0.02  # noise does not raise it
+
+
+def test_eroded_coverage_ignores_the_edge_a_method_erodes():
+    from pedq_deploy.metrics import coverage, eroded_coverage
+
+    mask = np.zeros((30, 30, 20), bool)
+    mask[5:25, 5:25, 4:16] = True
+    recon = np.where(mask, 1.0, 0.0)
+    recon[5, :, :] = 0.0  # one face missing, 1 voxel deep
+    assert coverage(recon, mask) < 1.0
+    assert eroded_coverage(recon, mask, (1.0, 1.0, 2.0), mm=2.0) == 1.0
+    recon[:, :, 10] = 0.0  # a slice through the middle missing
+    assert eroded_coverage(recon, mask, (1.0, 1.0, 2.0), mm=2.0) < 1.0

@@ -1,4 +1,5 @@
 """pedq-serve: a client written from the MRD protocol (raw struct framing, not the server's code) on loopback."""
+
 import socket
 import struct
 import threading
@@ -18,9 +19,11 @@ LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 def header_xml(te_ms=4.92, b0=3.0):
-    h = xsd.ismrmrdHeader(experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=int(42.577478e6 * b0)),
-                          acquisitionSystemInformation=xsd.acquisitionSystemInformationType(systemFieldStrength_T=b0),
-                          sequenceParameters=xsd.sequenceParametersType(TE=[te_ms]))
+    h = xsd.ismrmrdHeader(
+        experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=int(42.577478e6 * b0)),
+        acquisitionSystemInformation=xsd.acquisitionSystemInformationType(systemFieldStrength_T=b0),
+        sequenceParameters=xsd.sequenceParametersType(TE=[te_ms]),
+    )
     return xsd.ToXML(h)
 
 
@@ -139,8 +142,13 @@ def test_round_trip_qsm_lies_where_the_input_lay(server, scan):
     back = assemble(images)
     np.testing.assert_allclose(back.affine, s.affine, atol=1e-4)
     # values: what run_case gives on the same arrays, to the ppb rounding
-    ref = run_case(s.magnitude, (phase_int - 2048.0) * np.pi / 2048.0, s.affine, s.voxel_size,
-                   PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="tkd", masker="classic"))
+    ref = run_case(
+        s.magnitude,
+        (phase_int - 2048.0) * np.pi / 2048.0,
+        s.affine,
+        s.voxel_size,
+        PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="tkd", masker="classic"),
+    )
     np.testing.assert_allclose(back.data / QSM_SCALE_PPB, ref.qsm, atol=0.5 / QSM_SCALE_PPB + 1e-6)
 
 
@@ -228,19 +236,35 @@ def test_pedq_send_round_trip_from_a_nifti_pair(server, tmp_path, capsys):
     s = make_subject(seed=8, shape=(64, 64, 24), voxel_size=(3.0, 3.0, 4.0), tilt_deg=20.0, snr=200.0)
     write_subject(s, tmp_path / "scan")
     with pytest.raises(SystemExit) as e:
-        send_main([str(tmp_path / "scan" / "magnitude.nii.gz"), str(tmp_path / "scan" / "phase.nii.gz"), "-o", str(tmp_path / "out"),
-                   "--port", str(server.address[1]), "--config", "pedq-tkd"])
+        send_main(
+            [
+                str(tmp_path / "scan" / "magnitude.nii.gz"),
+                str(tmp_path / "scan" / "phase.nii.gz"),
+                "-o",
+                str(tmp_path / "out"),
+                "--port",
+                str(server.address[1]),
+                "--config",
+                "pedq-tkd",
+            ]
+        )
         raise SystemExit(0)
     assert not e.value.code, capsys.readouterr().err
     img = nib.load(str(tmp_path / "out" / "qsm.nii.gz"))
     np.testing.assert_allclose(img.affine, s.affine, atol=1e-4)
-    ref = run_case(s.magnitude, s.phase, s.affine, s.voxel_size,
-                   PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="tkd", masker="classic"))
+    ref = run_case(
+        s.magnitude,
+        s.phase,
+        s.affine,
+        s.voxel_size,
+        PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="tkd", masker="classic"),
+    )
     np.testing.assert_allclose(np.asarray(img.dataobj), ref.qsm, atol=0.5e-3 + 1e-6)
     # a server that is not there: one line, exit 2, nothing written
     with pytest.raises(SystemExit) as e:
-        send_main([str(tmp_path / "scan" / "magnitude.nii.gz"), str(tmp_path / "scan" / "phase.nii.gz"), "-o", str(tmp_path / "x"),
-                   "--port", "1"])
+        send_main(
+            [str(tmp_path / "scan" / "magnitude.nii.gz"), str(tmp_path / "scan" / "phase.nii.gz"), "-o", str(tmp_path / "x"), "--port", "1"]
+        )
     assert e.value.code == 2 and "cannot reach pedq-serve" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from conftest import SMALL_SHAPE, SMALL_VOXEL
 from numpy.testing import assert_allclose, assert_array_equal
 
-from conftest import SMALL_SHAPE, SMALL_VOXEL
 from pedq_deploy.inversion import tkd
 from pedq_deploy.metrics import nrmse
 from pedq_deploy.phantom import DGM_LABELS, make_subject
@@ -91,7 +91,7 @@ def test_random_crop_matches_the_subject_and_pads(small_subject):
     rng = np.random.default_rng(0)
     c = random_crop(small_subject, (32, 32, 16), rng)
     o = c.origin
-    assert_array_equal(c.local_field, small_subject.local_field[o[0]:o[0] + 32, o[1]:o[1] + 32, o[2]:o[2] + 16])
+    assert_array_equal(c.local_field, small_subject.local_field[o[0] : o[0] + 32, o[1] : o[1] + 32, o[2] : o[2] + 16])
     assert c.brain_mask.any()
     big = random_crop(small_subject, (96, 96, 64), rng)  # larger than the volume: zero-padded, centred
     assert big.chi.shape == (96, 96, 64)
@@ -133,8 +133,9 @@ def test_supersampled_background_leaves_vsharp_less_than_a_neonates_local_field(
     assert supersample_factors((0.78, 0.78, 2.0)) == (1, 1, 2) and supersample_factors((1.2, 1.2, 1.2)) == (1, 1, 1)
     residual = {}
     for factors in ((1, 1, 1), None):
-        s = make_subject(seed=7, age="neonate", shape=(128, 128, 40), voxel_size=(1.2, 1.2, 3.0), tilt_deg=20.0,
-                         snr=float("inf"), supersample=factors)
+        s = make_subject(
+            seed=7, age="neonate", shape=(128, 128, 40), voxel_size=(1.2, 1.2, 3.0), tilt_deg=20.0, snr=float("inf"), supersample=factors
+        )
         res, eroded = vsharp(s.total_field - s.local_field, s.brain_mask, s.voxel_size)
         local = s.local_field[eroded] - s.local_field[eroded].mean()
         residual[factors] = np.std(res[eroded]) / np.sqrt(np.mean(local**2))

@@ -1,13 +1,18 @@
 import numpy as np
 import pytest
+from conftest import ball, grid_mm
 from numpy.testing import assert_allclose
 
-from conftest import ball, grid_mm
 from pedq_deploy.errors import InputError
-from pedq_deploy.physics import (
-    b0_direction_from_affine, dipole_kernel, dipole_kernel_rfft, forward_field, phase_to_ppm, ppm_to_phase,
-)
 from pedq_deploy.phantom import tilt_affine
+from pedq_deploy.physics import (
+    b0_direction_from_affine,
+    dipole_kernel,
+    dipole_kernel_rfft,
+    forward_field,
+    phase_to_ppm,
+    ppm_to_phase,
+)
 
 
 def test_dipole_kernel_range_and_dc():

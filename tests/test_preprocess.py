@@ -1,12 +1,21 @@
 import numpy as np
 import pytest
+from conftest import grid_mm
 from numpy.testing import assert_allclose
 
-from conftest import ball, grid_mm
 from pedq_deploy.errors import InputError
 from pedq_deploy.metrics import dice
-from pedq_deploy.preprocess import (UNWRAP_METHODS, classic_mask, default_radii, detect_and_scale_phase, laplacian_unwrap, lsq_unwrap,
-                                    quality_unwrap, unwrap_phase, vsharp)
+from pedq_deploy.preprocess import (
+    UNWRAP_METHODS,
+    classic_mask,
+    default_radii,
+    detect_and_scale_phase,
+    laplacian_unwrap,
+    lsq_unwrap,
+    quality_unwrap,
+    unwrap_phase,
+    vsharp,
+)
 from pedq_deploy.preprocess.vsharp import sphere_kernel
 
 

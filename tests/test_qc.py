@@ -1,8 +1,9 @@
 """QC: the data-consistency map, the misfit in noise units, and the B0-direction check."""
+
 import numpy as np
 import pytest
-
 from conftest import ball
+
 from pedq_deploy.physics import check_direction, forward_field
 from pedq_deploy.postprocess import QC_THRESHOLDS, consistency
 from pedq_deploy.postprocess.qc import b0_direction_check
@@ -57,7 +58,9 @@ def test_the_field_points_to_its_own_b0_and_a_wrong_one_is_flagged():
     assert right["best_angle_deg"] < 6 and right["cone_energy_ratio"] < 1.2
     wrong = b0_direction_check(field, mask, VOX, _rotated(b, 25.0))
     assert abs(wrong["best_angle_deg"] - 25) < 6 and wrong["cone_energy_ratio"] > QC_THRESHOLDS["b0_cone_energy_ratio"]
-    _, summary = consistency(np.zeros(SHAPE, np.float32), field, mask, VOX, _rotated(b, 25.0), 1.0, np.ones(SHAPE, np.float32), noise_sigma=1.0)
+    _, summary = consistency(
+        np.zeros(SHAPE, np.float32), field, mask, VOX, _rotated(b, 25.0), 1.0, np.ones(SHAPE, np.float32), noise_sigma=1.0
+    )
     assert any("B0 direction" in f for f in summary["flags"])
 
 
@@ -71,8 +74,14 @@ def test_echo_files_in_the_wrong_order_are_flagged():
     s = make_subject(seed=6, age="infant", shape=(96, 96, 40), voxel_size=(1.6, 1.6, 3.0), tilt_deg=10.0, echo_time=tes, snr=200.0)
     out = {}
     for name, order in (("right", [0, 1, 2, 3]), ("swapped", [0, 3, 2, 1])):
-        r = run_case(s.magnitude[..., order], s.phase[..., order], s.affine, s.voxel_size,
-                     PipelineConfig(echo_time=tes, field_strength=3.0, inversion="tkd"), mask=s.brain_mask)
+        r = run_case(
+            s.magnitude[..., order],
+            s.phase[..., order],
+            s.affine,
+            s.voxel_size,
+            PipelineConfig(echo_time=tes, field_strength=3.0, inversion="tkd"),
+            mask=s.brain_mask,
+        )
         out[name] = r.info["qc"]
     assert out["right"]["single_echo_fraction"] < 0.02 and not any("linear in TE" in f or "explain" in f for f in out["right"]["flags"])
     assert out["swapped"]["single_echo_fraction"] > QC_THRESHOLDS["single_echo_fraction"]

@@ -1,5 +1,6 @@
 """scripts/reproduce_models.py: configs/ holds every training stage behind the shipped models, as
 their manifests record it, and the plan trains each stage after the stages it starts from."""
+
 import importlib.util
 import json
 import shutil
@@ -50,4 +51,12 @@ def test_the_plan_trains_each_stage_after_the_ones_it_starts_from(tmp_path):
             made.add(Path(cmd[cmd.index("-o") + 1]))
     finals = [Path(c[2]) for c in repro.plan(out) if c[0] == "cp" and Path(c[2]).parent in (out / "export", out / "export" / "nnunet_tv")]
     assert {p.relative_to(out / "export").as_posix() for p in finals} == {
-        "mask.onnx", "mask.json", "recon.onnx", "recon.json", "seg.onnx", "seg.json", "nnunet_tv/recon.onnx", "nnunet_tv/recon.json"}
+        "mask.onnx",
+        "mask.json",
+        "recon.onnx",
+        "recon.json",
+        "seg.onnx",
+        "seg.json",
+        "nnunet_tv/recon.onnx",
+        "nnunet_tv/recon.json",
+    }

@@ -1,4 +1,5 @@
 """pedq-run with exported networks, in processes that never import torch."""
+
 import json
 import os
 import shutil
@@ -16,9 +17,11 @@ pytest.importorskip("monai")
 pytest.importorskip("onnx")
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = ("import sys\nfrom pedq_deploy.cli.run import main\n"
-       "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
-       "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)\n")
+RUN = (
+    "import sys\nfrom pedq_deploy.cli.run import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
+    "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +32,18 @@ def tiny_models(tmp_path_factory):
     from pedq_deploy.training.config import TrainConfig
     from pedq_deploy.training.networks import MaskNet, ReconNet, SegNet
 
-    cfg = TrainConfig(patch=(32, 32, 32), voxel_size=(3.0, 3.0, 3.0), frame_voxel=3.0, recon_filters=4, recon_levels=3, unetr_feature_size=8,
-                      unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4, seg_region=(32, 32, 32))
+    cfg = TrainConfig(
+        patch=(32, 32, 32),
+        voxel_size=(3.0, 3.0, 3.0),
+        frame_voxel=3.0,
+        recon_filters=4,
+        recon_levels=3,
+        unetr_feature_size=8,
+        unetr_hidden_size=48,
+        unetr_mlp_dim=96,
+        unetr_heads=4,
+        seg_region=(32, 32, 32),
+    )
     out = tmp_path_factory.mktemp("tiny_models")
     torch.manual_seed(0)
     mask_net = MaskNet(cfg)
@@ -171,11 +184,26 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     s = small_subject
     models = PedqModels(tiny_models)
     events = []
-    runs = {(w, e): run_case(s.magnitude, s.phase, s.affine, s.voxel_size,
-                             PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq", refine=w > 0,
-                                            refine_weight=w or 0.003, refine_edge_weight=e, refine_edge_band=2),
-                             models=models, progress=lambda st, ev, w=w: events.append((w, st, ev)))
-            for w, e in ((0.0, 1.0), (0.03, 1.0), (0.03, 0.0))}
+    runs = {
+        (w, e): run_case(
+            s.magnitude,
+            s.phase,
+            s.affine,
+            s.voxel_size,
+            PipelineConfig(
+                echo_time=s.echo_time,
+                field_strength=s.field_strength,
+                inversion="pedq",
+                refine=w > 0,
+                refine_weight=w or 0.003,
+                refine_edge_weight=e,
+                refine_edge_band=2,
+            ),
+            models=models,
+            progress=lambda st, ev, w=w: events.append((w, st, ev)),
+        )
+        for w, e in ((0.0, 1.0), (0.03, 1.0), (0.03, 0.0))
+    }
     models.close()
     plain, refined, guided = runs[0.0, 1.0], runs[0.03, 1.0], runs[0.03, 0.0]
     plans = {w: ev.split(",") for w, st, ev in events if st == "plan"}
@@ -184,16 +212,34 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     local, eroded = vsharp(phase_to_ppm(plain.phase_unwrapped, s.echo_time, s.field_strength), plain.mask, s.voxel_size)
     np.testing.assert_array_equal(local, plain.local_field)
     cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength)
-    expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
-                     prior=plain.qsm, prior_weight=0.03)
+    expect = tv_admm(
+        local,
+        eroded,
+        s.voxel_size,
+        plain.info["b0_direction_voxel_frame"],
+        cfg.refine_lambda,
+        None,
+        cfg.tv_iterations,
+        prior=plain.qsm,
+        prior_weight=0.03,
+    )
     np.testing.assert_allclose(refined.qsm, expect, atol=1e-5)
     assert np.abs(refined.qsm - plain.qsm).max() > 1e-3
     np.testing.assert_array_equal(refined.segmentation, plain.segmentation)  # the segmentation network sees the network's map
     # guided: the TV weight is lifted within 2 voxels of the segmented structures' boundaries (the default mode's way)
     assert plain.segmentation.any()
-    expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
-                     prior=plain.qsm, prior_weight=0.03,
-                     tv_weight=structure_edge_weight(plain.segmentation, 0.0, 2, across=True))
+    expect = tv_admm(
+        local,
+        eroded,
+        s.voxel_size,
+        plain.info["b0_direction_voxel_frame"],
+        cfg.refine_lambda,
+        None,
+        cfg.tv_iterations,
+        prior=plain.qsm,
+        prior_weight=0.03,
+        tv_weight=structure_edge_weight(plain.segmentation, 0.0, 2, across=True),
+    )
     np.testing.assert_allclose(guided.qsm, expect, atol=1e-5)
     assert np.abs(guided.qsm - refined.qsm).max() > 1e-4
     np.testing.assert_array_equal(guided.segmentation, plain.segmentation)
@@ -219,14 +265,30 @@ def test_guided_refinement_needs_boundaries_and_takes_given_labels(small_subject
     with pytest.raises(InputError, match="needs a segmentation model"):
         run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, models=models)
     res = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, models=models, labels=s.labels, mask=s.brain_mask)
-    plain = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength,
-                     inversion="pedq"), models=models, mask=s.brain_mask)
+    plain = run_case(
+        s.magnitude,
+        s.phase,
+        s.affine,
+        s.voxel_size,
+        PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="pedq"),
+        models=models,
+        mask=s.brain_mask,
+    )
     models.close()
     local, eroded = vsharp(phase_to_ppm(plain.phase_unwrapped, s.echo_time, s.field_strength), plain.mask, s.voxel_size)
     assert res.segmentation.any() and not res.segmentation[~eroded].any()
-    expect = tv_admm(local, eroded, s.voxel_size, plain.info["b0_direction_voxel_frame"], cfg.refine_lambda, None, cfg.tv_iterations,
-                     prior=plain.qsm, prior_weight=0.03, tv_weight=structure_edge_weight(res.segmentation, cfg.refine_edge_weight, cfg.refine_edge_band,
-                                                                                         across=True))
+    expect = tv_admm(
+        local,
+        eroded,
+        s.voxel_size,
+        plain.info["b0_direction_voxel_frame"],
+        cfg.refine_lambda,
+        None,
+        cfg.tv_iterations,
+        prior=plain.qsm,
+        prior_weight=0.03,
+        tv_weight=structure_edge_weight(res.segmentation, cfg.refine_edge_weight, cfg.refine_edge_band, across=True),
+    )
     np.testing.assert_allclose(res.qsm, expect, atol=1e-5)
 
 
@@ -241,9 +303,17 @@ def test_after_tkd_or_tv_the_segmentation_network_still_segments_the_network_map
 
     s = small_subject
     models = PedqModels(tiny_models)
-    runs = {inv: run_case(s.magnitude, s.phase, s.affine, s.voxel_size,
-                          PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion=inv), models=models)
-            for inv in ("pedq", "tkd", "tv")}
+    runs = {
+        inv: run_case(
+            s.magnitude,
+            s.phase,
+            s.affine,
+            s.voxel_size,
+            PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion=inv),
+            models=models,
+        )
+        for inv in ("pedq", "tkd", "tv")
+    }
     _, eroded = vsharp(phase_to_ppm(runs["tkd"].phase_unwrapped, s.echo_time, s.field_strength), runs["tkd"].mask, s.voxel_size)
     on_tkd_map = models.segment(runs["tkd"].qsm, eroded, s.voxel_size)
     models.close()

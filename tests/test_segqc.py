@@ -1,4 +1,5 @@
 """Segmentation plausibility checks on a phantom's true labels, then on labels broken in known ways."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """Stitching checked exactly with analytic predictors (the window loop never sees a model)."""
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
@@ -7,12 +8,15 @@ from pedq_deploy.errors import InputError
 from pedq_deploy.runtime.sliding_window import gaussian_importance, sliding_window_inference, window_starts
 
 
-@pytest.mark.parametrize("shape,patch,overlap,batch", [
-    ((1, 40, 37, 23), (16, 16, 16), 0.5, 1),
-    ((2, 40, 37, 23), (16, 16, 8), 0.25, 3),
-    ((1, 10, 12, 6), (16, 16, 16), 0.5, 2),   # smaller than a patch: padded
-    ((1, 32, 32, 32), (32, 32, 32), 0.5, 1),  # exactly one window
-])
+@pytest.mark.parametrize(
+    "shape,patch,overlap,batch",
+    [
+        ((1, 40, 37, 23), (16, 16, 16), 0.5, 1),
+        ((2, 40, 37, 23), (16, 16, 8), 0.25, 3),
+        ((1, 10, 12, 6), (16, 16, 16), 0.5, 2),  # smaller than a patch: padded
+        ((1, 32, 32, 32), (32, 32, 32), 0.5, 1),  # exactly one window
+    ],
+)
 def test_pointwise_predictors_are_reproduced_exactly(shape, patch, overlap, batch):
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     for fn, expect in ((lambda b: b + 1, x + 1), (lambda b: 2 * b, 2 * x)):

@@ -1,9 +1,8 @@
 """PedQ-NET training on tiny configs (skipped where torch/MONAI are not installed)."""
+
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +17,25 @@ from pedq_deploy.training.data import PhantomStream  # noqa: E402
 from pedq_deploy.training.losses import model_loss, phase_per_ppm  # noqa: E402
 from pedq_deploy.training.trainer import Trainer  # noqa: E402
 
-TINY = dict(patch=(32, 32, 32), grid=(48, 48, 40), voxel_size=(3.0, 3.0, 3.0), frame_voxel=3.0, batch_size=1, crops_per_subject=2,
-            recon_filters=4, recon_levels=3, unetr_feature_size=8, unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4,
-            seg_region=(32, 32, 32), recon_window=(16, 16, 16), lr=2e-3, val_seeds=(2000,), device="cpu")
+TINY = dict(
+    patch=(32, 32, 32),
+    grid=(48, 48, 40),
+    voxel_size=(3.0, 3.0, 3.0),
+    frame_voxel=3.0,
+    batch_size=1,
+    crops_per_subject=2,
+    recon_filters=4,
+    recon_levels=3,
+    unetr_feature_size=8,
+    unetr_hidden_size=48,
+    unetr_mlp_dim=96,
+    unetr_heads=4,
+    seg_region=(32, 32, 32),
+    recon_window=(16, 16, 16),
+    lr=2e-3,
+    val_seeds=(2000,),
+    device="cpu",
+)
 
 
 def tiny(**kw) -> TrainConfig:
@@ -31,8 +46,14 @@ def test_model_loss_is_zero_for_the_truth_and_grows_with_error():
     s = make_subject(seed=4, shape=(48, 48, 40), voxel_size=(3.0, 3.0, 3.0), snr=float("inf"), tilt_deg=20)
     k = phase_per_ppm(s.echo_time, s.field_strength)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))[None]  # noqa: E731
-    args = (t(s.local_field * k), t(np.ones_like(s.chi)), t(s.brain_mask), torch.from_numpy(np.asarray(s.b0_direction, np.float32)[None]),
-            s.voxel_size, torch.tensor([k]))
+    args = (
+        t(s.local_field * k),
+        t(np.ones_like(s.chi)),
+        t(s.brain_mask),
+        torch.from_numpy(np.asarray(s.b0_direction, np.float32)[None]),
+        s.voxel_size,
+        torch.tensor([k]),
+    )
     exact = float(model_loss(t(s.chi), *args, pad_factor=2.0))
     noisy = float(model_loss(t(s.chi + np.random.default_rng(0).normal(0, 0.02, s.chi.shape) * s.brain_mask), *args, pad_factor=2.0))
     wrong_b0 = float(model_loss(t(s.chi), *args[:3], torch.tensor([[0.0, 0.0, 1.0]]), *args[4:], pad_factor=2.0))
@@ -140,7 +161,7 @@ def test_pedq_train_cli_resumes_and_rejects_bad_config(tmp_path, capsys):
         main(["recon", "--config", str(bad), "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
     assert "unknown config keys: learning_rate" in capsys.readouterr().err
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="not found"):
         load_config(tmp_path / "missing.json")
 
 
@@ -151,8 +172,18 @@ def test_a_run_starts_from_exported_models_with_their_exact_weights(tmp_path):
     from pedq_deploy.training.networks import MaskNet, ReconNet
     from pedq_deploy.training.warmstart import load_onnx_weights
 
-    cfg = TrainConfig(patch=(32, 32, 32), voxel_size=(3.0, 3.0, 3.0), frame_voxel=3.0, recon_filters=4, recon_levels=3, unetr_feature_size=8,
-                      unetr_hidden_size=48, unetr_mlp_dim=96, unetr_heads=4, seg_region=(32, 32, 32))
+    cfg = TrainConfig(
+        patch=(32, 32, 32),
+        voxel_size=(3.0, 3.0, 3.0),
+        frame_voxel=3.0,
+        recon_filters=4,
+        recon_levels=3,
+        unetr_feature_size=8,
+        unetr_hidden_size=48,
+        unetr_mlp_dim=96,
+        unetr_heads=4,
+        seg_region=(32, 32, 32),
+    )
     x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
     for role, make in (("mask", MaskNet), ("recon", ReconNet)):
         torch.manual_seed(0)
@@ -191,22 +222,63 @@ def test_pedq_train_init_from_fine_tunes_and_the_export_keeps_both_records(tmp_p
     assert tuned["steps"] == 1 and tuned["init_from"]["recon"]["sha256"] == manifest["sha256"]
     assert tuned["init_from"]["recon"]["training"]["steps"] == 1
     with pytest.raises(SystemExit) as exc:  # a folder without the models this kind needs
-        main(["joint", "--config", str(cfg), "--out", str(tmp_path / "third"), "--steps", "1", "-q", "--init-from", str(tmp_path / "exported")])
+        main(
+            [
+                "joint",
+                "--config",
+                str(cfg),
+                "--out",
+                str(tmp_path / "third"),
+                "--steps",
+                "1",
+                "-q",
+                "--init-from",
+                str(tmp_path / "exported"),
+            ]
+        )
     assert exc.value.code == 2
     # --init-roles: the reconstruction U-Net from the export, a fresh segmentation UNETR
     joint = tmp_path / "joint"
     cfg = tmp_path / "joint.json"  # the exported U-Net's window
     cfg.write_text(json.dumps({**TINY, "recon_window": [32, 32, 32], "validate_every": 100, "checkpoint_every": 1}))
     with pytest.raises(SystemExit) as exc:
-        main(["joint", "--config", str(cfg), "--out", str(joint), "--steps", "1", "-q", "--init-from", str(tmp_path / "exported"),
-              "--init-roles", "recon"])
+        main(
+            [
+                "joint",
+                "--config",
+                str(cfg),
+                "--out",
+                str(joint),
+                "--steps",
+                "1",
+                "-q",
+                "--init-from",
+                str(tmp_path / "exported"),
+                "--init-roles",
+                "recon",
+            ]
+        )
         raise SystemExit(0)
     assert not exc.value.code
     state = torch.load(joint / "checkpoint.pt", weights_only=True)
     assert set(state["init_from"]) == {"recon"} and state["init_from"]["recon"]["sha256"] == manifest["sha256"]
     for bad in (["--init-roles", "seg"], ["--init-roles", "mask"]):  # no seg.json there; no mask network in a joint run
         with pytest.raises(SystemExit) as exc:
-            main(["joint", "--config", str(cfg), "--out", str(tmp_path / "bad"), "--steps", "1", "-q", "--init-from", str(tmp_path / "exported"), *bad])
+            main(
+                [
+                    "joint",
+                    "--config",
+                    str(cfg),
+                    "--out",
+                    str(tmp_path / "bad"),
+                    "--steps",
+                    "1",
+                    "-q",
+                    "--init-from",
+                    str(tmp_path / "exported"),
+                    *bad,
+                ]
+            )
         assert exc.value.code == 2
     with pytest.raises(SystemExit) as exc:
         main(["joint", "--config", str(cfg), "--out", str(tmp_path / "bad"), "--steps", "1", "-q", "--init-roles", "recon"])
@@ -257,10 +329,12 @@ def test_a_frozen_network_keeps_its_loaded_weights_and_its_record(tmp_path):
     for name, value in after["models"]["seg"].items():
         assert torch.equal(value, last["seg"][name]), name
     assert any(not torch.equal(v, last["recon"][k]) for k, v in after["models"]["recon"].items())
-    for conf, extra in (({**base, "frozen": ["recon"]}, []),  # nothing loaded: it would stay random
-                        ({**base, "frozen": ["mask"]}, ["--init-from", str(tmp_path / "exported"), "--init-roles", "recon"]),
-                        ({**base, "frozen": ["recon", "seg"]}, ["--init-from", str(tmp_path / "exported"), "--init-roles", "recon"]),
-                        ({**base, "frozen": "recon"}, [])):
+    for conf, extra in (
+        ({**base, "frozen": ["recon"]}, []),  # nothing loaded: it would stay random
+        ({**base, "frozen": ["mask"]}, ["--init-from", str(tmp_path / "exported"), "--init-roles", "recon"]),
+        ({**base, "frozen": ["recon", "seg"]}, ["--init-from", str(tmp_path / "exported"), "--init-roles", "recon"]),
+        ({**base, "frozen": "recon"}, []),
+    ):
         frozen.write_text(json.dumps(conf))
         with pytest.raises(SystemExit) as exc:
             run("joint", frozen, tmp_path / "bad", *extra)
@@ -301,8 +375,24 @@ def test_sigterm_checkpoints_and_takes_the_data_workers_down(tmp_path):
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({**TINY, "steps": 10000, "validate_every": 10000, "checkpoint_every": 10000}))
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", "from pedq_deploy.cli.train import main; main()", "tv", "--config", str(cfg),
-                             "--out", str(out), "--data-workers", "2", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from pedq_deploy.cli.train import main; main()",
+            "tv",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--data-workers",
+            "2",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "train_log.csv").is_file() and time.monotonic() < deadline and proc.poll() is None:
@@ -346,7 +436,9 @@ def test_subject_local_field_unwraps_with_the_method_asked_for(monkeypatch):
 
     assert TrainConfig().unwrap == "laplacian"
     asked = []
-    monkeypatch.setattr(data, "subject_local_field", lambda s, *a, unwrap, **kw: asked.append(unwrap) or subject_local_field(s, *a, unwrap=unwrap, **kw))
+    monkeypatch.setattr(
+        data, "subject_local_field", lambda s, *a, unwrap, **kw: asked.append(unwrap) or subject_local_field(s, *a, unwrap=unwrap, **kw)
+    )
     drawn = {m: data.prepare_subject(11, tiny(unwrap=m), np.random.default_rng(5)) for m in ("lsq", "laplacian")}
     assert asked == ["lsq", "laplacian"]
     assert drawn["lsq"].params["echo_time"] == drawn["laplacian"].params["echo_time"]  # the same draw
@@ -429,7 +521,7 @@ def test_seg_crops_draw_their_own_box_as_the_runtime_would_cut_it(tmp_path):
         assert all(n <= 32 for n in x.shape)  # the whole box lies in the window: find where
         where = np.argwhere(sample.mask > 0)
         o = tuple(where.min(0) - np.argwhere(roi).min(0))
-        np.testing.assert_array_equal(sample.field_ppm[o[0]:o[0] + x.shape[0], o[1]:o[1] + x.shape[1], o[2]:o[2] + x.shape[2]], x)
+        np.testing.assert_array_equal(sample.field_ppm[o[0] : o[0] + x.shape[0], o[1] : o[1] + x.shape[1], o[2] : o[2] + x.shape[2]], x)
         assert sample.mask.sum() == roi.sum() and sample.labels[sample.mask == 0].max() == 0
         origins.add(o)
         sizes.add(x.shape)

@@ -1,4 +1,5 @@
 """Inference backends behind one small interface. Heavy libraries load only inside their backend."""
+
 from __future__ import annotations
 
 from .base import Runner

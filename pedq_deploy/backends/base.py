@@ -1,4 +1,5 @@
 """The runner contract (after Polygraphy): activate() builds the session, infer() runs it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,7 +39,7 @@ class Runner:
         name_out = self.manifest.outputs[0]["name"]
         return lambda batch: self.infer({name_in: np.ascontiguousarray(batch, np.float32)})[name_out]
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         self.activate()
         return self
 

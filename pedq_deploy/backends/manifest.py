@@ -1,4 +1,5 @@
 """Model manifests: what a shipped model is, checked before a single voxel is computed."""
+
 from __future__ import annotations
 
 import json
@@ -80,5 +81,15 @@ def load_manifest(path: str | Path, *, verify: bool = True) -> ModelManifest:
     if verify and sha256_file(model) != sha:
         raise InputError(f"model file {model} does not match the sha256 in {p}: corrupted or replaced")
     engine = raw.get("tensorrt_engine")
-    return ModelManifest(p, role, model, sha, inputs, outputs, tuple(patch), tuple(float(x) for x in voxel), raw,
-                         (p.parent / engine) if isinstance(engine, str) else None)
+    return ModelManifest(
+        p,
+        role,
+        model,
+        sha,
+        inputs,
+        outputs,
+        tuple(patch),
+        tuple(float(x) for x in voxel),
+        raw,
+        (p.parent / engine) if isinstance(engine, str) else None,
+    )

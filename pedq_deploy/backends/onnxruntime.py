@@ -1,4 +1,5 @@
 """onnxruntime backend: CPU, and the CUDA / TensorRT execution providers when installed."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,9 @@ class OnnxRuntimeRunner(Runner):
         opts.intra_op_num_threads = self.threads or fft_workers()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         available = ort.get_available_providers()
-        providers = self.providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-                                       if p in available]
+        providers = self.providers or [
+            p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider") if p in available
+        ]
         try:
             self.session = ort.InferenceSession(str(self.manifest.file), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for a bad file
@@ -37,8 +39,9 @@ class OnnxRuntimeRunner(Runner):
         declared = self.manifest.inputs[0]
         got = self.session.get_inputs()[0]
         if got.name != declared["name"] or [d for d in got.shape[1:]] != list(declared["shape"][1:]):
-            raise InputError(f"model {self.manifest.file} takes {got.name} {got.shape}, but its manifest says "
-                             f"{declared['name']} {declared['shape']}")
+            raise InputError(
+                f"model {self.manifest.file} takes {got.name} {got.shape}, but its manifest says {declared['name']} {declared['shape']}"
+            )
 
     def deactivate_impl(self) -> None:
         self.session = None

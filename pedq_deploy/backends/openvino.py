@@ -9,6 +9,7 @@ compiled once per batch size with static shapes (the sliding window always sends
 in fp32: OpenVINO otherwise runs in bf16 on CPUs that have it, which changes the numbers.
 Imported only when chosen (``--backend openvino``, or ``auto`` where it is installed).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,10 @@ class OpenVINORunner(Runner):
         got = self._model.inputs[0]
         dims = [d.get_length() if d.is_static else None for d in got.get_partial_shape()]
         if got.get_any_name() != self._input or dims[1:] != self._sample_shape:
-            raise InputError(f"model {self.manifest.file} takes {got.get_any_name()} {dims}, but its manifest says "
-                             f"{self._input} {self.manifest.inputs[0]['shape']}")
+            raise InputError(
+                f"model {self.manifest.file} takes {got.get_any_name()} {dims}, but its manifest says "
+                f"{self._input} {self.manifest.inputs[0]['shape']}"
+            )
 
     def deactivate_impl(self) -> None:
         self._compiled.clear()
@@ -69,8 +72,11 @@ class OpenVINORunner(Runner):
 
             model = self._model.clone()
             model.reshape({self._input: [batch, *self._sample_shape]})
-            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-                      "INFERENCE_NUM_THREADS": int(self.threads or fft_workers())}
+            config = {
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "f32",
+                "INFERENCE_NUM_THREADS": int(self.threads or fft_workers()),
+            }
             compiled = self._core.compile_model(model, self.device, config)
             self._compiled[batch] = (compiled, compiled.create_infer_request())
         return self._compiled[batch]

@@ -3,13 +3,14 @@
 Imported only when the tensorrt backend is chosen. Never run in this project's CI, which has no
 GPU: its tests skip where ``tensorrt`` is absent.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import InputError
-from .base import Runner
 from ..io.checksum import sha256_file
+from .base import Runner
 from .manifest import ModelManifest
 
 __all__ = ["TensorRTRunner", "build_engine"]
@@ -41,8 +42,9 @@ def _check(result):
     return result[1] if len(result) > 1 else None
 
 
-def build_engine(onnx_path: str, engine_path: str, patch, in_channels: int, *, fp16: bool = False, max_batch: int = 4,
-                 timing_cache: str | None = None) -> dict:
+def build_engine(
+    onnx_path: str, engine_path: str, patch, in_channels: int, *, fp16: bool = False, max_batch: int = 4, timing_cache: str | None = None
+) -> dict:
     """Build a serialized engine with an optimisation profile over the batch axis.
 
     TensorRT 10: FP16 through the builder flag. TensorRT 11 dropped that flag (strongly typed

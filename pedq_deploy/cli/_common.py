@@ -1,4 +1,5 @@
 """What every pedq command shares: one-line errors with exit code 2, SIGTERM cleanup, progress."""
+
 from __future__ import annotations
 
 import signal
@@ -81,8 +82,13 @@ def _print_config(ctx: click.Context, _param, value: bool) -> None:
 
 
 print_config_option = click.option(
-    "--print-config", is_flag=True, expose_value=False, is_eager=True, callback=_print_config,
-    help="Print the default settings as a config file (TOML, one comment per setting) and exit.")
+    "--print-config",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_config,
+    help="Print the default settings as a config file (TOML, one comment per setting) and exit.",
+)
 
 
 def settings_from(config_path: str | None, inversion: str | None = None) -> dict:

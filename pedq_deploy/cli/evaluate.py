@@ -1,4 +1,5 @@
 """``pedq-eval``: score a pedq-run output folder against phantom truth."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ def evaluate_folder(outdir: str, truth_dir: str) -> dict:
     brain = load_image(t / "brain_mask.nii.gz", name="truth brain mask")[0] > 0
     labels = load_image(t / "labels.nii.gz", name="truth labels")[0].astype(int)
     local_true = load_image(t / "local_field.nii.gz", name="truth local field")[0]
-    result = {"reference": "truth: mean over the brain mask; output: mean over its eroded mask",
-              "qsm": metrics.score_qsm(qsm, chi, brain, labels)}
+    result = {
+        "reference": "truth: mean over the brain mask; output: mean over its eroded mask",
+        "qsm": metrics.score_qsm(qsm, chi, brain, labels),
+    }
     lf = o / "local_field.nii.gz"
     if lf.is_file():
         local = load_image(lf, name="local field")[0]
@@ -50,9 +53,11 @@ def command(outdir, truth_dir):
         json.dump(result, fh, indent=2)
     os.replace(tmp, os.path.join(outdir, "metrics.json"))
     q = result["qsm"]
-    echo_err(f"pedq-eval: NRMSE {q['nrmse']:.3f}  HFEN {q['hfen']:.3f}  SSIM {q['ssim']:.3f}  XSIM {q['xsim']:.3f}  "
-             f"DGM edge sharpness {q.get('dgm_edge_sharpness', float('nan')):.2f}; chi has values in {q['coverage']:.1%} of the true "
-             "brain mask (scored over all of it, missing values as zero)")
+    echo_err(
+        f"pedq-eval: NRMSE {q['nrmse']:.3f}  HFEN {q['hfen']:.3f}  SSIM {q['ssim']:.3f}  XSIM {q['xsim']:.3f}  "
+        f"DGM edge sharpness {q.get('dgm_edge_sharpness', float('nan')):.2f}; chi has values in {q['coverage']:.1%} of the true "
+        "brain mask (scored over all of it, missing values as zero)"
+    )
 
 
 main = entry_point(command, "pedq-eval")

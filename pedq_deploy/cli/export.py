@@ -1,4 +1,5 @@
 """``pedq-export``: a pedq-train checkpoint -> ONNX models + manifests (-> TensorRT engines)."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,15 @@ def command(checkpoint, outdir, fmt, fp16, max_batch):
         for mpath in manifests:
             m = json.loads(Path(mpath).read_text())
             engine = Path(outdir) / f"{m['role']}.engine"
-            info = build_engine(str(Path(outdir) / m["file"]), str(engine), m["patch"], m["inputs"][0]["shape"][1], fp16=fp16,
-                                max_batch=max_batch, timing_cache=str(Path(outdir) / "timing.cache"))
+            info = build_engine(
+                str(Path(outdir) / m["file"]),
+                str(engine),
+                m["patch"],
+                m["inputs"][0]["shape"][1],
+                fp16=fp16,
+                max_batch=max_batch,
+                timing_cache=str(Path(outdir) / "timing.cache"),
+            )
             m["tensorrt_engine"], m["tensorrt_engine_sha256"], m["tensorrt"] = engine.name, info["sha256"], info
             Path(mpath).write_text(json.dumps(m, indent=2))
     echo_err("pedq-export: wrote " + ", ".join(str(m) for m in manifests))

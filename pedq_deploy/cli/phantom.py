@@ -1,4 +1,5 @@
 """``pedq-phantom``: write a simulated pediatric head scan and its truth."""
+
 from __future__ import annotations
 
 import click
@@ -26,8 +27,17 @@ def command(outdir, age, seed, tilt, shape, voxel_size, echo_time, field_strengt
     """
     from ..phantom import make_subject, write_subject
 
-    subject = make_subject(seed=seed, age=age, shape=shape, voxel_size=voxel_size, tilt_deg=tilt,
-                           echo_time=echo_time, field_strength=field_strength, snr=snr, phase_format=phase_format)
+    subject = make_subject(
+        seed=seed,
+        age=age,
+        shape=shape,
+        voxel_size=voxel_size,
+        tilt_deg=tilt,
+        echo_time=echo_time,
+        field_strength=field_strength,
+        snr=snr,
+        phase_format=phase_format,
+    )
     write_subject(subject, outdir)
     echo_err(f"pedq-phantom: wrote a {age} (seed {seed}, tilt {subject.params['tilt_deg']:.1f} deg) to {outdir}")
 

@@ -1,4 +1,5 @@
 """``pedq-run``: one GRE scan (magnitude + phase) -> QSM and its companions in OUTDIR."""
+
 from __future__ import annotations
 
 import click
@@ -28,32 +29,69 @@ segmentation segmentation.nii.gz and regions.csv. Algorithmic settings: --config
 @click.option("--field-strength", type=float, help="Field strength in tesla.")
 @click.option("--b0-direction", type=float, nargs=3, help="B0 unit vector in the voxel frame.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="Brain mask on the magnitude's grid.")
-@click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
-              help="Label image (FreeSurfer numbers) on the magnitude's grid: regions.csv from it.")
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(dir_okay=False),
+    help="Label image (FreeSurfer numbers) on the magnitude's grid: regions.csv from it.",
+)
 @click.option("--inversion", type=click.Choice(INVERSIONS), help="Overrides the config's (default auto).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON file of pipeline settings.")
-@click.option("--models", "models_dir", type=click.Path(file_okay=False),
-              help="Folder of exported models, or 'none' (default: $PEDQ_MODELS, else the shipped ones).")
+@click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(file_okay=False),
+    help="Folder of exported models, or 'none' (default: $PEDQ_MODELS, else the shipped ones).",
+)
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--dicom-out", type=click.Path(file_okay=False), help="Also write the QSM as DICOM here.")
 @click.option("--dicom-format", type=click.Choice(["mr", "parametric-map"]), default="mr", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @print_config_option
 @click.version_option(__version__, prog_name="pedq-run")
-def command(magnitude, phase, outdir, overwrite, echo_time, field_strength, b0_direction, mask_path, labels_path, inversion,
-            config_path, models_dir, backend, dicom_out, dicom_format, quiet):
+def command(
+    magnitude,
+    phase,
+    outdir,
+    overwrite,
+    echo_time,
+    field_strength,
+    b0_direction,
+    mask_path,
+    labels_path,
+    inversion,
+    config_path,
+    models_dir,
+    backend,
+    dicom_out,
+    dicom_format,
+    quiet,
+):
     from ..runtime.pipeline import STAGES, run_case_files
 
     prov = run_case_files(
-        magnitude, phase, outdir, settings_from(config_path, inversion), overwrite=overwrite,
-        echo_time=echo_time, field_strength=field_strength, b0_direction=tuple(b0_direction) if b0_direction else None,
-        mask_path=mask_path, labels_path=labels_path, models_dir=models_dir, backend=backend,
-        dicom_out=dicom_out, dicom_format=dicom_format,
-        progress=StageProgress(STAGES, quiet), log=(lambda m: None) if quiet else (lambda m: echo_err(f"pedq-run: {m}")),
+        magnitude,
+        phase,
+        outdir,
+        settings_from(config_path, inversion),
+        overwrite=overwrite,
+        echo_time=echo_time,
+        field_strength=field_strength,
+        b0_direction=tuple(b0_direction) if b0_direction else None,
+        mask_path=mask_path,
+        labels_path=labels_path,
+        models_dir=models_dir,
+        backend=backend,
+        dicom_out=dicom_out,
+        dicom_format=dicom_format,
+        progress=StageProgress(STAGES, quiet),
+        log=(lambda m: None) if quiet else (lambda m: echo_err(f"pedq-run: {m}")),
     )
     if not quiet:
-        echo_err(f"pedq-run: wrote {outdir} in {prov['timings_s']['total']:.1f} s; chi has values in "
-                 f"{prov['coverage']:.1%} of the brain mask it used (mask.nii.gz; the rest is eroded by V-SHARP)")
+        echo_err(
+            f"pedq-run: wrote {outdir} in {prov['timings_s']['total']:.1f} s; chi has values in "
+            f"{prov['coverage']:.1%} of the brain mask it used (mask.nii.gz; the rest is eroded by V-SHARP)"
+        )
         for flag in prov["qc"].get("flags", []):
             echo_err(f"pedq-run: QC: {flag}")
 

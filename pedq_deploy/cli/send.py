@@ -1,4 +1,5 @@
 """``pedq-send``: send a GRE series (NIfTI pair or DICOM folders) to pedq-serve and save the QSM it returns."""
+
 from __future__ import annotations
 
 import click

@@ -1,4 +1,5 @@
 """``pedq-serve``: the MRD streaming server for FIRE / OpenRecon (needs the mrd extra: ismrmrd)."""
+
 from __future__ import annotations
 
 import click
@@ -30,8 +31,9 @@ def command(host, port, workers, models_dir, backend, no_models, config_path):
         raise InputError(f"pedq-serve needs the mrd extra (pip install 'pedq-deploy[mrd]'): {exc}") from None
     from ..mrd.server import MrdServer
 
-    server = MrdServer(host, port, workers=workers, models_dir=models_dir, backend=backend, no_models=no_models,
-                       settings=settings_from(config_path))
+    server = MrdServer(
+        host, port, workers=workers, models_dir=models_dir, backend=backend, no_models=no_models, settings=settings_from(config_path)
+    )
     try:
         server.serve_forever()
     finally:

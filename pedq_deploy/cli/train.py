@@ -1,4 +1,5 @@
 """``pedq-train``: train a PedQ-NET network on simulated pediatric heads (needs the train extra)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ from ._common import echo_err, entry_point
 @click.option("--device", type=str, help="cpu, cuda or auto (default: the config's).")
 @click.option("--time-limit", type=float, help="Stop (with a checkpoint) after this many minutes; rerun to go on.")
 @click.option("--init-from", type=click.Path(file_okay=False), help="Start a new run from exported models (e.g. export/): fine-tuning.")
-@click.option("--init-roles", type=str, help="With --init-from: only these networks (comma-separated, e.g. recon); the others start from random weights.")
-@click.option("--data-workers", type=int, help="Processes preparing phantom subjects ahead (default: the config's; use most cores with a GPU).")
+@click.option(
+    "--init-roles",
+    type=str,
+    help="With --init-from: only these networks (comma-separated, e.g. recon); the others start from random weights.",
+)
+@click.option(
+    "--data-workers", type=int, help="Processes preparing phantom subjects ahead (default: the config's; use most cores with a GPU)."
+)
 @click.option("-q", "--quiet", is_flag=True)
 def command(kind, config_path, outdir, steps, device, time_limit, init_from, init_roles, data_workers, quiet):
     """Train KIND: mask (UNETR), recon (U-Net, model loss), joint (recon + segmentation UNETR), tv (nnU-Net_TV ablation),
@@ -46,8 +53,15 @@ def command(kind, config_path, outdir, steps, device, time_limit, init_from, ini
         raise InputError("--init-roles needs --init-from")
     roles = None if init_roles is None else tuple(r.strip() for r in init_roles.split(",") if r.strip())
     cfg = load_config(config_path, steps=steps, device=device, data_workers=data_workers)
-    summary = train(kind, cfg, outdir, quiet=quiet, time_limit_s=None if time_limit is None else time_limit * 60.0, init_from=init_from,
-                    init_roles=roles)
+    summary = train(
+        kind,
+        cfg,
+        outdir,
+        quiet=quiet,
+        time_limit_s=None if time_limit is None else time_limit * 60.0,
+        init_from=init_from,
+        init_roles=roles,
+    )
     echo_err("pedq-train: " + json.dumps(summary))
 
 

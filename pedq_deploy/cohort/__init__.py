@@ -1,4 +1,5 @@
 """Cohorts: a BIDS study as independent runs on Dask, resumable, with a study report."""
+
 from __future__ import annotations
 
 from .report import write_report

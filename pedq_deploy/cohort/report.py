@@ -5,6 +5,7 @@ susceptibility against age where the dataset gives ages (an inline SVG chart), a
 per run: thumbnails (magnitude with the mask outline, QSM, QSM with the segmentation), age, echoes,
 run time, coverage, the QC misfit and flags, and the mean chi of each structure.
 """
+
 from __future__ import annotations
 
 import html
@@ -16,16 +17,26 @@ from ..io.bids import write_text_atomic
 
 __all__ = ["write_report", "STRUCTURES"]
 
-STRUCTURES = (("Thalamus", (10, 49), "#e69422"), ("Caudate", (11, 50), "#2a8fd0"), ("Putamen", (12, 51), "#c0179e"),
-              ("Pallidum", (13, 52), "#1f3cff"))
+STRUCTURES = (
+    ("Thalamus", (10, 49), "#e69422"),
+    ("Caudate", (11, 50), "#2a8fd0"),
+    ("Putamen", (12, 51), "#c0179e"),
+    ("Pallidum", (13, 52), "#1f3cff"),
+)
 
 
 def _structure_means(regions: list[dict]) -> dict[str, float | None]:
     out = {}
     for name, labels, _ in STRUCTURES:
-        vals = [r["mean_ppm"] for r in regions if r["label"] in labels and r.get("mean_ppm") is not None
-                and not (isinstance(r["mean_ppm"], float) and math.isnan(r["mean_ppm"])) and r.get("voxels", 0) > 0
-                and r.get("qc", "ok") == "ok"]  # a structure that failed the segmentation checks has no trustworthy value
+        vals = [
+            r["mean_ppm"]
+            for r in regions
+            if r["label"] in labels
+            and r.get("mean_ppm") is not None
+            and not (isinstance(r["mean_ppm"], float) and math.isnan(r["mean_ppm"]))
+            and r.get("voxels", 0) > 0
+            and r.get("qc", "ok") == "ok"
+        ]  # a structure that failed the segmentation checks has no trustworthy value
         out[name] = sum(vals) / len(vals) if vals else None
     return out
 
@@ -55,11 +66,13 @@ def _chart(records: list[dict]) -> str:
     y1 = y1 if y1 > y0 else y0 + 0.01
     sx = lambda a: pad + (a - x0) / (x1 - x0) * (w - 2 * pad)  # noqa: E731
     sy = lambda v: h - pad - (v - y0) / (y1 - y0) * (h - 2 * pad)  # noqa: E731
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' role='img' aria-label='deep grey matter chi against age'>",
-             f"<rect x='0' y='0' width='{w}' height='{h}' fill='white'/>",
-             f"<line x1='{pad}' y1='{h - pad}' x2='{w - pad}' y2='{h - pad}' stroke='#444'/>",
-             f"<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{h - pad}' stroke='#444'/>",
-             f"<line x1='{pad}' y1='{sy(0.0):.1f}' x2='{w - pad}' y2='{sy(0.0):.1f}' stroke='#bbb' stroke-dasharray='4 3'/>"]
+    parts = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' role='img' aria-label='deep grey matter chi against age'>",
+        f"<rect x='0' y='0' width='{w}' height='{h}' fill='white'/>",
+        f"<line x1='{pad}' y1='{h - pad}' x2='{w - pad}' y2='{h - pad}' stroke='#444'/>",
+        f"<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{h - pad}' stroke='#444'/>",
+        f"<line x1='{pad}' y1='{sy(0.0):.1f}' x2='{w - pad}' y2='{sy(0.0):.1f}' stroke='#bbb' stroke-dasharray='4 3'/>",
+    ]
     for i in range(5):
         a = x0 + i * (x1 - x0) / 4
         v = y0 + i * (y1 - y0) / 4
@@ -70,10 +83,14 @@ def _chart(records: list[dict]) -> str:
     for k, (name, _, colour) in enumerate(STRUCTURES):
         for a, m in pts:
             if m[name] is not None:
-                parts.append(f"<circle cx='{sx(a):.1f}' cy='{sy(m[name]):.1f}' r='4' fill='{colour}' fill-opacity='0.8'><title>{name}: "
-                             f"{m[name]:.4f} ppm at {html.escape(_age_text(a))}</title></circle>")
-        parts.append(f"<rect x='{w - pad - 90}' y='{pad + 16 * k - 9}' width='10' height='10' fill='{colour}'/>"
-                     f"<text x='{w - pad - 74}' y='{pad + 16 * k}' font-size='11'>{name}</text>")
+                parts.append(
+                    f"<circle cx='{sx(a):.1f}' cy='{sy(m[name]):.1f}' r='4' fill='{colour}' fill-opacity='0.8'><title>{name}: "
+                    f"{m[name]:.4f} ppm at {html.escape(_age_text(a))}</title></circle>"
+                )
+        parts.append(
+            f"<rect x='{w - pad - 90}' y='{pad + 16 * k - 9}' width='10' height='10' fill='{colour}'/>"
+            f"<text x='{w - pad - 74}' y='{pad + 16 * k}' font-size='11'>{name}</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -134,44 +151,67 @@ def write_report(out_root: str | Path, summary: dict) -> Path:
         means = _structure_means(r.get("regions") or [])
         tes = ", ".join(f"{t * 1e3:.2f}" for t in r.get("echo_times") or [])
         ratio = qc.get("misfit_noise_ratio")
-        thumb = (f"<img class='thumb' loading='lazy' src='{html.escape(r['figure'])}' alt='magnitude + mask, QSM, segmentation of {html.escape(r['run'])}'>"
-                 if r.get("figure") and status in ("done", "skipped") else "")
+        thumb = (
+            f"<img class='thumb' loading='lazy' src='{html.escape(r['figure'])}' alt='magnitude + mask, QSM, segmentation of {html.escape(r['run'])}'>"
+            if r.get("figure") and status in ("done", "skipped")
+            else ""
+        )
         age = r.get("age_years")
         cells = [
             _cell(html.escape(f"{r['run']}_{r['suffix']}")),
             _cell(html.escape(status + (f": {r['reason']}" if r.get("reason") and status != "skipped" else "")), sort=status),
             _cell(html.escape(_age_text(age)), sort=age if age is not None else -1, num=True),
             _cell(f"{r.get('echoes', 0)} ({tes} ms)" if tes else str(r.get("echoes", 0)), sort=r.get("echoes", 0), num=True),
-            _cell(html.escape(str(r.get("inversion") or "")), ),
-            _cell(f"{r['seconds']:.1f}" if r.get("seconds") is not None else "", sort=r.get("seconds") if r.get("seconds") is not None else -1, num=True),
+            _cell(
+                html.escape(str(r.get("inversion") or "")),
+            ),
+            _cell(
+                f"{r['seconds']:.1f}" if r.get("seconds") is not None else "",
+                sort=r.get("seconds") if r.get("seconds") is not None else -1,
+                num=True,
+            ),
             _cell(f"{r['coverage']:.0%}" if r.get("coverage") is not None else "", sort=r.get("coverage") or -1, num=True),
             _cell(f"{ratio:.2f}" if ratio is not None else "", sort=ratio if ratio is not None else -1, num=True),
             _cell("<br>".join(html.escape(f) for f in flags) or ("ok" if status in ("done", "skipped") else ""), sort=len(flags)),
-            *[_cell(f"{means[n]:+.4f}" if means[n] is not None else "", sort=means[n] if means[n] is not None else -9, num=True) for n, _, _ in STRUCTURES],
+            *[
+                _cell(f"{means[n]:+.4f}" if means[n] is not None else "", sort=means[n] if means[n] is not None else -9, num=True)
+                for n, _, _ in STRUCTURES
+            ],
             _cell(thumb, sort=""),
         ]
         rows.append(f"<tr class='{cls}'>" + "".join(cells) + "</tr>")
-    heads = ["run", "status", "age", "echoes (TE)", "inversion", "time (s)", "coverage", "QC misfit (x noise)", "QC flags",
-             *[f"{n} chi (ppm)" for n, _, _ in STRUCTURES], "magnitude + mask | QSM | segmentation"]
+    heads = [
+        "run",
+        "status",
+        "age",
+        "echoes (TE)",
+        "inversion",
+        "time (s)",
+        "coverage",
+        "QC misfit (x noise)",
+        "QC flags",
+        *[f"{n} chi (ppm)" for n, _, _ in STRUCTURES],
+        "magnitude + mask | QSM | segmentation",
+    ]
     problems = [r for r in records if r["status"] in ("failed", "not run")]
     cluster = summary.get("cluster") or {}
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pedq-deploy study report</title><style>{_STYLE}</style></head>
 <body>
 <h1>pedq-deploy study report</h1>
-<p class="meta">{html.escape(summary.get('bids_dir', ''))} &rarr; {html.escape(summary.get('out_dir', ''))}<br>
-pedq-deploy {html.escape(str(summary.get('version')))}, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')};
-wall time {summary.get('wall_seconds', 0):.0f} s on {html.escape(str(cluster.get('scheduler', 'n/a')))} ({cluster.get('workers', 0)} worker(s)).
+<p class="meta">{html.escape(summary.get("bids_dir", ""))} &rarr; {html.escape(summary.get("out_dir", ""))}<br>
+pedq-deploy {html.escape(str(summary.get("version")))}, {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")};
+wall time {summary.get("wall_seconds", 0):.0f} s on {html.escape(str(cluster.get("scheduler", "n/a")))} ({cluster.get("workers", 0)} worker(s)).
 Susceptibility in ppm, referenced to the mean over each run's V-SHARP-eroded brain mask; deep grey matter values average left and right.</p>
-<p class="counts"><span>done {c.get('done', 0)}</span><span>up to date {c.get('skipped', 0)}</span>
-<span class="failed">failed {c.get('failed', 0)}</span><span class="notrun">not processable {c.get('not run', 0)}</span></p>
-{('<ul class="problems">' + ''.join(f"<li><b>{html.escape(r['run'] + '_' + r['suffix'])}</b>: {html.escape(r['status'])}: {html.escape(r['reason'])}</li>" for r in problems) + '</ul>') if problems else ''}
+<p class="counts"><span>done {c.get("done", 0)}</span><span>up to date {c.get("skipped", 0)}</span>
+<span class="failed">failed {c.get("failed", 0)}</span><span class="notrun">not processable {c.get("not run", 0)}</span></p>
+{('<ul class="problems">' + "".join(f"<li><b>{html.escape(r['run'] + '_' + r['suffix'])}</b>: {html.escape(r['status'])}: {html.escape(r['reason'])}</li>" for r in problems) + "</ul>") if problems else ""}
 <h2>Deep grey matter against age</h2>
-{_chart([r for r in records if r['status'] in ('done', 'skipped')])}
+{_chart([r for r in records if r["status"] in ("done", "skipped")])}
 <h2>Runs</h2>
 <p class="note">Click a column to sort. QC misfit: median of |D*chi - field| over the noise the magnitude predicts (about 1 when chi
 explains the field down to the noise); flagged rows are shaded.</p>
-<table class="runs"><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in heads)}</tr></thead>
+<table class="runs"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in heads)}</tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody></table>

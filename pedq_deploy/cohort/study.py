@@ -10,6 +10,7 @@ grey matter structure) and ``report.html``.
 Each run's files are staged and renamed into place when complete, the provenance sidecar last, so a
 run killed half-way leaves no file that looks complete; the next study run redoes it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,13 +26,24 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError
-from ..io.bids import (BIDS_VERSION, BidsRun, DerivativeNames, find_runs, participant_ages, write_json_atomic,
-                       write_text_atomic)
+from ..io.bids import BIDS_VERSION, BidsRun, DerivativeNames, find_runs, participant_ages, write_json_atomic, write_text_atomic
 
 __all__ = ["run_study", "process_run", "run_hash", "model_manifests", "plan_workers"]
 
-REGION_COLUMNS = ("participant_id", "session_id", "run", "age_years", "label", "name", "voxels", "volume_ml", "mean_ppm", "std_ppm",
-                  "reference", "qc")
+REGION_COLUMNS = (
+    "participant_id",
+    "session_id",
+    "run",
+    "age_years",
+    "label",
+    "name",
+    "voxels",
+    "volume_ml",
+    "mean_ppm",
+    "std_ppm",
+    "reference",
+    "qc",
+)
 _WORKER_MODELS: dict = {}  # (models folder, backend) -> PedqModels: loaded once per worker process
 
 
@@ -70,10 +82,16 @@ def model_manifests(models_dir) -> dict[str, dict]:
 def run_hash(run: BidsRun, overrides: dict, manifests: dict[str, dict], backend: str) -> str:
     """What a run's outputs depend on: its input files, echo times and field strength, the parameters,
     the models (their manifests' checksums, see :func:`model_manifests`) and this version."""
-    what = {"version": __version__, "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())},
-            "models": {role: m.get("sha256") for role, m in manifests.items()}, "backend": backend,
-            "echoes": [{"magnitude": _sha256(e.magnitude), "phase": _sha256(e.phase), "echo_time": e.echo_time, "field_strength": e.field_strength}
-                       for e in run.echoes]}
+    what = {
+        "version": __version__,
+        "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())},
+        "models": {role: m.get("sha256") for role, m in manifests.items()},
+        "backend": backend,
+        "echoes": [
+            {"magnitude": _sha256(e.magnitude), "phase": _sha256(e.phase), "echo_time": e.echo_time, "field_strength": e.field_strength}
+            for e in run.echoes
+        ],
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
@@ -95,10 +113,10 @@ def _complete(out_root: Path, run: BidsRun, digest: str) -> dict | None:
 
 def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir, backend: str, digest: str) -> dict:
     """Load one run's echoes, run the pipeline, write its derivatives; returns its record."""
+    from ..config import PipelineConfig
     from ..io import StagedOutput, save_image
     from ..io.quicklook import quicklook
     from ..metrics import FS_DGM_NAMES, region_stats
-    from ..config import PipelineConfig
     from ..runtime.pipeline import load_inputs, run_case
 
     t0 = time.perf_counter()
@@ -116,14 +134,21 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
     magnitude = np.stack(mags, axis=-1) if multi else mags[0]
     phase = np.stack(phases, axis=-1) if multi else phases[0]
     opts = dict(overrides)
-    models = _models(models_dir, backend, opts.get("inversion", "auto") in ("auto", "pedq") or opts.get("masker", "auto") in ("auto", "network"))
+    models = _models(
+        models_dir, backend, opts.get("inversion", "auto") in ("auto", "pedq") or opts.get("masker", "auto") in ("auto", "network")
+    )
     cfg = PipelineConfig(echo_time=run.echo_times if multi else run.echo_times[0], field_strength=run.field_strength, **opts)
     result = run_case(magnitude, phase, props.affine, props.voxel_size, cfg, models=models)
     names = DerivativeNames(run)
     rows = []
     if result.segmentation is not None:
-        rows = region_stats(result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0, FS_DGM_NAMES,
-                            checks=result.info.get("segmentation_qc", {}))
+        rows = region_stats(
+            result.qsm,
+            result.segmentation,
+            float(np.prod(props.voxel_size)) / 1000.0,
+            FS_DGM_NAMES,
+            checks=result.info.get("segmentation_qc", {}),
+        )
         for row in rows:  # JSON has no NaN: a structure the network did not find has no values
             for k in ("mean_ppm", "std_ppm"):
                 row[k] = None if not np.isfinite(row[k]) else row[k]
@@ -132,8 +157,15 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
         files.insert(3, names.folder / names.file("dseg"))
     figure = names.figures / names.file("figure")
     with StagedOutput(out_root / names.figures) as fig:
-        quicklook(fig.path(figure.name), magnitude[..., 0] if multi else magnitude, result.mask, result.qsm, result.segmentation,
-                  props.affine, n_slices=1)
+        quicklook(
+            fig.path(figure.name),
+            magnitude[..., 0] if multi else magnitude,
+            result.mask,
+            result.qsm,
+            result.segmentation,
+            props.affine,
+            n_slices=1,
+        )
     seconds = time.perf_counter() - t0
     dataset = run.folder.parents[2] if run.session else run.folder.parents[1]
     raw = [f"bids::{Path(f).relative_to(dataset).as_posix()}" for e in run.echoes for f in (e.magnitude, e.phase)]
@@ -144,9 +176,16 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
         "EchoTime": list(run.echo_times) if multi else run.echo_times[0],
         "MagneticFieldStrength": run.field_strength,
         "PedqProvenance": {
-            "hash": digest, "version": __version__, "seconds": round(seconds, 2), "files": [str(f) for f in files + [figure]],
-            "figure": str(figure), "parameters": cfg.parameters(),
-            "phase_format": notes, "echoes": len(run.echoes), "host": os.uname().nodename, **result.info,
+            "hash": digest,
+            "version": __version__,
+            "seconds": round(seconds, 2),
+            "files": [str(f) for f in files + [figure]],
+            "figure": str(figure),
+            "parameters": cfg.parameters(),
+            "phase_format": notes,
+            "echoes": len(run.echoes),
+            "host": os.uname().nodename,
+            **result.info,
         },
         "PedqRegions": rows,
     }
@@ -156,7 +195,9 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
         if result.segmentation is not None:
             save_image(out.path(names.file("dseg")), result.segmentation, props.affine, dtype=np.uint8)
         save_image(out.path(names.file("qcmap")), result.qc_map, props.affine)
-        out.path(names.file("mask_json")).write_text(json.dumps({"Type": "Brain", "Sources": raw, "MaskSource": result.info["mask_source"]}, indent=2))
+        out.path(names.file("mask_json")).write_text(
+            json.dumps({"Type": "Brain", "Sources": raw, "MaskSource": result.info["mask_source"]}, indent=2)
+        )
         # last: its presence marks the run complete
         out.path(names.file("chimap_json")).write_text(json.dumps(sidecar, indent=2))
     return _record(run, sidecar, "done")
@@ -164,11 +205,23 @@ def process_run(run: BidsRun, out_root: str | Path, overrides: dict, models_dir,
 
 def _record(run: BidsRun, sidecar: dict, status: str, reason: str = "") -> dict:
     prov = sidecar.get("PedqProvenance", {}) if sidecar else {}
-    return {"run": run.name, "suffix": run.suffix, "subject": run.subject, "session": run.session, "status": status, "reason": reason,
-            "seconds": prov.get("seconds"), "qc": prov.get("qc"), "coverage": prov.get("coverage"), "echoes": len(run.echoes),
-            "echo_times": list(run.echo_times) if run.echoes and all(e.echo_time for e in run.echoes) else [],
-            "inversion": prov.get("inversion"), "figure": prov.get("figure"), "regions": sidecar.get("PedqRegions", []) if sidecar else [],
-            "folder": str(DerivativeNames(run).folder)}
+    return {
+        "run": run.name,
+        "suffix": run.suffix,
+        "subject": run.subject,
+        "session": run.session,
+        "status": status,
+        "reason": reason,
+        "seconds": prov.get("seconds"),
+        "qc": prov.get("qc"),
+        "coverage": prov.get("coverage"),
+        "echoes": len(run.echoes),
+        "echo_times": list(run.echo_times) if run.echoes and all(e.echo_time for e in run.echoes) else [],
+        "inversion": prov.get("inversion"),
+        "figure": prov.get("figure"),
+        "regions": sidecar.get("PedqRegions", []) if sidecar else [],
+        "folder": str(DerivativeNames(run).folder),
+    }
 
 
 def _safe_process(run, out_root, overrides, models_dir, backend, digest) -> dict:
@@ -232,8 +285,17 @@ def _progress(done: int, total: int, failed: int, quiet: bool) -> None:
     sys.stderr.flush()
 
 
-def _execute(todo: list[tuple[BidsRun, str]], out_root: Path, overrides, models_dir, backend, scheduler: str, workers: int | None,
-             log: Callable[[str], None], quiet: bool) -> tuple[list[dict], dict]:
+def _execute(
+    todo: list[tuple[BidsRun, str]],
+    out_root: Path,
+    overrides,
+    models_dir,
+    backend,
+    scheduler: str,
+    workers: int | None,
+    log: Callable[[str], None],
+    quiet: bool,
+) -> tuple[list[dict], dict]:
     if not todo:
         return [], {"scheduler": "nothing to run", "workers": 0}
     use_dask = scheduler != "none"
@@ -267,8 +329,12 @@ def _execute(todo: list[tuple[BidsRun, str]], out_root: Path, overrides, models_
         info = {"scheduler": scheduler, "workers": len(client.scheduler_info().get("workers", {}))}
         log(f"Dask scheduler {scheduler}: {info['workers']} worker(s)")
     try:
-        futures = [client.submit(_safe_process, run, str(out_root), overrides, models_dir, backend, digest, pure=False, key=f"pedq-{run.name}-{digest[:12]}")
-                   for run, digest in todo]
+        futures = [
+            client.submit(
+                _safe_process, run, str(out_root), overrides, models_dir, backend, digest, pure=False, key=f"pedq-{run.name}-{digest[:12]}"
+            )
+            for run, digest in todo
+        ]
         _progress(0, len(futures), 0, quiet)
         by_key = {f.key: run for f, (run, _) in zip(futures, todo)}
         for fut in as_completed(futures):
@@ -339,8 +405,10 @@ def run_study(
         else:
             todo.append((run, digest))
     _write_dataset_files(out_root, bids, overrides, manifests)
-    log(f"{len(runs)} run(s): {len(todo)} to process, {sum(r['status'] == 'skipped' for r in records)} up to date, "
-        f"{sum(r['status'] == 'not run' for r in records)} not processable")
+    log(
+        f"{len(runs)} run(s): {len(todo)} to process, {sum(r['status'] == 'skipped' for r in records)} up to date, "
+        f"{sum(r['status'] == 'not run' for r in records)} not processable"
+    )
     done, cluster = _execute(todo, out_root, overrides, models_dir, backend, scheduler, workers, log, quiet)
     records += done
     for r in records:
@@ -348,8 +416,12 @@ def run_study(
     records.sort(key=lambda r: r["run"])
     _write_regions(out_root, records)
     summary = {
-        "tool": "pedq-study", "version": __version__, "bids_dir": str(bids.resolve()), "out_dir": str(out_root.resolve()),
-        "wall_seconds": round(time.perf_counter() - t0, 2), "cluster": cluster,
+        "tool": "pedq-study",
+        "version": __version__,
+        "bids_dir": str(bids.resolve()),
+        "out_dir": str(out_root.resolve()),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "cluster": cluster,
         "counts": {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed", "not run")},
         "runs": records,
     }
@@ -366,10 +438,15 @@ def _write_dataset_files(out_root: Path, bids: Path, overrides: dict, manifests:
         "Name": "pedq-deploy QSM derivatives",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "pedq-deploy", "Version": __version__,
-                         "Description": "GRE magnitude + phase -> brain mask, unwrapping (multi-echo: temporal + weighted fit), V-SHARP, "
-                                        "QSM (PedQ-NET, TKD or TV), deep grey matter segmentation; models: "
-                                        + (", ".join(f"{k} {v['sha256'][:12]}" for k, v in models.items()) or "none")}],
+        "GeneratedBy": [
+            {
+                "Name": "pedq-deploy",
+                "Version": __version__,
+                "Description": "GRE magnitude + phase -> brain mask, unwrapping (multi-echo: temporal + weighted fit), V-SHARP, "
+                "QSM (PedQ-NET, TKD or TV), deep grey matter segmentation; models: "
+                + (", ".join(f"{k} {v['sha256'][:12]}" for k, v in models.items()) or "none"),
+            }
+        ],
         "SourceDatasets": [{"URL": bids.resolve().as_uri()}],
         "PedqModels": models,
         "PedqParameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()},
@@ -388,7 +465,22 @@ def _write_regions(out_root: Path, records: list[dict]) -> None:
         for g in r["regions"]:
             age = "n/a" if r.get("age_years") is None else f"{r['age_years']:.4f}"
             num = lambda x: "n/a" if x is None else f"{x:.6f}"  # noqa: E731
-            lines.append("\t".join([f"sub-{r['subject']}", f"ses-{r['session']}" if r["session"] else "n/a", r["run"], age, str(g["label"]),
-                                    g["name"], str(g["voxels"]), f"{g['volume_ml']:.4f}", num(g["mean_ppm"]), num(g["std_ppm"]),
-                                    "mean over the V-SHARP-eroded brain mask", g.get("qc", "ok")]))
+            lines.append(
+                "\t".join(
+                    [
+                        f"sub-{r['subject']}",
+                        f"ses-{r['session']}" if r["session"] else "n/a",
+                        r["run"],
+                        age,
+                        str(g["label"]),
+                        g["name"],
+                        str(g["voxels"]),
+                        f"{g['volume_ml']:.4f}",
+                        num(g["mean_ppm"]),
+                        num(g["std_ppm"]),
+                        "mean over the V-SHARP-eroded brain mask",
+                        g.get("qc", "ok"),
+                    ]
+                )
+            )
     write_text_atomic(out_root / "regions.tsv", "\n".join(lines) + "\n")

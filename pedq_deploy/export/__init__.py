@@ -1,4 +1,5 @@
 """Model export (torch side, the train extra): PyTorch -> ONNX (+ manifest) -> TensorRT engine."""
+
 from __future__ import annotations
 
 from .onnx import export_checkpoint, export_network

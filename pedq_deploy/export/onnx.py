@@ -7,6 +7,7 @@ seconds with no extra dependency, and names the batch axis dynamic with ``dynami
 export fails (and leaves nothing behind) when onnxruntime's output differs from PyTorch's
 beyond ``rtol=1e-3, atol=1e-4``.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 
 from ..backends.manifest import MANIFEST_FORMAT
-from ..io.checksum import sha256_file
 from ..errors import InputError, PedqError
+from ..io.checksum import sha256_file
 from ..training.config import TrainConfig
 from ..training.networks import SEG_CLASSES, build
 
@@ -30,10 +31,9 @@ __all__ = ["export_network", "export_checkpoint", "ExportError", "OPSET"]
 OPSET = 20
 NORMALISATION = {
     "recon": "input: local field in ppm (scaled inside the model) in the B0-aligned frame (isotropic voxel_size_mm, "
-             "B0 along the patch's z axis; pedq_deploy.frame). Output: chi in ppm, same frame.",
+    "B0 along the patch's z axis; pedq_deploy.frame). Output: chi in ppm, same frame.",
     "seg": "input: chi in ppm (scaled inside the model). Output: logits of the classes in label_map.",
-    "mask": "input: magnitude divided by its 99th percentile inside the head, clipped to [0, 1.5]. Output: logits "
-            "(background, brain).",
+    "mask": "input: magnitude divided by its 99th percentile inside the head, clipped to [0, 1.5]. Output: logits (background, brain).",
 }
 
 
@@ -41,8 +41,19 @@ class ExportError(PedqError):
     """The exported model does not reproduce the PyTorch model."""
 
 
-def export_network(model: torch.nn.Module, role: str, in_channels: int, patch, out_dir: str | Path, *,
-                   voxel_size, provenance: dict | None = None, rtol: float = 1e-3, atol: float = 1e-4, frame: str | None = None) -> Path:
+def export_network(
+    model: torch.nn.Module,
+    role: str,
+    in_channels: int,
+    patch,
+    out_dir: str | Path,
+    *,
+    voxel_size,
+    provenance: dict | None = None,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    frame: str | None = None,
+) -> Path:
     """Export one network to ``out_dir/{role}.onnx`` + ``{role}.json``; returns the manifest path.
 
     ``frame``: the orientation the network was trained in, ``"b0"`` (the B0-aligned frame) or
@@ -61,14 +72,26 @@ def export_network(model: torch.nn.Module, role: str, in_channels: int, patch, o
         expected = model(x).numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["output"], opset_version=OPSET,
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(tmp),
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=OPSET,
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            dynamo=False,
+        )
     try:
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(["output"], {"input": x.numpy()})[0]
         # a second batch size checks the dynamic axis
         got2 = session.run(["output"], {"input": np.concatenate([x.numpy()] * 2)})[0]
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=rtol, atol=atol) or not np.allclose(got2[1], expected[0], rtol=rtol, atol=atol):
+        if (
+            got.shape != expected.shape
+            or not np.allclose(got, expected, rtol=rtol, atol=atol)
+            or not np.allclose(got2[1], expected[0], rtol=rtol, atol=atol)
+        ):
             err = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("nan")
             raise ExportError(f"{role}: onnxruntime differs from PyTorch (max abs error {err:.3g} > atol {atol} + rtol {rtol})")
     except Exception:
@@ -94,8 +117,12 @@ def export_network(model: torch.nn.Module, role: str, in_channels: int, patch, o
         "opset": OPSET,
         "exporter": "torch.onnx.export(dynamo=False), TorchScript-based",
         "parity": {"rtol": rtol, "atol": atol, "max_abs_error": float(np.abs(got - expected).max())},
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
         "training": provenance or {},
     }
     tmpm = manifest_path.with_suffix(".json.partial")
@@ -127,18 +154,39 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
     for name, m in models.items():
         m.load_state_dict(state["models"][name])
     val_log = p.parent / "val_log.csv"
-    provenance = {"kind": state["kind"], "steps": state["step"], "config": state["config"],
-                  "train_seeds": list(cfg.train_seeds), "val_seeds": list(cfg.val_seeds),
-                  "validation_log": val_log.read_text() if val_log.is_file() else None,
-                  "checkpoint_sha256": sha256_file(p), "train_seconds": state.get("train_seconds"),
-                  "hardware": state.get("hardware"), "init_from": state.get("init_from") or None}
-    patches = {"recon": tuple(cfg.recon_window) if state["kind"] == "joint" else tuple(cfg.patch), "seg": tuple(cfg.seg_region), "mask": tuple(cfg.patch)}
+    provenance = {
+        "kind": state["kind"],
+        "steps": state["step"],
+        "config": state["config"],
+        "train_seeds": list(cfg.train_seeds),
+        "val_seeds": list(cfg.val_seeds),
+        "validation_log": val_log.read_text() if val_log.is_file() else None,
+        "checkpoint_sha256": sha256_file(p),
+        "train_seconds": state.get("train_seconds"),
+        "hardware": state.get("hardware"),
+        "init_from": state.get("init_from") or None,
+    }
+    patches = {
+        "recon": tuple(cfg.recon_window) if state["kind"] == "joint" else tuple(cfg.patch),
+        "seg": tuple(cfg.seg_region),
+        "mask": tuple(cfg.patch),
+    }
     # the recon and seg networks work in the B0-aligned isotropic frame, the mask network on the phantom's grid
     voxels = {"recon": (cfg.frame_voxel,) * 3, "seg": (cfg.frame_voxel,) * 3, "mask": tuple(cfg.voxel_size)}
     # a network the run kept frozen has the weights it was loaded with: its record is that model's
     start = state.get("init_from") or {}
     own = {name: (start[name].get("training") or {}) if name in cfg.frozen and name in start else provenance for name in models}
     # a seg run's UNETR learnt on the voxel axes (pedq-run's segmentation grid); the others keep export_network's default
-    return [export_network(m, name, 1, patches[name], out_dir, voxel_size=voxels[name], provenance=own[name],
-                           frame="voxel" if state["kind"] == "seg" else None)
-            for name, m in models.items()]
+    return [
+        export_network(
+            m,
+            name,
+            1,
+            patches[name],
+            out_dir,
+            voxel_size=voxels[name],
+            provenance=own[name],
+            frame="voxel" if state["kind"] == "seg" else None,
+        )
+        for name, m in models.items()
+    ]

@@ -1,4 +1,5 @@
 """Conventional dipole inversions: the baselines the networks must beat."""
+
 from __future__ import annotations
 
 from ._crop import crop_to_mask

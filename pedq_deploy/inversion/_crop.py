@@ -1,4 +1,5 @@
 """Work on the mask's bounding box, zero-padded so dipole fields do not wrap around the FFT box."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 Reference: K. Shmueli et al., "Magnetic susceptibility mapping of brain tissue in vivo using MRI
 phase data", Magn. Reson. Med. 62(6):1510-1522, 2009.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -15,6 +15,7 @@ cone, which the field cannot determine) the prior decides, elsewhere the field a
 stays diagonal in k-space: the chi update's denominator gains ``alpha`` and its numerator
 ``alpha F[chi_prior]``. ADMM then starts from the prior.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -92,8 +93,9 @@ def _shrink_update(chi, w, u, inv_h, kappa, rhs):  # pragma: no cover - compiled
             jm = j - 1 if j > 0 else n1 - 1
             for k in range(n2):
                 km = k - 1 if k > 0 else n2 - 1
-                rhs[i, j, k] = ((w[0, im, j, k] - w[0, i, j, k]) * h0 + (w[1, i, jm, k] - w[1, i, j, k]) * h1
-                                + (w[2, i, j, km] - w[2, i, j, k]) * h2)
+                rhs[i, j, k] = (
+                    (w[0, im, j, k] - w[0, i, j, k]) * h0 + (w[1, i, jm, k] - w[1, i, j, k]) * h1 + (w[2, i, j, km] - w[2, i, j, k]) * h2
+                )
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)

@@ -1,4 +1,5 @@
 """The only code that touches files: NIfTI images, JSON sidecars, output folders."""
+
 from __future__ import annotations
 
 from .checksum import sha256_file

@@ -1,4 +1,5 @@
 """A 5x7 bitmap font for the quick-look figure's labels (no plotting library at run time)."""
+
 from __future__ import annotations
 
 import numpy as np

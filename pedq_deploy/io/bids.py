@@ -11,6 +11,7 @@ provenance, ``<run>_desc-brain_mask.nii.gz``, ``<run>_desc-dgm_dseg.nii.gz`` (Fr
 ``dseg.tsv`` at the root), ``<run>_desc-consistency_qcmap.nii.gz`` (no BIDS suffix exists for it:
 listed in ``.bidsignore``), and a quick-look figure in ``sub-<label>/figures/``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,17 @@ from pathlib import Path
 from ..errors import InputError
 from .sidecar import echo_time_from_sidecar, field_strength_from_sidecar, read_json_object
 
-__all__ = ["BidsEcho", "BidsRun", "find_runs", "inherited_metadata", "participant_ages", "DerivativeNames",
-           "write_json_atomic", "write_text_atomic", "BIDS_VERSION"]
+__all__ = [
+    "BidsEcho",
+    "BidsRun",
+    "find_runs",
+    "inherited_metadata",
+    "participant_ages",
+    "DerivativeNames",
+    "write_json_atomic",
+    "write_text_atomic",
+    "BIDS_VERSION",
+]
 
 BIDS_VERSION = "1.10.0"
 SUFFIXES = ("T2starw", "MEGRE")
@@ -149,7 +159,9 @@ def find_runs(root: str | Path, participant_labels=None, sessions=None) -> list[
                 if ents.get("sub") != sub or ents.get("ses") != ses:
                     continue
                 key = (str(anat), suffix, tuple(sorted((k, v) for k, v in ents.items() if k not in ("part", "echo"))))
-                run, files = groups.setdefault(key, (BidsRun(sub, ses, {k: v for k, v in ents.items() if k not in ("part", "echo")}, suffix, anat), []))
+                run, files = groups.setdefault(
+                    key, (BidsRun(sub, ses, {k: v for k, v in ents.items() if k not in ("part", "echo")}, suffix, anat), [])
+                )
                 files.append((ents.get("echo"), ents.get("part"), f))
     if want_ses is not None:
         missing = sorted(want_ses - found_sessions)
@@ -212,8 +224,18 @@ def participant_ages(root: str | Path) -> dict[tuple[str, str | None], float]:
     ``participants.tsv``. Units follow ``participants.json`` / the sessions JSON (``Units`` of
     ``age``: years by default, or months, weeks, days), as BIDS recommends."""
     root = Path(root)
-    factor = {"years": 1.0, "year": 1.0, "y": 1.0, "months": 1 / 12, "month": 1 / 12, "weeks": 7 / 365.25, "week": 7 / 365.25,
-              "days": 1 / 365.25, "day": 1 / 365.25, "d": 1 / 365.25}
+    factor = {
+        "years": 1.0,
+        "year": 1.0,
+        "y": 1.0,
+        "months": 1 / 12,
+        "month": 1 / 12,
+        "weeks": 7 / 365.25,
+        "week": 7 / 365.25,
+        "days": 1 / 365.25,
+        "day": 1 / 365.25,
+        "d": 1 / 365.25,
+    }
 
     def units(json_path: Path) -> float:
         try:

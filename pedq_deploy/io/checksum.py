@@ -1,4 +1,5 @@
 """File checksums (provenance of inputs, verification of models)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -8,6 +8,7 @@ of ImageOrientationPatient. Pixel values are rescaled (RescaleSlope / RescaleInt
 Siemens phase stored 0..4095 with slope 2 and intercept -4096 arrives as -4096..4094, which the
 phase-format detection maps to radians.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,7 @@ from ..errors import InputError
 from .nifti import ImageProps
 from .orientation import lps_to_ras, ras_to_lps, slice_spacing
 
-__all__ = ["is_dicom_dir", "DicomSeries", "read_dicom_folder", "write_mr_series", "write_parametric_map", "write_seg",
-           "dicom_dir_sha256"]
+__all__ = ["is_dicom_dir", "DicomSeries", "read_dicom_folder", "write_mr_series", "write_parametric_map", "write_seg", "dicom_dir_sha256"]
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -174,26 +174,74 @@ def _slices_geometry(affine: np.ndarray, shape):
     return row, col, spacing, positions
 
 
-_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight", "StudyDate",
-           "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription", "PatientPosition",
-           "PositionReferenceIndicator", "MagneticFieldStrength", "EchoTime", "RepetitionTime", "FlipAngle", "EchoTrainLength",
-           "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "Manufacturer", "ImagingFrequency",
-           "SeriesDate", "SeriesTime", "BodyPartExamined")
-_TYPE2_DEFAULTS = {"PatientBirthDate": "", "PatientSex": "", "StudyDate": "", "StudyTime": "", "StudyID": "",
-                   "AccessionNumber": "", "ReferringPhysicianName": "", "PatientPosition": "", "Laterality": "",
-                   "PositionReferenceIndicator": "", "Manufacturer": "", "ScanningSequence": "GR", "SequenceVariant": "NONE",
-                   "ScanOptions": "", "MRAcquisitionType": "3D", "RepetitionTime": "", "EchoTime": "", "EchoTrainLength": "",
-                   "ImageComments": "pedq-deploy QSM: ppm = stored value x RescaleSlope; referenced to the brain mean"}
+_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientWeight",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "PatientPosition",
+    "PositionReferenceIndicator",
+    "MagneticFieldStrength",
+    "EchoTime",
+    "RepetitionTime",
+    "FlipAngle",
+    "EchoTrainLength",
+    "ScanningSequence",
+    "SequenceVariant",
+    "ScanOptions",
+    "MRAcquisitionType",
+    "Manufacturer",
+    "ImagingFrequency",
+    "SeriesDate",
+    "SeriesTime",
+    "BodyPartExamined",
+)
+_TYPE2_DEFAULTS = {
+    "PatientBirthDate": "",
+    "PatientSex": "",
+    "StudyDate": "",
+    "StudyTime": "",
+    "StudyID": "",
+    "AccessionNumber": "",
+    "ReferringPhysicianName": "",
+    "PatientPosition": "",
+    "Laterality": "",
+    "PositionReferenceIndicator": "",
+    "Manufacturer": "",
+    "ScanningSequence": "GR",
+    "SequenceVariant": "NONE",
+    "ScanOptions": "",
+    "MRAcquisitionType": "3D",
+    "RepetitionTime": "",
+    "EchoTime": "",
+    "EchoTrainLength": "",
+    "ImageComments": "pedq-deploy QSM: ppm = stored value x RescaleSlope; referenced to the brain mean",
+}
 
 
-def write_mr_series(folder, chi_ppm: np.ndarray, affine: np.ndarray, *, source: list | None = None,
-                    description: str = "PEDQ QSM (ppm = stored x 0.001)", series_number: int = 9901) -> list[Path]:
+def write_mr_series(
+    folder,
+    chi_ppm: np.ndarray,
+    affine: np.ndarray,
+    *,
+    source: list | None = None,
+    description: str = "PEDQ QSM (ppm = stored x 0.001)",
+    series_number: int = 9901,
+) -> list[Path]:
     """QSM as a DERIVED MR image series (int16 pixels, RescaleSlope 0.001 -> ppm) in ``folder``.
 
     ``source`` (DICOM headers of the input series, in slice order) gives the patient and study
     identity, the frame of reference and the referenced series; without it a new study is made.
     """
-    pydicom = _pydicom()
+    _pydicom()  # a one-line error where pydicom is not installed
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -273,15 +321,37 @@ def write_parametric_map(folder, chi_ppm: np.ndarray, source: list) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     pixels = np.ascontiguousarray(np.transpose(np.nan_to_num(chi_ppm).astype(np.float32), (2, 1, 0)))  # frames, rows, cols
     ppm = hd.sr.CodedConcept("ppm", "UCUM", "parts per million")
-    mapping = hd.pm.RealWorldValueMapping(lut_label="chi", lut_explanation="magnetic susceptibility (ppm)", unit=ppm,
-                                          value_range=(float(pixels.min()), float(pixels.max())), slope=1.0, intercept=0.0)
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="chi",
+        lut_explanation="magnetic susceptibility (ppm)",
+        unit=ppm,
+        value_range=(float(pixels.min()), float(pixels.max())),
+        slope=1.0,
+        intercept=0.0,
+    )
     pm = hd.pm.ParametricMap(
-        source_images=_with_pixels(source), pixel_array=pixels, series_instance_uid=generate_uid(), series_number=9903,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="pedq-deploy", manufacturer_model_name="pedq-run",
-        software_versions=_version(), device_serial_number="0", contains_recognizable_visual_features=False,
-        real_world_value_mappings=[mapping], series_description="PEDQ QSM (ppm)",
-        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.0, window_width=0.2, window_explanation="chi +-0.1 ppm",
-                                                         voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT)])
+        source_images=_with_pixels(source),
+        pixel_array=pixels,
+        series_instance_uid=generate_uid(),
+        series_number=9903,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="pedq-deploy",
+        manufacturer_model_name="pedq-run",
+        software_versions=_version(),
+        device_serial_number="0",
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        series_description="PEDQ QSM (ppm)",
+        voi_lut_transformations=[
+            hd.VOILUTTransformation(
+                window_center=0.0,
+                window_width=0.2,
+                window_explanation="chi +-0.1 ppm",
+                voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT,
+            )
+        ],
+    )
     if "Laterality" not in pm:
         pm.Laterality = ""  # Type 2C of the General Series module; the brain is not a paired organ
     p = folder / "QSM_parametric_map.dcm"
@@ -305,17 +375,33 @@ def write_seg(folder, labels: np.ndarray, source: list, names: dict[int, str]) -
     mask = np.stack([frames == v for v in present], axis=-1) if present else np.zeros((*frames.shape, 1), bool)
     descs = []
     for i, v in enumerate(present or [0], start=1):
-        descs.append(hd.seg.SegmentDescription(
-            segment_number=i, segment_label=_safe(names.get(v, "none")),
-            segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=hd.AlgorithmIdentificationSequence(name="PedQ-NET segmentation", version=_version(),
-                                                                       family=codes.DCM.ArtificialIntelligence)))
+        descs.append(
+            hd.seg.SegmentDescription(
+                segment_number=i,
+                segment_label=_safe(names.get(v, "none")),
+                segmented_property_category=codes.SCT.Tissue,
+                segmented_property_type=codes.SCT.Tissue,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=hd.AlgorithmIdentificationSequence(
+                    name="PedQ-NET segmentation", version=_version(), family=codes.DCM.ArtificialIntelligence
+                ),
+            )
+        )
     seg = hd.seg.Segmentation(
-        source_images=_with_pixels(source), pixel_array=mask.astype(np.uint8), segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descs, series_instance_uid=generate_uid(), series_number=9902, sop_instance_uid=generate_uid(),
-        instance_number=1, manufacturer="pedq-deploy", manufacturer_model_name="pedq-run", software_versions=_version(),
-        device_serial_number="0", series_description="PEDQ deep grey matter")
+        source_images=_with_pixels(source),
+        pixel_array=mask.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descs,
+        series_instance_uid=generate_uid(),
+        series_number=9902,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="pedq-deploy",
+        manufacturer_model_name="pedq-run",
+        software_versions=_version(),
+        device_serial_number="0",
+        series_description="PEDQ deep grey matter",
+    )
     p = folder / "DGM_seg.dcm"
     seg.save_as(p)
     return p
@@ -328,8 +414,10 @@ def _with_pixels(source: list) -> list:
     for ds in source:
         full = pydicom.dcmread(ds.filename) if getattr(ds, "filename", None) and os.path.exists(ds.filename) else ds
         for tag, value in _TYPE2_DEFAULTS.items():  # highdicom copies these Type 2 patient/study elements
-            if tag in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-                       "ReferringPhysicianName") and tag not in full:
+            if (
+                tag in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
+                and tag not in full
+            ):
                 setattr(full, tag, value)
         out.append(full)
     return out

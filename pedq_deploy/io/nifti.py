@@ -1,4 +1,5 @@
 """NIfTI reading and writing behind one (array, properties) interface."""
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,10 @@ def load_image(path: str | os.PathLike, *, name: str = "image") -> tuple[np.ndar
         nib_log.setLevel(level)
     dtype = img.get_data_dtype()
     if dtype.kind not in "biuf" or dtype.names is not None:
-        raise InputError(f"{name} {p.name} has data type {dtype} ({'complex' if dtype.kind == 'c' else 'unsupported'}): "
-                         "give real-valued magnitude and phase images")
+        raise InputError(
+            f"{name} {p.name} has data type {dtype} ({'complex' if dtype.kind == 'c' else 'unsupported'}): "
+            "give real-valued magnitude and phase images"
+        )
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]

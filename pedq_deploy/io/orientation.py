@@ -1,4 +1,5 @@
 """Patient geometry shared by the DICOM and MRD readers: LPS <-> RAS and the spacing of a slice stack."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ removed and OUTDIR is left as it was. A run killed outright (SIGKILL, power loss
 up: its staging folder carries its process id, and the next run for the same OUTDIR removes
 staging folders whose process is gone.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ def _remove_orphans(parent: Path, name: str) -> None:
     """Staging folders of earlier runs for ``name`` whose process no longer exists."""
     prefix = f".{name}.partial-"
     for d in parent.glob(prefix + "*"):
-        pid = d.name[len(prefix):].split("-", 1)[0]
+        pid = d.name[len(prefix) :].split("-", 1)[0]
         if d.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
 
@@ -60,7 +61,7 @@ class StagedOutput:
         self._stage: Path | None = None
         self._names: list[str] = []
 
-    def __enter__(self) -> "StagedOutput":
+    def __enter__(self) -> StagedOutput:
         parent = self.outdir.resolve().parent
         if self.outdir.exists() and not self.outdir.is_dir():
             raise InputError(f"output path exists and is not a folder: {self.outdir}")

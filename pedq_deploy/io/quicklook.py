@@ -7,6 +7,7 @@ percentile of |chi| where chi has values), and a colour bar gives it in ppm. Sli
 the neurological convention (the subject's left on the left, anterior up), whatever the voxel
 order on disk.
 """
+
 from __future__ import annotations
 
 import struct
@@ -21,8 +22,12 @@ from ._font import GLYPH_H, text_mask
 __all__ = ["write_png", "quicklook", "quicklook_slices", "display_window"]
 
 # FreeSurfer's colours of the deep grey matter structures (left and right alike)
-_STRUCTURES = (("thalamus", (10, 49), (0, 118, 14)), ("caudate", (11, 50), (122, 186, 220)),
-               ("putamen", (12, 51), (236, 13, 176)), ("pallidum", (13, 52), (12, 48, 255)))
+_STRUCTURES = (
+    ("thalamus", (10, 49), (0, 118, 14)),
+    ("caudate", (11, 50), (122, 186, 220)),
+    ("putamen", (12, 51), (236, 13, 176)),
+    ("pallidum", (13, 52), (12, 48, 255)),
+)
 _TEXT = (235, 235, 235)
 _BACK = (0, 0, 0)
 _SCALE = 2  # text: 10x14 pixels a glyph
@@ -37,7 +42,12 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
+    )
     Path(path).write_bytes(png)
 
 
@@ -98,7 +108,7 @@ def _put_text(canvas: np.ndarray, text: str, row: int, col: int, colour=_TEXT) -
     h = min(lit.shape[0], canvas.shape[0] - row)
     w = min(lit.shape[1], canvas.shape[1] - col)
     if h > 0 and w > 0 and row >= 0 and col >= 0:
-        canvas[row:row + h, col:col + w][lit[:h, :w]] = colour
+        canvas[row : row + h, col : col + w][lit[:h, :w]] = colour
 
 
 def _text_width(text: str) -> int:
@@ -163,7 +173,7 @@ def _side_panel(height: int, w: float, with_labels: bool) -> np.ndarray:
     panel = np.zeros((height, width, 3), np.uint8)
     top, bar_h = _LINE + 4 + 2 * _SCALE, max(min(height // 2, 256), 60)
     ramp = np.linspace(1.0, 0.0, bar_h)
-    panel[top:top + bar_h, 8:30] = (ramp * 255).astype(np.uint8)[:, None, None]
+    panel[top : top + bar_h, 8:30] = (ramp * 255).astype(np.uint8)[:, None, None]
     for text, frac in zip(labels, (0.0, 0.5, 1.0)):
         r = top + int(frac * (bar_h - 1)) - GLYPH_H * _SCALE // 2
         _put_text(panel, text, int(np.clip(r, 0, height - GLYPH_H * _SCALE)), 36)
@@ -173,7 +183,7 @@ def _side_panel(height: int, w: float, with_labels: bool) -> np.ndarray:
         for name, _, colour in _STRUCTURES:
             if r + _LINE > height:
                 break
-            panel[r:r + GLYPH_H * _SCALE, 8:30] = colour
+            panel[r : r + GLYPH_H * _SCALE, 8:30] = colour
             _put_text(panel, name, r, 36)
             r += _LINE
     return panel

@@ -1,4 +1,5 @@
 """BIDS JSON sidecars: EchoTime (s) and MagneticFieldStrength (T)."""
+
 from __future__ import annotations
 
 import json
@@ -53,9 +54,7 @@ def echo_time_from_sidecar(meta: dict) -> float | None:
     """EchoTime in seconds; values above 1 are refused as milliseconds (a classic BIDS mistake)."""
     te = _number(meta, "EchoTime")
     if te is not None and te > 1.0:
-        raise InputError(
-            f"EchoTime {te} in {meta.get('_path', 'sidecar')} looks like milliseconds; BIDS wants seconds ({te / 1000:g})"
-        )
+        raise InputError(f"EchoTime {te} in {meta.get('_path', 'sidecar')} looks like milliseconds; BIDS wants seconds ({te / 1000:g})")
     return te
 
 

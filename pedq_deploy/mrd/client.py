@@ -1,4 +1,5 @@
 """The client side of the MRD protocol: a volume pair -> MRD slices -> pedq-serve -> QSM volume."""
+
 from __future__ import annotations
 
 import socket
@@ -18,9 +19,11 @@ def header_xml(echo_time: float, field_strength: float) -> str:
     """A minimal ISMRMRD XML header: field strength and TE (ms)."""
     import ismrmrd.xsd as xsd
 
-    h = xsd.ismrmrdHeader(experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=int(GAMMA_MHZ_PER_T * 1e6 * field_strength)),
-                          acquisitionSystemInformation=xsd.acquisitionSystemInformationType(systemFieldStrength_T=float(field_strength)),
-                          sequenceParameters=xsd.sequenceParametersType(TE=[float(echo_time) * 1e3]))
+    h = xsd.ismrmrdHeader(
+        experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=int(GAMMA_MHZ_PER_T * 1e6 * field_strength)),
+        acquisitionSystemInformation=xsd.acquisitionSystemInformationType(systemFieldStrength_T=float(field_strength)),
+        sequenceParameters=xsd.sequenceParametersType(TE=[float(echo_time) * 1e3]),
+    )
     return xsd.ToXML(h)
 
 
@@ -46,8 +49,19 @@ def volume_to_slices(volume: np.ndarray, affine: np.ndarray, image_type: int, dt
     return out
 
 
-def send_series(host: str, port: int, magnitude: np.ndarray, phase_rad: np.ndarray, affine: np.ndarray, echo_time: float,
-                field_strength: float, *, config: str = "pedq", segmentation: bool = False, timeout: float = 600.0):
+def send_series(
+    host: str,
+    port: int,
+    magnitude: np.ndarray,
+    phase_rad: np.ndarray,
+    affine: np.ndarray,
+    echo_time: float,
+    field_strength: float,
+    *,
+    config: str = "pedq",
+    segmentation: bool = False,
+    timeout: float = 600.0,
+):
     """Send one GRE series; returns (QSM in ppm on the input grid, segmentation or None, server texts)."""
     try:
         sock = socket.create_connection((host, port), timeout=timeout)

@@ -7,6 +7,7 @@ millimetres (the MRD convention; scanners send it so), ``read_dir`` / ``phase_di
 contrast. The volume axes are (read, phase, slice); the affine maps them to RAS (x and y of LPS
 flipped), so B0 in the voxel frame follows from it as for any NIfTI.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,8 +69,9 @@ def assemble(images: list) -> SeriesVolume:
         is_3d, ordered = True, [first]
     else:
         for im in images[1:]:
-            if tuple(int(x) for x in im.matrix_size) != (nx, ny, 1) or not (np.allclose(_vec(im.read_dir), rd, atol=1e-4)
-                                                                          and np.allclose(_vec(im.phase_dir), pd, atol=1e-4)):
+            if tuple(int(x) for x in im.matrix_size) != (nx, ny, 1) or not (
+                np.allclose(_vec(im.read_dir), rd, atol=1e-4) and np.allclose(_vec(im.phase_dir), pd, atol=1e-4)
+            ):
                 raise InputError("the slices of one series differ in matrix size or orientation")
         ordered = sorted(images, key=lambda im: float(_vec(im.position) @ sd))
         dz = slice_spacing(np.array([float(_vec(im.position) @ sd) for im in ordered]), float(fov[2]), "MRD series")
@@ -82,8 +84,9 @@ def assemble(images: list) -> SeriesVolume:
     return SeriesVolume(vol, lps_to_ras(lps), (float(dx), float(dy), float(dz)), ordered, is_3d)
 
 
-def volume_to_images(volume: np.ndarray, like: SeriesVolume, *, image_type: int, series_index: int, scale: float,
-                     dtype=np.int16, meta: dict | None = None) -> list:
+def volume_to_images(
+    volume: np.ndarray, like: SeriesVolume, *, image_type: int, series_index: int, scale: float, dtype=np.int16, meta: dict | None = None
+) -> list:
     """MRD images of ``volume`` (on ``like``'s grid) laid out as the input was: same slices, same
     positions and directions; values stored as ``round(volume * scale)`` of ``dtype``."""
     import ismrmrd
@@ -98,9 +101,24 @@ def volume_to_images(volume: np.ndarray, like: SeriesVolume, *, image_type: int,
         im = ismrmrd.Image.from_array(np.ascontiguousarray(np.transpose(block, (2, 1, 0))), transpose=False)
         head = im.getHead()
         src = tmpl.getHead()
-        for f in ("version", "measurement_uid", "field_of_view", "position", "read_dir", "phase_dir", "slice_dir",
-                  "patient_table_position", "average", "slice", "contrast", "phase", "repetition", "set",
-                  "acquisition_time_stamp", "physiology_time_stamp"):
+        for f in (
+            "version",
+            "measurement_uid",
+            "field_of_view",
+            "position",
+            "read_dir",
+            "phase_dir",
+            "slice_dir",
+            "patient_table_position",
+            "average",
+            "slice",
+            "contrast",
+            "phase",
+            "repetition",
+            "set",
+            "acquisition_time_stamp",
+            "physiology_time_stamp",
+        ):
             setattr(head, f, getattr(src, f))
         head.image_type = image_type
         head.image_index = k + 1

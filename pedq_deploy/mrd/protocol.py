@@ -8,6 +8,7 @@ layouts (read and skipped here). The data structures come from the ``ismrmrd`` p
 framing is ours. Sizes are checked against limits BEFORE anything is allocated, so a client that
 claims a huge message is refused rather than served.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -18,8 +19,19 @@ import numpy as np
 
 from ..errors import PedqError
 
-__all__ = ["MRD_CONFIG_FILE", "MRD_CONFIG_TEXT", "MRD_HEADER", "MRD_CLOSE", "MRD_TEXT", "MRD_ACQUISITION", "MRD_IMAGE",
-           "MRD_WAVEFORM", "ProtocolError", "ConnectionClosed", "Connection"]
+__all__ = [
+    "MRD_CONFIG_FILE",
+    "MRD_CONFIG_TEXT",
+    "MRD_HEADER",
+    "MRD_CLOSE",
+    "MRD_TEXT",
+    "MRD_ACQUISITION",
+    "MRD_IMAGE",
+    "MRD_WAVEFORM",
+    "ProtocolError",
+    "ConnectionClosed",
+    "Connection",
+]
 
 MRD_CONFIG_FILE = 1
 MRD_CONFIG_TEXT = 2
@@ -95,8 +107,7 @@ class Connection:
         import ismrmrd
 
         head = ismrmrd.AcquisitionHeader.from_buffer_copy(self.read_exactly(ctypes.sizeof(ismrmrd.AcquisitionHeader)))
-        n = (int(head.trajectory_dimensions) * int(head.number_of_samples) * 4
-             + int(head.active_channels) * int(head.number_of_samples) * 8)
+        n = int(head.trajectory_dimensions) * int(head.number_of_samples) * 4 + int(head.active_channels) * int(head.number_of_samples) * 8
         if n > self.max_image_bytes:
             raise ProtocolError(f"acquisition of {n} bytes is over the limit")
         self.read_exactly(n)

@@ -8,6 +8,7 @@ deep grey matter segmentation, then closes. Models and their sessions are loaded
 and shared by every connection; at most ``workers`` series are processed at once, later
 connections wait in the listen queue.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,27 @@ from ..errors import InputError, PedqError
 from ..physics import GAMMA_MHZ_PER_T
 from ..preprocess import detect_and_scale_phase
 from .geometry import IMTYPE_MAGNITUDE, IMTYPE_PHASE, assemble, volume_to_images
-from .protocol import (MRD_CLOSE, MRD_CONFIG_FILE, MRD_CONFIG_TEXT, MRD_HEADER, MRD_IMAGE, MRD_TEXT, Connection,
-                       ConnectionClosed, ProtocolError)
+from .protocol import (
+    MRD_CLOSE,
+    MRD_CONFIG_FILE,
+    MRD_CONFIG_TEXT,
+    MRD_HEADER,
+    MRD_IMAGE,
+    MRD_TEXT,
+    Connection,
+    ConnectionClosed,
+    ProtocolError,
+)
 
 __all__ = ["PIPELINES", "QSM_SCALE_PPB", "MrdServer", "parse_header"]
 
 # config name -> pipeline overrides; "pedq" is the default pipeline (PedQ-NET when models are loaded)
-PIPELINES = {"pedq": {"inversion": "auto"}, "pedq-net": {"inversion": "pedq"}, "pedq-tkd": {"inversion": "tkd"},
-             "pedq-tv": {"inversion": "tv"}}
+PIPELINES = {
+    "pedq": {"inversion": "auto"},
+    "pedq-net": {"inversion": "pedq"},
+    "pedq-tkd": {"inversion": "tkd"},
+    "pedq-tv": {"inversion": "tv"},
+}
 QSM_SCALE_PPB = 1000.0  # stored integer = chi (ppm) * 1000
 QSM_SERIES_INDEX = 99
 SEG_SERIES_INDEX = 98
@@ -71,8 +85,18 @@ class _Session:
 class MrdServer:
     """A listening socket, shared models, a bounded pool of workers (one series each)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9002, *, workers: int = 1, models_dir=None, backend: str = "auto",
-                 no_models: bool = False, settings: dict | None = None, log=None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9002,
+        *,
+        workers: int = 1,
+        models_dir=None,
+        backend: str = "auto",
+        no_models: bool = False,
+        settings: dict | None = None,
+        log=None,
+    ):
         from ..config import PipelineConfig
         from ..runtime.networks import PedqModels, find_models
 
@@ -104,7 +128,7 @@ class MrdServer:
                 continue
             try:
                 conn, peer = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 self._slots.release()
                 continue
             self._pool.submit(self._handle, conn, peer)
@@ -134,7 +158,7 @@ class MrdServer:
         except PedqError as exc:
             self.log(f"{peer[0]}:{peer[1]} failed: {exc}")
             self._error(mrd, str(exc))
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             self.log(f"{peer[0]}:{peer[1]} connection error: {exc}")
         except Exception as exc:  # a bug must not take the server down: report it and go on
             self.log(f"{peer[0]}:{peer[1]} internal error: {type(exc).__name__}: {exc}")
@@ -215,18 +239,31 @@ class MrdServer:
         cfg.validate()
         res = run_case(mag.data, phase_rad, mag.affine, mag.voxel_size, cfg, models=self.models)
         mrd.send_text(f"pedq-serve: {s.config} ({inversion}); {fmt}; TE {echo_time * 1e3:.2f} ms, B0 {b0:.2f} T")
-        for im in volume_to_images(res.qsm, mag, image_type=IMTYPE_MAGNITUDE_OUT, series_index=QSM_SERIES_INDEX,
-                                   scale=QSM_SCALE_PPB, meta={"DataRole": "Quantitative", "Units": "ppb",
-                                                              "ScaleFactorPpmPerUnit": "0.001",
-                                                              "SeriesDescriptionAdditional": "PEDQ_QSM",
-                                                              "ImageProcessingHistory": "PEDQ"}):
+        for im in volume_to_images(
+            res.qsm,
+            mag,
+            image_type=IMTYPE_MAGNITUDE_OUT,
+            series_index=QSM_SERIES_INDEX,
+            scale=QSM_SCALE_PPB,
+            meta={
+                "DataRole": "Quantitative",
+                "Units": "ppb",
+                "ScaleFactorPpmPerUnit": "0.001",
+                "SeriesDescriptionAdditional": "PEDQ_QSM",
+                "ImageProcessingHistory": "PEDQ",
+            },
+        ):
             mrd.send_image(im)
         want_seg = bool(s.options.get("segmentation") or s.options.get("send_segmentation"))
         if want_seg and res.segmentation is not None:
-            for im in volume_to_images(res.segmentation.astype(np.float32), mag, image_type=IMTYPE_MAGNITUDE_OUT,
-                                       series_index=SEG_SERIES_INDEX, scale=1.0,
-                                       meta={"DataRole": "Segmentation", "Units": "FreeSurfer label",
-                                             "SeriesDescriptionAdditional": "PEDQ_DGM_SEG"}):
+            for im in volume_to_images(
+                res.segmentation.astype(np.float32),
+                mag,
+                image_type=IMTYPE_MAGNITUDE_OUT,
+                series_index=SEG_SERIES_INDEX,
+                scale=1.0,
+                meta={"DataRole": "Segmentation", "Units": "FreeSurfer label", "SeriesDescriptionAdditional": "PEDQ_DGM_SEG"},
+            ):
                 mrd.send_image(im)
         elif want_seg:
             mrd.send_text("pedq-serve: no segmentation model loaded; segmentation not sent")

@@ -1,4 +1,5 @@
 """Training crops: draw random patches of a simulated subject in memory."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,14 @@ class Crop:
     origin: tuple[int, int, int]  # index of the crop's first voxel in the subject (may be negative: padded)
 
 
-def random_crop(subject: Subject, size=(96, 96, 96), rng: np.random.Generator | None = None, *, brain_fraction: float = 0.9,
-                foreground_fraction: float = 0.0) -> Crop:
+def random_crop(
+    subject: Subject,
+    size=(96, 96, 96),
+    rng: np.random.Generator | None = None,
+    *,
+    brain_fraction: float = 0.9,
+    foreground_fraction: float = 0.0,
+) -> Crop:
     """A random ``size`` patch whose centre lies in the brain (with probability ``brain_fraction``).
 
     ``foreground_fraction``: the share of patches centred on a labelled deep grey matter voxel
@@ -60,9 +67,16 @@ def random_crop(subject: Subject, size=(96, 96, 96), rng: np.random.Generator | 
     origin = tuple(min(max(o, 0), n - s) if n >= s else (n - s) // 2 for o, n, s in zip(origin, shape, size))
 
     take = lambda a, dtype: crop_array(a, origin, size, dtype)  # noqa: E731
-    return Crop(take(subject.local_field, np.float32), take(subject.chi, np.float32), take(subject.brain_mask, np.uint8),
-                take(subject.magnitude, np.float32), take(subject.labels, np.uint8), np.asarray(subject.b0_direction, np.float64),
-                subject.voxel_size, origin)
+    return Crop(
+        take(subject.local_field, np.float32),
+        take(subject.chi, np.float32),
+        take(subject.brain_mask, np.uint8),
+        take(subject.magnitude, np.float32),
+        take(subject.labels, np.uint8),
+        np.asarray(subject.b0_direction, np.float64),
+        subject.voxel_size,
+        origin,
+    )
 
 
 def crop_array(a: np.ndarray, origin, size, dtype) -> np.ndarray:

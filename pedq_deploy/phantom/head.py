@@ -6,6 +6,7 @@ Shapes are painted in order, later ones over earlier ones, each with a soft edge
 voxel wide, so tissue boundaries are partial-volumed as in a real acquisition (and a 9 ppm air
 step does not ring through the k-space forward model).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,15 +20,38 @@ __all__ = ["HeadVolumes", "build_head", "LABEL_IDS", "DGM_LABELS", "BRAIN_LABELS
 
 # internal tissue labels
 LABEL_IDS = {
-    "air": 0, "skin": 1, "fat": 2, "muscle": 3, "bone": 4, "dura": 5, "csf": 6, "ventricle": 7,
-    "gm": 8, "wm": 9, "vein": 10, "sinus": 11, "cord": 12,
-    "thalamus_l": 20, "caudate_l": 21, "putamen_l": 22, "pallidum_l": 23,
-    "thalamus_r": 24, "caudate_r": 25, "putamen_r": 26, "pallidum_r": 27,
+    "air": 0,
+    "skin": 1,
+    "fat": 2,
+    "muscle": 3,
+    "bone": 4,
+    "dura": 5,
+    "csf": 6,
+    "ventricle": 7,
+    "gm": 8,
+    "wm": 9,
+    "vein": 10,
+    "sinus": 11,
+    "cord": 12,
+    "thalamus_l": 20,
+    "caudate_l": 21,
+    "putamen_l": 22,
+    "pallidum_l": 23,
+    "thalamus_r": 24,
+    "caudate_r": 25,
+    "putamen_r": 26,
+    "pallidum_r": 27,
 }
 # FreeSurfer / FSL FIRST numbers of the deep grey matter structures
 DGM_LABELS = {
-    "thalamus_l": 10, "caudate_l": 11, "putamen_l": 12, "pallidum_l": 13,
-    "thalamus_r": 49, "caudate_r": 50, "putamen_r": 51, "pallidum_r": 52,
+    "thalamus_l": 10,
+    "caudate_l": 11,
+    "putamen_l": 12,
+    "pallidum_l": 13,
+    "thalamus_r": 49,
+    "caudate_r": 50,
+    "putamen_r": 51,
+    "pallidum_r": 52,
 }
 BRAIN_LABELS = ("gm", "wm", "ventricle", "vein") + tuple(DGM_LABELS)
 
@@ -94,8 +118,11 @@ class _Painter:
         x, y, z = x - np.float32(c[0]), y - np.float32(c[1]), z - np.float32(c[2])
         if rot is not None:
             m = np.asarray(rot, np.float32)  # rows: local axes in the voxel frame
-            x, y, z = (m[0, 0] * x + m[0, 1] * y + m[0, 2] * z, m[1, 0] * x + m[1, 1] * y + m[1, 2] * z,
-                       m[2, 0] * x + m[2, 1] * y + m[2, 2] * z)
+            x, y, z = (
+                m[0, 0] * x + m[0, 1] * y + m[0, 2] * z,
+                m[1, 0] * x + m[1, 1] * y + m[1, 2] * z,
+                m[2, 0] * x + m[2, 1] * y + m[2, 2] * z,
+            )
         u = (x / np.float32(r[0]), y / np.float32(r[1]), z / np.float32(r[2]))
         f = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2) + np.float32(1e-6)
         if deform is not None:
@@ -215,8 +242,16 @@ def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_vo
     vr = (2.2 if ai == 0 else 2.8) * fit
     P.tube(sss, vr, "vein", "sinus")
     for s in (-1, 1):
-        P.tube([torcular, hc + np.array([s * 0.55 * inner[0], -0.78 * inner[1], -0.30 * inner[2]]),
-                hc + np.array([s * 0.82 * inner[0], -0.45 * inner[1], -0.40 * inner[2]])], 0.9 * vr, "vein", "sinus")
+        P.tube(
+            [
+                torcular,
+                hc + np.array([s * 0.55 * inner[0], -0.78 * inner[1], -0.30 * inner[2]]),
+                hc + np.array([s * 0.82 * inner[0], -0.45 * inner[1], -0.40 * inner[2]]),
+            ],
+            0.9 * vr,
+            "vein",
+            "sinus",
+        )
 
     # --- brain ----------------------------------------------------------------------------
     low = _random_sphere_field(rng, 8, (1.0, 3.0), 0.03)
@@ -228,21 +263,31 @@ def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_vo
     P.ellipsoid(cer_c, cer_r, "gm", "gm", deform=brain_def, only=("csf",))
     P.ellipsoid(cer_c, cer_r - cortex, "wm", "wm", deform=brain_def)
     # interhemispheric fissure
-    P.ellipsoid(cer_c + np.array([0.0, 0.0, 0.45 * R[2]]), [0.7 * fit + 0.3 * v[0], 0.95 * R[1], 0.55 * R[2]], "csf", "csf", only=("gm", "wm"))
+    P.ellipsoid(
+        cer_c + np.array([0.0, 0.0, 0.45 * R[2]]), [0.7 * fit + 0.3 * v[0], 0.95 * R[1], 0.55 * R[2]], "csf", "csf", only=("gm", "wm")
+    )
     # cerebellum and brainstem
     cb_c = bc + np.array([0.0, -0.55 * R[1], -0.62 * R[2]])
     cb_r = np.array([0.58 * R[0], 0.32 * R[1], 0.30 * R[2]])
     P.ellipsoid(cb_c, cb_r, "gm", "gm", deform=_random_sphere_field(rng, 16, (16.0, 24.0), 0.04), only=("csf", "dura"))
     P.ellipsoid(cb_c, 0.62 * cb_r, "wm", "wm")
-    stem = [bc + np.array([0.0, -0.12 * R[1], -0.05 * R[2]]), bc + np.array([0.0, -0.25 * R[1], -0.55 * R[2]]),
-            bc + np.array([0.0, -0.30 * R[1], -0.98 * R[2]])]
+    stem = [
+        bc + np.array([0.0, -0.12 * R[1], -0.05 * R[2]]),
+        bc + np.array([0.0, -0.25 * R[1], -0.55 * R[2]]),
+        bc + np.array([0.0, -0.30 * R[1], -0.98 * R[2]]),
+    ]
     P.tube(stem, 0.15 * R[0], "wm", "wm")
 
     # --- ventricles -------------------------------------------------------------------------
     vs = j(0.75, 1.35)
     for s in (-1, 1):
-        P.ellipsoid(bc + np.array([s * 0.13 * R[0], 0.04 * R[1], 0.14 * R[2]]),
-                    [0.055 * R[0] * vs, 0.44 * R[1], 0.11 * R[2] * vs], "csf", "ventricle", rot=_rot_z(s * j(4, 10)))
+        P.ellipsoid(
+            bc + np.array([s * 0.13 * R[0], 0.04 * R[1], 0.14 * R[2]]),
+            [0.055 * R[0] * vs, 0.44 * R[1], 0.11 * R[2] * vs],
+            "csf",
+            "ventricle",
+            rot=_rot_z(s * j(4, 10)),
+        )
     P.ellipsoid(bc + np.array([0.0, -0.08 * R[1], -0.04 * R[2]]), [0.8 * fit + 0.3 * v[0], 0.15 * R[1], 0.11 * R[2]], "csf", "ventricle")
 
     # --- deep grey matter (left is -x in RAS) ---------------------------------------------
@@ -262,8 +307,12 @@ def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_vo
     icv_r = (0.9 if ai == 0 else 1.1) * fit
     galen = bc + np.array([0.0, -0.36 * R[1], 0.08 * R[2]])
     for s in (-1, 1):
-        P.tube([bc + np.array([s * 1.6 * fit, 0.12 * R[1], 0.15 * R[2]]), bc + np.array([s * 1.4 * fit, -0.20 * R[1], 0.13 * R[2]]), galen],
-               icv_r, "vein", "vein")
+        P.tube(
+            [bc + np.array([s * 1.6 * fit, 0.12 * R[1], 0.15 * R[2]]), bc + np.array([s * 1.4 * fit, -0.20 * R[1], 0.13 * R[2]]), galen],
+            icv_r,
+            "vein",
+            "vein",
+        )
     P.tube([galen, galen + np.array([0.0, -0.12 * R[1], 0.05 * R[2]])], 1.4 * icv_r, "vein", "vein")
     P.tube([galen + np.array([0.0, -0.12 * R[1], 0.05 * R[2]]), torcular], vr * 0.8, "vein", "sinus")
 
@@ -275,11 +324,23 @@ def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_vo
     P.tube([fm, canal[1]], 0.09 * R[0], "wm", "cord")
     sin_r = (j(3.0, 4.5) if ai == 0 else j(6.0, 8.5)) * fit
     for s in (-1, 1):
-        P.ellipsoid(face_c + np.array([s * 0.30 * head[0], 0.15 * head[1], 0.10 * head[2]]), [sin_r, 1.2 * sin_r, 1.3 * sin_r], "air", "air")
-        P.tube([hc + np.array([s * 1.02 * head[0], -0.05 * head[1], -0.42 * head[2]]), hc + np.array([s * 0.80 * head[0], -0.05 * head[1], -0.40 * head[2]])],
-               3.0 * fit, "air", "air")
-    nose = [face_c + np.array([0.0, 0.55 * head[1], 0.2 * head[2]]), face_c + np.array([0.0, 0.1 * head[1], -0.1 * head[2]]),
-            np.array([hc[0], hc[1] + 0.12 * head[1], bottom])]
+        P.ellipsoid(
+            face_c + np.array([s * 0.30 * head[0], 0.15 * head[1], 0.10 * head[2]]), [sin_r, 1.2 * sin_r, 1.3 * sin_r], "air", "air"
+        )
+        P.tube(
+            [
+                hc + np.array([s * 1.02 * head[0], -0.05 * head[1], -0.42 * head[2]]),
+                hc + np.array([s * 0.80 * head[0], -0.05 * head[1], -0.40 * head[2]]),
+            ],
+            3.0 * fit,
+            "air",
+            "air",
+        )
+    nose = [
+        face_c + np.array([0.0, 0.55 * head[1], 0.2 * head[2]]),
+        face_c + np.array([0.0, 0.1 * head[1], -0.1 * head[2]]),
+        np.array([hc[0], hc[1] + 0.12 * head[1], bottom]),
+    ]
     P.tube(nose, 4.5 * fit, "air", "air")
 
     return HeadVolumes(P.chi, P.pd, P.r2s, P.fat, P.label, hc, head)

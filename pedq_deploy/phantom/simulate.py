@@ -1,4 +1,5 @@
 """From the painted head to a GRE acquisition: field, phase, magnitude, noise, geometry."""
+
 from __future__ import annotations
 
 import copy
@@ -119,8 +120,13 @@ def _coil_shading(rng, shape, voxel_size, head_center, head_radii, brain):
     sos = np.zeros_like(X)
     sigma = 0.75 * head_radii[0]
     for k in range(n_coils):
-        p = head_center + np.array([1.25 * head_radii[0] * np.cos(phi0 + 2 * np.pi * k / n_coils),
-                                    1.25 * head_radii[1] * np.sin(phi0 + 2 * np.pi * k / n_coils), zc - head_center[2]])
+        p = head_center + np.array(
+            [
+                1.25 * head_radii[0] * np.cos(phi0 + 2 * np.pi * k / n_coils),
+                1.25 * head_radii[1] * np.sin(phi0 + 2 * np.pi * k / n_coils),
+                zc - head_center[2],
+            ]
+        )
         gain = rng.uniform(0.8, 1.2)
         sos += (gain * np.exp(-((X - p[0]) ** 2 + (Y - p[1]) ** 2 + (Z - p[2]) ** 2) / (2 * sigma**2))) ** 2
     sens = np.sqrt(sos)
@@ -231,14 +237,18 @@ def make_subject(
     phi0 = rng.uniform(-np.pi, np.pi)
     grad = rng.normal(0, 0.004, 3)  # rad/mm receiver phase ramp (harmonic: removed by V-SHARP)
     c = (np.asarray(shape) - 1) / 2.0
-    ramp = sum(g * ((np.arange(n) - ci) * vi).reshape([-1 if a == i else 1 for i in range(3)])
-               for a, (g, n, ci, vi) in enumerate(zip(grad, shape, c, v)))
-    phase_offset = (np.float32(phi0) + ramp.astype(np.float32))
+    ramp = sum(
+        g * ((np.arange(n) - ci) * vi).reshape([-1 if a == i else 1 for i in range(3)])
+        for a, (g, n, ci, vi) in enumerate(zip(grad, shape, c, v))
+    )
+    phase_offset = np.float32(phi0) + ramp.astype(np.float32)
     signals = []
     for te in tes:  # the same head and field at every echo; T2* decay, field and fat shift grow with TE
         fat_phase = 2 * np.pi * GAMMA_MHZ_PER_T * field_strength * FAT_SHIFT_PPM * te  # rad
         mag_f = head_f.pd * np.exp(-te * 1e3 * head_f.r2s)
-        sig = _block_mean(mag_f * ((1 - head_f.fat) + head_f.fat * np.exp(1j * fat_phase)) * np.exp(1j * ppm_to_phase(field_f, te, field_strength)), f)
+        sig = _block_mean(
+            mag_f * ((1 - head_f.fat) + head_f.fat * np.exp(1j * fat_phase)) * np.exp(1j * ppm_to_phase(field_f, te, field_strength)), f
+        )
         signals.append((sig * shading * np.exp(1j * phase_offset)).astype(np.complex64))
     del mag_f, field_f
     # SNR is that of the first echo; thermal noise is the same at every echo
@@ -256,15 +266,43 @@ def make_subject(
         fs_labels[labels_int == LABEL_IDS[name]] = number
     fs_labels[~brain] = 0
 
-    params = dict(seed=int(seed), age=age, shape=list(shape), voxel_size=[float(x) for x in v], tilt_deg=tilt,
-                  tilt_axis_angle_deg=axis_angle, echo_time=list(tes) if multi else tes[0], field_strength=field_strength,
-                  snr=float(snr), phase_format=phase_format, receiver_phase_offset_rad=float(phi0),
-                  receiver_phase_ramp_rad_per_mm=[float(g) for g in grad], noise_sigma=sigma, supersample=list(f),
-                  b0_direction_voxel_frame=[float(x) for x in b0], chi_reference="mean over brain_mask",
-                  tissue_chi_ppm={k: float(head.chi[labels_int == LABEL_IDS[k]].mean()) if np.any(labels_int == LABEL_IDS[k]) else None
-                                  for k in ("wm", "gm", *DGM_LABELS)})
-    return Subject(magnitude, phase, chi, local, total, brain, fs_labels, affine, tuple(float(x) for x in v),
-                   tes if multi else tes[0], field_strength, b0, params)
+    params = dict(
+        seed=int(seed),
+        age=age,
+        shape=list(shape),
+        voxel_size=[float(x) for x in v],
+        tilt_deg=tilt,
+        tilt_axis_angle_deg=axis_angle,
+        echo_time=list(tes) if multi else tes[0],
+        field_strength=field_strength,
+        snr=float(snr),
+        phase_format=phase_format,
+        receiver_phase_offset_rad=float(phi0),
+        receiver_phase_ramp_rad_per_mm=[float(g) for g in grad],
+        noise_sigma=sigma,
+        supersample=list(f),
+        b0_direction_voxel_frame=[float(x) for x in b0],
+        chi_reference="mean over brain_mask",
+        tissue_chi_ppm={
+            k: float(head.chi[labels_int == LABEL_IDS[k]].mean()) if np.any(labels_int == LABEL_IDS[k]) else None
+            for k in ("wm", "gm", *DGM_LABELS)
+        },
+    )
+    return Subject(
+        magnitude,
+        phase,
+        chi,
+        local,
+        total,
+        brain,
+        fs_labels,
+        affine,
+        tuple(float(x) for x in v),
+        tes if multi else tes[0],
+        field_strength,
+        b0,
+        params,
+    )
 
 
 def write_subject(subject: Subject, outdir: str | Path) -> list[str]:
@@ -272,8 +310,12 @@ def write_subject(subject: Subject, outdir: str | Path) -> list[str]:
     from ..io import StagedOutput, save_image
 
     names = []
-    side = {"EchoTime": subject.echo_time, "MagneticFieldStrength": subject.field_strength,
-            "Manufacturer": "pedq-deploy phantom", "ImageType": None}
+    side = {
+        "EchoTime": subject.echo_time,
+        "MagneticFieldStrength": subject.field_strength,
+        "Manufacturer": "pedq-deploy phantom",
+        "ImageType": None,
+    }
     with StagedOutput(outdir) as out:
         save_image(out.path("magnitude.nii.gz"), subject.magnitude, subject.affine)
         phase_dtype = np.int16 if subject.params.get("phase_format") == "siemens" else np.float32
@@ -289,8 +331,16 @@ def write_subject(subject: Subject, outdir: str | Path) -> list[str]:
     return names
 
 
-def write_bids(subject: Subject, root: str | Path, sub: str, ses: str | None = None, *, acq: str | None = None, run: int | None = None,
-               parts: tuple[str, ...] = ("mag", "phase")) -> list[Path]:
+def write_bids(
+    subject: Subject,
+    root: str | Path,
+    sub: str,
+    ses: str | None = None,
+    *,
+    acq: str | None = None,
+    run: int | None = None,
+    parts: tuple[str, ...] = ("mag", "phase"),
+) -> list[Path]:
     """Write a subject into a BIDS dataset as a raw GRE run: ``_T2starw`` for one echo, ``_MEGRE`` with
     ``echo-N`` for several, ``part-mag`` / ``part-phase``, each with its JSON sidecar (EchoTime in s,
     MagneticFieldStrength in T). ``parts`` leaves a part out (a run with a missing phase, for tests).
@@ -300,8 +350,15 @@ def write_bids(subject: Subject, root: str | Path, sub: str, ses: str | None = N
 
     root = Path(root)
     if not (root / "dataset_description.json").is_file():
-        write_json_atomic(root / "dataset_description.json", {"Name": "pedq-deploy phantom study", "BIDSVersion": BIDS_VERSION,
-                                                              "DatasetType": "raw", "GeneratedBy": [{"Name": "pedq-deploy phantom"}]})
+        write_json_atomic(
+            root / "dataset_description.json",
+            {
+                "Name": "pedq-deploy phantom study",
+                "BIDSVersion": BIDS_VERSION,
+                "DatasetType": "raw",
+                "GeneratedBy": [{"Name": "pedq-deploy phantom"}],
+            },
+        )
     folder = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
     folder.mkdir(parents=True, exist_ok=True)
     tes = list(np.atleast_1d(subject.echo_time))
@@ -311,12 +368,19 @@ def write_bids(subject: Subject, root: str | Path, sub: str, ses: str | None = N
     for e, te in enumerate(tes):
         for part in parts:
             name = stem + (f"_echo-{e + 1}" if multi else "") + f"_part-{part}_" + ("MEGRE" if multi else "T2starw")
-            data = (subject.magnitude if part == "mag" else subject.phase)
+            data = subject.magnitude if part == "mag" else subject.phase
             data = data[..., e] if multi else data
             dtype = np.int16 if (part == "phase" and subject.params.get("phase_format") == "siemens") else np.float32
             save_image(folder / f"{name}.nii.gz", data, subject.affine, dtype=dtype)
-            write_json_atomic(folder / f"{name}.json", {"EchoTime": float(te), "MagneticFieldStrength": subject.field_strength,
-                                                         "Manufacturer": "pedq-deploy phantom", "EchoNumber": e + 1,
-                                                         "ImageType": ["ORIGINAL", "PRIMARY", "M" if part == "mag" else "P"]})
+            write_json_atomic(
+                folder / f"{name}.json",
+                {
+                    "EchoTime": float(te),
+                    "MagneticFieldStrength": subject.field_strength,
+                    "Manufacturer": "pedq-deploy phantom",
+                    "EchoNumber": e + 1,
+                    "ImageType": ["ORIGINAL", "PRIMARY", "M" if part == "mag" else "P"],
+                },
+            )
             written.append(folder / f"{name}.nii.gz")
     return written

@@ -23,6 +23,7 @@ plausible values, not a normative atlas:
 Magnitude: proton density (relative to CSF) and T2* (ms) at 3 T; neonatal white matter is
 unmyelinated, wet and long-T2*, so it is brighter than grey matter, the reverse of adults.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

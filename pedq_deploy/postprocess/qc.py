@@ -12,6 +12,7 @@ mask that takes in non-brain, motion between echoes, or residual background fiel
 ``chi`` is referenced to its mean, which is arbitrary: the mean is fitted back before comparing
 (``D*m`` is not zero for a non-spherical mask).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,8 +28,14 @@ from ..physics import check_direction, check_voxel_size, dipole_kernel_rfft, fft
 __all__ = ["consistency", "estimate_noise_sigma", "b0_direction_check", "QC_THRESHOLDS"]
 
 # flags (see consistency()): set on held-out phantoms with right and wrong parameters, benchmarks/bench_qc.py
-QC_THRESHOLDS = {"misfit_noise_ratio": 3.0, "misfit_fraction_above_3": 0.5, "coverage": 0.6,
-                 "b0_cone_energy_ratio": 2.5, "b0_angle_deg": 15.0, "single_echo_fraction": 0.10}
+QC_THRESHOLDS = {
+    "misfit_noise_ratio": 3.0,
+    "misfit_fraction_above_3": 0.5,
+    "coverage": 0.6,
+    "b0_cone_energy_ratio": 2.5,
+    "b0_angle_deg": 15.0,
+    "single_echo_fraction": 0.10,
+}
 
 
 def _fibonacci_cap(centre: np.ndarray, max_deg: float, spacing_deg: float) -> np.ndarray:
@@ -43,8 +50,17 @@ def _fibonacci_cap(centre: np.ndarray, max_deg: float, spacing_deg: float) -> np
     return np.concatenate([centre[None], d[keep]])
 
 
-def b0_direction_check(local_field: np.ndarray, mask: np.ndarray, voxel_size: Sequence[float], b0_direction: Sequence[float],
-                       *, max_deg: float = 40.0, spacing_deg: float = 4.0, cone_width: float = 0.1, max_points: int = 150_000) -> dict:
+def b0_direction_check(
+    local_field: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: Sequence[float],
+    b0_direction: Sequence[float],
+    *,
+    max_deg: float = 40.0,
+    spacing_deg: float = 4.0,
+    cone_width: float = 0.1,
+    max_points: int = 150_000,
+) -> dict:
     """Which B0 direction the local field itself points to.
 
     A dipole field has almost no energy on its kernel's zero cone (``|k.b|^2 / |k|^2 = 1/3``), so the
@@ -74,9 +90,9 @@ def b0_direction_check(local_field: np.ndarray, mask: np.ndarray, voxel_size: Se
     dirs = _fibonacci_cap(b, max_deg, spacing_deg)
     energy = np.empty(len(dirs))
     for start in range(0, len(dirs), 16):
-        c = (k @ dirs[start:start + 16].T) ** 2
+        c = (k @ dirs[start : start + 16].T) ** 2
         cone = np.abs(c - 1.0 / 3.0) < cone_width
-        energy[start:start + 16] = (p @ cone) / np.maximum(cone.sum(axis=0), 1)
+        energy[start : start + 16] = (p @ cone) / np.maximum(cone.sum(axis=0), 1)
     best = int(np.argmin(energy))
     angle = float(np.degrees(np.arccos(np.clip(abs(dirs[best] @ b), -1.0, 1.0))))
     return {"best_angle_deg": round(angle, 2), "cone_energy_ratio": float(energy[0] / max(energy[best], 1e-30))}
@@ -165,8 +181,13 @@ def consistency(
     qc_map = np.where(m, weight * np.abs(np.exp(1j * k * model) - np.exp(1j * k * y)), 0.0).astype(np.float32)
 
     sigma = estimate_noise_sigma(mag, m) if noise_sigma is None else float(noise_sigma)
-    summary: dict = {"misfit_mean": float(qc_map[m].mean()), "misfit_noise_ratio": None, "misfit_fraction_above_3": None,
-                     "noise_sigma": sigma, "flags": []}
+    summary: dict = {
+        "misfit_mean": float(qc_map[m].mean()),
+        "misfit_noise_ratio": None,
+        "misfit_fraction_above_3": None,
+        "noise_sigma": sigma,
+        "flags": [],
+    }
     if sigma and sigma > 0:
         sens = (mag * abs(k)) if sensitivity is None else np.asarray(sensitivity, np.float32)
         # misfit / (noise std x sqrt(2/pi)): the mean of |noise| is sigma sqrt(2/pi)
@@ -174,8 +195,10 @@ def consistency(
         summary["misfit_noise_ratio"] = float(np.median(ratio))
         summary["misfit_fraction_above_3"] = float(np.mean(ratio > 3.0))
         if summary["misfit_noise_ratio"] > QC_THRESHOLDS["misfit_noise_ratio"]:
-            summary["flags"].append(f"chi does not explain the field: median misfit {summary['misfit_noise_ratio']:.2f}x the noise "
-                                    "(a mask taking in non-brain, phase unwrapping errors, motion, residual background)")
+            summary["flags"].append(
+                f"chi does not explain the field: median misfit {summary['misfit_noise_ratio']:.2f}x the noise "
+                "(a mask taking in non-brain, phase unwrapping errors, motion, residual background)"
+            )
         elif summary["misfit_fraction_above_3"] > QC_THRESHOLDS["misfit_fraction_above_3"]:
             summary["flags"].append(f"local misfit: {summary['misfit_fraction_above_3']:.0%} of the mask misfit by over 3x the noise")
     else:
@@ -183,8 +206,10 @@ def consistency(
     b0 = b0_direction_check(y, m, v, b)
     summary["b0_check"] = b0
     if b0["cone_energy_ratio"] > QC_THRESHOLDS["b0_cone_energy_ratio"] and b0["best_angle_deg"] > QC_THRESHOLDS["b0_angle_deg"]:
-        summary["flags"].append(f"B0 direction: the field's own dipole pattern points {b0['best_angle_deg']:.0f} deg from the given B0 "
-                                "(check the image orientation / --b0-direction)")
+        summary["flags"].append(
+            f"B0 direction: the field's own dipole pattern points {b0['best_angle_deg']:.0f} deg from the given B0 "
+            "(check the image orientation / --b0-direction)"
+        )
     if coverage is not None and coverage < QC_THRESHOLDS["coverage"]:
         summary["flags"].append(f"low coverage: {coverage:.0%} of the brain mask has values")
     return qc_map, summary

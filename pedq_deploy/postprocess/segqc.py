@@ -13,9 +13,10 @@ checks catch the failures that anatomy rules out, without any reference segmenta
   the other side (the paired structures are of about equal size, in neonates as in adults).
 
 A structure that passes them all is not proven right, only not proven wrong: these checks are
-necessary, not sufficient (``benchmarks/bench_pedqnet.py`` reports the Dice of the structures
+necessary, not sufficient (``benchmarks/bench_heads.py`` reports the Dice of the structures
 that pass and of those flagged).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,9 @@ def _partner(name: str, names: dict[int, str]) -> int | None:
     return next((k for k, v in names.items() if v == swap and v != name), None)
 
 
-def segmentation_checks(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray, names: dict[int, str], *,
-                        thresholds: dict | None = None) -> dict[int, list[str]]:
+def segmentation_checks(
+    labels: np.ndarray, mask: np.ndarray, affine: np.ndarray, names: dict[int, str], *, thresholds: dict | None = None
+) -> dict[int, list[str]]:
     """The flags of each structure in ``names`` (label number -> FreeSurfer name): ``[]`` when it
     passes every check. ``labels`` and the brain ``mask`` share the grid that ``affine`` (voxel ->
     RAS mm) places in the world."""

@@ -1,4 +1,5 @@
 """Preprocessing: phase scaling, brain masking, phase unwrapping, echo combination, background field removal."""
+
 from __future__ import annotations
 
 from .echoes import check_echo_times, combine_echoes

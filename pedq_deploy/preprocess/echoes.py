@@ -20,6 +20,7 @@ and T2* with multi-echo and multi-shot spirals", NeuroImage 59:297-305, 2012 (we
 Dymerska B et al. "Phase unwrapping with a rapid opensource minimum spanning tree algorithm
 (ROMEO)", Magn. Reson. Med. 85:2294-2308, 2021 (temporal unwrapping, phase offset removal).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
 """Classic brain masking from the GRE magnitude (used when no mask model or mask file is given)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -92,7 +93,9 @@ def classic_mask(magnitude: np.ndarray, voxel_size: Sequence[float], *, erode_mm
     sigma = [15.0 / (vi * si) for vi, si in zip(v, step)]
     small = ndi.gaussian_filter(mag[sub] * support[sub], sigma) / np.maximum(ndi.gaussian_filter(support[sub], sigma), 1e-3)
     shading = ndi.zoom(small, [n / m for n, m in zip(mag.shape, small.shape)], order=1)
-    shading = np.pad(shading, [(0, max(0, n - s)) for n, s in zip(mag.shape, shading.shape)], mode="edge")[: mag.shape[0], : mag.shape[1], : mag.shape[2]]
+    shading = np.pad(shading, [(0, max(0, n - s)) for n, s in zip(mag.shape, shading.shape)], mode="edge")[
+        : mag.shape[0], : mag.shape[1], : mag.shape[2]
+    ]
     norm = np.where(support > 0, mag / np.maximum(shading, 1e-6), 0.0)
     fg = norm[support > 0]
     thr = _otsu(fg) * threshold_scale

@@ -1,4 +1,5 @@
 """Phase formats met in practice, detected and rescaled to radians."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,6 +66,4 @@ def detect_and_scale_phase(phase: np.ndarray) -> tuple[np.ndarray, str]:
         return (p * np.float32(np.pi / 4096.0)).astype(np.float32), (
             f"phase range [{lo:g}, {hi:g}] in integers: assumed Siemens -4096..4095, rescaled by pi/4096"
         )
-    raise InputError(
-        f"phase range [{lo:.4g}, {hi:.4g}] matches no known format (radians, -4096..4095 or 0..4095)"
-    )
+    raise InputError(f"phase range [{lo:.4g}, {hi:.4g}] matches no known format (radians, -4096..4095 or 0..4095)")

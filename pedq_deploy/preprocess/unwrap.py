@@ -10,6 +10,7 @@ unweighted least-squares solution is a Poisson equation on the wrapped phase dif
 M. A. Herraez et al., "Fast two-dimensional phase-unwrapping algorithm based on sorting by
 reliability following a noncontinuous path", Appl. Opt. 41(35), 2002 (the quality-guided idea).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

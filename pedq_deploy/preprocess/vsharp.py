@@ -11,6 +11,7 @@ field wherever the sphere of radius r fits in the mask. V-SHARP uses the largest
 fits at each voxel (large spheres near the centre, small near the edge, so the mask is eroded
 only by the smallest radius), then undoes ``delta - S_rmax`` by truncated deconvolution.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -66,7 +67,11 @@ def sphere_kernel(shape: Sequence[int], radius_mm: float, voxel_size: Sequence[f
     offs = (np.arange(supersample) + 0.5) / supersample - 0.5
     axes = [((np.arange(-h, h + 1)[:, None] + offs[None, :]) * vi) for h, vi in zip(half, v)]
     # squared distance of each sub-sample: (nx, s, ny, s, nz, s)
-    d2 = (axes[0] ** 2)[:, :, None, None, None, None] + (axes[1] ** 2)[None, None, :, :, None, None] + (axes[2] ** 2)[None, None, None, None, :, :]
+    d2 = (
+        (axes[0] ** 2)[:, :, None, None, None, None]
+        + (axes[1] ** 2)[None, None, :, :, None, None]
+        + (axes[2] ** 2)[None, None, None, None, :, :]
+    )
     ball = (d2 <= radius_mm**2).mean(axis=(1, 3, 5)).astype(np.float64)
     ball /= ball.sum()
     k = np.zeros(tuple(shape), np.float32)
@@ -124,8 +129,13 @@ def _vsharp_kernel(field, mask, voxel_size, radii, threshold, workers):
         smv_mask = scipy.fft.irfftn(m_buf, s=shape, workers=workers)
         hp = scipy.fft.irfftn(f_buf, s=shape, workers=workers)
         # a voxel belongs to the eroded mask when the whole sphere lies in the brain mask
-        _accumulate(np.ascontiguousarray(hp, np.float32).reshape(-1), np.ascontiguousarray(smv_mask, np.float32).reshape(-1),
-                    out.reshape(-1), done.reshape(-1), np.float32(0.999))
+        _accumulate(
+            np.ascontiguousarray(hp, np.float32).reshape(-1),
+            np.ascontiguousarray(smv_mask, np.float32).reshape(-1),
+            out.reshape(-1),
+            done.reshape(-1),
+            np.float32(0.999),
+        )
         if d_max is None:
             d_max = (1.0 - s.real).astype(np.float32)
     spec = scipy.fft.rfftn(out, workers=workers)

@@ -1,4 +1,5 @@
 """The pipeline, arrays in -> arrays out, and its file-level door."""
+
 from __future__ import annotations
 
 from ..config import PipelineConfig

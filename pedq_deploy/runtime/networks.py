@@ -6,6 +6,7 @@ reconstruction network works in the B0-aligned frame (:mod:`pedq_deploy.frame`):
 is rotated so that B0 lies along the network's z axis (tilted heads, any voxel size) in the same
 interpolation that brings it to the network's voxel size, and chi is rotated back.
 """
+
 from __future__ import annotations
 
 import os
@@ -89,8 +90,9 @@ def resample_back(volume: np.ndarray, shape, order: int = 1) -> np.ndarray:
     return fixed
 
 
-def seg_grid(chi: np.ndarray, mask: np.ndarray, voxel_size, target_voxel, fraction=DGM_BOX_FRACTION,
-             shift=0.0) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]:
+def seg_grid(
+    chi: np.ndarray, mask: np.ndarray, voxel_size, target_voxel, fraction=DGM_BOX_FRACTION, shift=0.0
+) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]:
     """What the segmentation network sees on the voxel axes: the deep grey matter box of ``mask``
     (:func:`dgm_box`, with ``fraction`` and ``shift``), and chi and the mask there resampled to
     ``target_voxel`` (the network's grid). Returns (box, chi on the network's grid, mask there).
@@ -101,8 +103,7 @@ def seg_grid(chi: np.ndarray, mask: np.ndarray, voxel_size, target_voxel, fracti
 
 
 def _to_seg_grid(chi_box: np.ndarray, mask_box: np.ndarray, voxel_size, target_voxel) -> tuple[np.ndarray, np.ndarray]:
-    return (resample_to(chi_box, voxel_size, target_voxel),
-            resample_to(mask_box.astype(np.float32), voxel_size, target_voxel) > 0)
+    return (resample_to(chi_box, voxel_size, target_voxel), resample_to(mask_box.astype(np.float32), voxel_size, target_voxel) > 0)
 
 
 def check_threshold(threshold: float) -> None:
@@ -138,8 +139,10 @@ class PedqModels:
             raise InputError(f"no reconstruction model (recon.json) in {d}")
         r = self.manifests["recon"]
         if r.raw.get("frame") != "b0" or r.in_channels != 1 or len(set(r.voxel_size)) != 1:
-            raise InputError(f"{r.path}: not a B0-frame reconstruction model (one input channel, isotropic voxels); "
-                             "re-export it with this version's pedq-export")
+            raise InputError(
+                f"{r.path}: not a B0-frame reconstruction model (one input channel, isotropic voxels); "
+                "re-export it with this version's pedq-export"
+            )
         self.backend, self.overlap, self.batch_size = backend, overlap, batch_size
         self._runners = {}
 
@@ -161,8 +164,9 @@ class PedqModels:
 
     def _run(self, role, volume_c: np.ndarray, roi: np.ndarray | None = None) -> np.ndarray:
         m = self.manifests[role]
-        return sliding_window_inference(volume_c, m.patch, self._runner(role).predictor(), overlap=self.overlap,
-                                        batch_size=self.batch_size, roi=roi)
+        return sliding_window_inference(
+            volume_c, m.patch, self._runner(role).predictor(), overlap=self.overlap, batch_size=self.batch_size, roi=roi
+        )
 
     def _mask_probability(self, x: np.ndarray, head: np.ndarray) -> np.ndarray:
         logits = self._run("mask", x[None], head)

@@ -4,6 +4,7 @@ Three layers, as in nnU-Net: :func:`run_case` works on arrays, :func:`run_case_f
 inputs (NIfTI + BIDS sidecars), runs the case and writes every output through a staged folder so
 that OUTDIR never holds a partial result.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ class PipelineResult:
 Progress = Callable[[str, str], None]  # (stage, event): ("plan", "a,b,c") first, then "start" / "done <seconds>"
 
 
-def _check_arrays(magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | None, n_echoes: int,
-                  labels: np.ndarray | None = None) -> None:
+def _check_arrays(
+    magnitude: np.ndarray, phase: np.ndarray, mask: np.ndarray | None, n_echoes: int, labels: np.ndarray | None = None
+) -> None:
     if n_echoes == 1 and magnitude.ndim != 3:
         raise InputError(f"magnitude must be 3D, got shape {magnitude.shape}")
     if n_echoes > 1 and (magnitude.ndim != 4 or magnitude.shape[3] != n_echoes):
@@ -125,8 +127,10 @@ def run_case(
         raise InputError(f"the refinement refines PedQ-NET's map: it needs inversion pedq (got {inversion})")
     with_seg = labels is not None or (models is not None and models.has("seg"))
     if config.refine and config.refine_edge_weight < 1 and not with_seg:
-        raise InputError("the refinement is guided by the deep grey matter's boundaries: it needs a segmentation model (seg.json) or "
-                         "--labels (or refine_edge_weight = 1 for no guidance)")
+        raise InputError(
+            "the refinement is guided by the deep grey matter's boundaries: it needs a segmentation model (seg.json) or "
+            "--labels (or refine_edge_weight = 1 for no guidance)"
+        )
     skip = set() if config.refine else {"refine"}
     skip |= set() if with_seg else {"segmentation"}
     notify("plan", ",".join(s for s in STAGES if s not in skip))
@@ -144,14 +148,14 @@ def run_case(
         mask_source = "given"
     sensitivity = None
     if len(tes) > 1:
-        total_field, sensitivity, single = stage("unwrap", combine_echoes, phase, magnitude, tes, config.field_strength, voxel_size, mask=brain)
+        total_field, sensitivity, single = stage(
+            "unwrap", combine_echoes, phase, magnitude, tes, config.field_strength, voxel_size, mask=brain
+        )
         unwrapped = None
     else:
         unwrapped = stage("unwrap", unwrap_phase, phase, voxel_size, config.unwrap, mask=brain, magnitude=magnitude)
         total_field = phase_to_ppm(unwrapped, tes[0], config.field_strength)
-    local, eroded = stage(
-        "background", vsharp, total_field, brain, voxel_size, config.vsharp_radii, config.vsharp_threshold
-    )
+    local, eroded = stage("background", vsharp, total_field, brain, voxel_size, config.vsharp_radii, config.vsharp_threshold)
     if inversion == "tkd":
         chi = stage("inversion", tkd, local, eroded, voxel_size, b0, config.tkd_threshold)
     elif inversion == "tv":
@@ -168,25 +172,51 @@ def run_case(
         edge_weight = None
         if config.refine_edge_weight < 1:
             edge_weight = structure_edge_weight(segmentation, config.refine_edge_weight, config.refine_edge_band, across=True)
-        chi = stage("refine", tv_admm, local, eroded, voxel_size, b0, config.refine_lambda, None, config.tv_iterations,
-                    prior=chi, prior_weight=config.refine_weight, tv_weight=edge_weight)
+        chi = stage(
+            "refine",
+            tv_admm,
+            local,
+            eroded,
+            voxel_size,
+            b0,
+            config.refine_lambda,
+            None,
+            config.tv_iterations,
+            prior=chi,
+            prior_weight=config.refine_weight,
+            tv_weight=edge_weight,
+        )
     coverage = float(eroded.sum() / max(int(brain.sum()), 1))
     te_qc = float(np.mean(tes))  # the map's radians are those of the mean echo time
-    qc_map, qc = stage("qc", consistency, chi, local, eroded, voxel_size, b0, phase_per_ppm(te_qc, config.field_strength), first,
-                       sensitivity=sensitivity, coverage=coverage)
+    qc_map, qc = stage(
+        "qc",
+        consistency,
+        chi,
+        local,
+        eroded,
+        voxel_size,
+        b0,
+        phase_per_ppm(te_qc, config.field_strength),
+        first,
+        sensitivity=sensitivity,
+        coverage=coverage,
+    )
     qc["echo_time_s"] = te_qc
     if len(tes) > 1:
         qc["single_echo_fraction"] = float(single[brain].mean())
         if qc["single_echo_fraction"] > QC_THRESHOLDS["single_echo_fraction"]:
-            qc["flags"].append(f"phase not linear in TE over {qc['single_echo_fraction']:.0%} of the brain (first echo used there): "
-                               "echo times wrong, or motion between echoes")
+            qc["flags"].append(
+                f"phase not linear in TE over {qc['single_echo_fraction']:.0%} of the brain (first echo used there): "
+                "echo times wrong, or motion between echoes"
+            )
     seg_qc = None
     if segmentation is not None:  # anatomy's plausibility checks, structure by structure (postprocess.segqc)
         seg_qc = {FS_DGM_NAMES[k]: f for k, f in segmentation_checks(segmentation, brain, affine, FS_DGM_NAMES).items()}
         bad = [f"{name} ({', '.join(f)})" for name, f in seg_qc.items() if f]
         if bad:
-            qc["flags"].append(f"segmentation implausible for {len(bad)} of {len(seg_qc)} structures, their regions are unreliable: "
-                               + "; ".join(bad))
+            qc["flags"].append(
+                f"segmentation implausible for {len(bad)} of {len(seg_qc)} structures, their regions are unreliable: " + "; ".join(bad)
+            )
     info = {
         "b0_direction_voxel_frame": [round(float(x), 6) for x in b0],
         "b0_direction_source": "given" if config.b0_direction is not None else "affine",
@@ -224,7 +254,7 @@ def _write_dicom(folder, fmt: str, result, props, dicom: dict) -> dict:
     from ..io import StagedOutput
     from ..io.dicom import write_mr_series, write_parametric_map, write_seg
 
-    src = (dicom.get("M") or dicom.get("P"))
+    src = dicom.get("M") or dicom.get("P")
     source = src.datasets if src is not None else None
     with StagedOutput(folder, whole=True) as out:
         if fmt == "parametric-map":
@@ -238,7 +268,9 @@ def _write_dicom(folder, fmt: str, result, props, dicom: dict) -> dict:
     return {"folder": str(Path(folder).resolve()), "format": fmt, "files": len(files)}
 
 
-def resolve_acquisition(magnitude_path: str, phase_path: str, echo_time: float | None, field_strength: float | None) -> tuple[float, float, str]:
+def resolve_acquisition(
+    magnitude_path: str, phase_path: str, echo_time: float | None, field_strength: float | None
+) -> tuple[float, float, str]:
     """Echo time and field strength from the arguments, else from the BIDS sidecars."""
     from ..io.sidecar import echo_time_from_sidecar, field_strength_from_sidecar, read_sidecar
 
@@ -263,8 +295,9 @@ def resolve_acquisition(magnitude_path: str, phase_path: str, echo_time: float |
     return float(echo_time), float(field_strength), source
 
 
-def acquisition_of(magnitude_path: str, phase_path: str | None, dicom: dict, echo_time: float | None,
-                   field_strength: float | None) -> tuple[float, float, str]:
+def acquisition_of(
+    magnitude_path: str, phase_path: str | None, dicom: dict, echo_time: float | None, field_strength: float | None
+) -> tuple[float, float, str]:
     """Echo time and field strength: the arguments, else the DICOM headers of DICOM inputs, else the
     BIDS sidecars of NIfTI inputs. ``dicom`` is what :func:`load_inputs` returned."""
     if not dicom:
@@ -406,7 +439,9 @@ def run_case_files(
     t_load = time.perf_counter() - t0
     used = None
     try:
-        result = run_case(mag, phase_rad, props.affine, props.voxel_size, config, mask=mask, progress=progress, models=models, labels=labels)
+        result = run_case(
+            mag, phase_rad, props.affine, props.voxel_size, config, mask=mask, progress=progress, models=models, labels=labels
+        )
     finally:
         if models is not None:
             used = models.backends_used()
@@ -444,12 +479,17 @@ def run_case_files(
 
             seg_dtype = np.uint8 if int(result.segmentation.max(initial=0)) <= 255 else np.uint16
             save_image(out.path("segmentation.nii.gz"), result.segmentation, props.affine, dtype=seg_dtype)
-            rows = region_stats(result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0,
-                                checks=result.info.get("segmentation_qc", {}))
+            rows = region_stats(
+                result.qsm, result.segmentation, float(np.prod(props.voxel_size)) / 1000.0, checks=result.info.get("segmentation_qc", {})
+            )
             lines = ["label,name,voxels,volume_ml,mean_ppm,std_ppm,qc"] + [
-                f"{r['label']},{r['name']},{r['voxels']},{r['volume_ml']:.4f},{r['mean_ppm']:.6f},{r['std_ppm']:.6f},{r['qc']}" for r in rows]
+                f"{r['label']},{r['name']},{r['voxels']},{r['volume_ml']:.4f},{r['mean_ppm']:.6f},{r['std_ppm']:.6f},{r['qc']}"
+                for r in rows
+            ]
             out.path("regions.csv").write_text("\n".join(lines) + "\n")
-        quicklook(out.path("quicklook.png"), mag[..., 0] if mag.ndim == 4 else mag, result.mask, result.qsm, result.segmentation, props.affine)
+        quicklook(
+            out.path("quicklook.png"), mag[..., 0] if mag.ndim == 4 else mag, result.mask, result.qsm, result.segmentation, props.affine
+        )
         if dicom_out:
             provenance["dicom_out"] = _write_dicom(dicom_out, dicom_format, result, props, dicom)
         provenance["timings_s"]["load"] = round(t_load, 4)

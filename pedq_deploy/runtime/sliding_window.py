@@ -7,6 +7,7 @@ into preallocated arrays. Given a region of interest (the brain mask), windows t
 it are not run at all: voxels of the region get exactly the output they would get otherwise
 (every window that covers them still runs), and voxels no run window covers are 0.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -80,15 +81,22 @@ def sliding_window_inference(
         roi = None if roi is None else np.pad(roi, [(b, p - b) for b, p in zip(before, pad)])
     padded = v.shape[1:]
     weight = gaussian_importance(patch) if importance == "gaussian" else np.ones(patch, np.float32)
-    starts = [(i, j, k) for i in window_starts(padded[0], patch[0], overlap)
-              for j in window_starts(padded[1], patch[1], overlap) for k in window_starts(padded[2], patch[2], overlap)]
+    starts = [
+        (i, j, k)
+        for i in window_starts(padded[0], patch[0], overlap)
+        for j in window_starts(padded[1], patch[1], overlap)
+        for k in window_starts(padded[2], patch[2], overlap)
+    ]
     if roi is not None:
         # windows holding any roi voxel: a summed-area table answers each window in O(1)
         sat = np.pad(roi.astype(np.int64).cumsum(0).cumsum(1).cumsum(2), [(1, 0)] * 3)
+
         def holds(i, j, k):
             a, b, c = i + patch[0], j + patch[1], k + patch[2]
-            return (sat[a, b, c] - sat[i, b, c] - sat[a, j, c] - sat[a, b, k] + sat[i, j, c] + sat[i, b, k] + sat[a, j, k]
-                    - sat[i, j, k]) > 0
+            return (
+                sat[a, b, c] - sat[i, b, c] - sat[a, j, c] - sat[a, b, k] + sat[i, j, c] + sat[i, b, k] + sat[a, j, k] - sat[i, j, k]
+            ) > 0
+
         starts = [st for st in starts if holds(*st)]
         if not starts:
             raise InputError("the region of interest is empty: no window to run")

@@ -1,4 +1,5 @@
 """Training configuration: a JSON file of the fields below (unknown keys are an error)."""
+
 from __future__ import annotations
 
 import json

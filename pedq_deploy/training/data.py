@@ -13,6 +13,7 @@ on the local field, then the deep grey matter box on the voxel axes resampled to
 Crops of one subject come from an RNG seeded by the subject index: the stream's whole state is
 two counters, saved in checkpoints.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -48,18 +49,29 @@ def to_b0_frame(s, frame_voxel: float):
     """The preprocessed subject resampled into its B0-aligned frame (the brain's box plus a margin)."""
     fr = B0Frame.build(s.brain_mask.shape, s.voxel_size, s.b0_direction, frame_voxel, box=mask_box(s.brain_mask, s.voxel_size))
     soft = lambda a: fr.to_frame(a.astype(np.float32))  # noqa: E731
-    params = dict(s.params, loss_mask=soft(s.params["loss_mask"]) > 0.5, magnitude_norm=soft(s.params["magnitude_norm"]),
-                  frame_tilt_deg=fr.tilt_deg)
-    return replace(s, magnitude=soft(s.magnitude), phase=None, total_field=None, chi=soft(s.chi), local_field=soft(s.local_field),
-                   brain_mask=soft(s.brain_mask) > 0.5, labels=fr.to_frame(s.labels, order=0).astype(np.uint8),
-                   voxel_size=(frame_voxel,) * 3, b0_direction=np.array([0.0, 0.0, 1.0]), params=params)
+    params = dict(
+        s.params, loss_mask=soft(s.params["loss_mask"]) > 0.5, magnitude_norm=soft(s.params["magnitude_norm"]), frame_tilt_deg=fr.tilt_deg
+    )
+    return replace(
+        s,
+        magnitude=soft(s.magnitude),
+        phase=None,
+        total_field=None,
+        chi=soft(s.chi),
+        local_field=soft(s.local_field),
+        brain_mask=soft(s.brain_mask) > 0.5,
+        labels=fr.to_frame(s.labels, order=0).astype(np.uint8),
+        voxel_size=(frame_voxel,) * 3,
+        b0_direction=np.array([0.0, 0.0, 1.0]),
+        params=params,
+    )
 
 
 def subject_local_field(s, phase=None, unwrap: str = "laplacian", mask=None):
     """(local field in ppm, V-SHARP-eroded mask) of a single-echo phantom subject (``phase``: another
-    echo of it, by default its own): unwrapping with ``unwrap`` (one of ``UNWRAP_METHODS``; Laplacian by
-    default, what the shipped models trained on; pedq-run's default is ``"lsq"``) and V-SHARP inside
-    ``mask`` (default: the true brain mask)."""
+    echo of it, by default its own): unwrapping with ``unwrap`` (one of ``UNWRAP_METHODS``; the
+    config's ``unwrap``, while the pipeline's default is ``"lsq"``) and V-SHARP inside ``mask``
+    (default: the true brain mask)."""
     phase = s.phase if phase is None else phase
     mask = s.brain_mask if mask is None else mask
     unwrapped = unwrap_phase(phase, s.voxel_size, unwrap, mask=mask, magnitude=s.magnitude)
@@ -76,8 +88,16 @@ def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, fr
     age = cfg.ages[int(rng.integers(len(cfg.ages)))]
     te = float(rng.uniform(*cfg.echo_time_range))
     snr = float(np.exp(rng.uniform(np.log(cfg.snr_range[0]), np.log(cfg.snr_range[1]))))
-    s = make_subject(seed=seed, age=age, shape=cfg.grid, voxel_size=cfg.voxel_size, tilt_deg=float(rng.uniform(0, cfg.max_tilt_deg)),
-                     echo_time=te, field_strength=cfg.field_strength, snr=snr)
+    s = make_subject(
+        seed=seed,
+        age=age,
+        shape=cfg.grid,
+        voxel_size=cfg.voxel_size,
+        tilt_deg=float(rng.uniform(0, cfg.max_tilt_deg)),
+        echo_time=te,
+        field_strength=cfg.field_strength,
+        snr=snr,
+    )
     mask = None
     if share > 0 and rng.random() < share:  # as pedq-run masks by default
         mask = exported_models(folder, "mask").mask(s.magnitude, s.voxel_size)
@@ -97,6 +117,7 @@ class SegSubject:
     chi in the deep grey matter box, on the segmentation network's grid, the eroded mask there, and
     the true labels resampled (nearest) to that grid. ``scan``: when crops draw their own boxes
     (``seg_box_*``), chi, the eroded mask and the labels on the scan's grid, and its voxel size."""
+
     chi: np.ndarray
     mask: np.ndarray
     labels: np.ndarray
@@ -186,8 +207,9 @@ def _seg_sample_from(s: SegSubject, crop_rng, cfg: TrainConfig, foreground_fract
     take = lambda a, dtype: crop_array(a, origin, size, dtype)  # noqa: E731
     zeros = np.zeros(size, np.float32)
     mask = take(roi, np.float32)
-    return Sample(take(chi, np.float32), mask, zeros, zeros, take(labels, np.uint8), zeros, zeros,
-                  np.array([0.0, 0.0, 1.0], np.float32), 0.0)
+    return Sample(
+        take(chi, np.float32), mask, zeros, zeros, take(labels, np.uint8), zeros, zeros, np.array([0.0, 0.0, 1.0], np.float32), 0.0
+    )
 
 
 def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foreground_fraction: float = 0.0) -> Sample:
@@ -197,8 +219,17 @@ def _sample_from(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foregroun
 
     loss_mask = crop_array(s.params["loss_mask"], o, cfg.patch, np.float32)
     mag = crop_array(s.params["magnitude_norm"], o, cfg.patch, np.float32)
-    return Sample(c.local_field, loss_mask, np.clip(mag, 0, 1), c.chi, c.labels, mag, c.brain_mask.astype(np.float32),
-                  np.asarray(s.b0_direction, np.float32), phase_per_ppm(s.echo_time, s.field_strength))
+    return Sample(
+        c.local_field,
+        loss_mask,
+        np.clip(mag, 0, 1),
+        c.chi,
+        c.labels,
+        mag,
+        c.brain_mask.astype(np.float32),
+        np.asarray(s.b0_direction, np.float32),
+        phase_per_ppm(s.echo_time, s.field_strength),
+    )
 
 
 def _subject_for(cfg: TrainConfig, index: int, frame: bool | str):
@@ -249,8 +280,15 @@ class PhantomStream:
 
     """
 
-    def __init__(self, cfg: TrainConfig, brain_fraction: float = 0.9, *, frame: bool | str = False, foreground_fraction: float = 0.0,
-                 workers: int = 0):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        brain_fraction: float = 0.9,
+        *,
+        frame: bool | str = False,
+        foreground_fraction: float = 0.0,
+        workers: int = 0,
+    ):
         self.cfg = cfg
         self.foreground_fraction = foreground_fraction
         self.frame = frame

@@ -5,6 +5,7 @@ source study): ``y`` is the local field in radians, ``d`` the unit dipole kernel
 own B0 direction and voxel size, applied by FFT on a zero-padded grid so a patch's field does not
 wrap around, ``W`` a magnitude weight and ``m`` the brain mask.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,16 @@ def forward_field_torch(chi: torch.Tensor, kernels: torch.Tensor, pshape) -> tor
     return field[..., : chi.shape[-3], : chi.shape[-2], : chi.shape[-1]]
 
 
-def model_loss(chi: torch.Tensor, local_field_rad: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
-               directions: torch.Tensor, voxel_size, rad_per_ppm: torch.Tensor, pad_factor: float = 1.5) -> torch.Tensor:
+def model_loss(
+    chi: torch.Tensor,
+    local_field_rad: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    directions: torch.Tensor,
+    voxel_size,
+    rad_per_ppm: torch.Tensor,
+    pad_factor: float = 1.5,
+) -> torch.Tensor:
     """Model-based L1 loss, averaged over the mask voxels of the batch.
 
     chi (B, X, Y, Z) ppm; local_field_rad (B, X, Y, Z) radians; weight, mask (B, X, Y, Z);

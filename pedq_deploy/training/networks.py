@@ -9,6 +9,7 @@
 
 Scalings live inside the wrappers, so an exported model takes and returns physical units.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,9 +31,18 @@ class ReconNet(nn.Module):
         levels = cfg.recon_levels
         strides = [1] + [2] * (levels - 1)
         filters = [min(cfg.recon_filters * 2**i, 320) for i in range(levels)]
-        self.net = DynUNet(spatial_dims=3, in_channels=1, out_channels=1, kernel_size=[3] * levels, strides=strides,
-                           upsample_kernel_size=strides[1:], filters=filters, norm_name="instance",
-                           act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), res_block=False)
+        self.net = DynUNet(
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=1,
+            kernel_size=[3] * levels,
+            strides=strides,
+            upsample_kernel_size=strides[1:],
+            filters=filters,
+            norm_name="instance",
+            act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+            res_block=False,
+        )
         self.register_buffer("field_scale", torch.tensor(float(cfg.field_scale)))
         self.register_buffer("chi_scale", torch.tensor(float(cfg.chi_scale)))
 
@@ -43,9 +53,18 @@ class ReconNet(nn.Module):
 def _unetr(cfg: TrainConfig, in_ch: int, out_ch: int, img_size) -> nn.Module:
     from monai.networks.nets import UNETR
 
-    return UNETR(in_channels=in_ch, out_channels=out_ch, img_size=tuple(img_size), feature_size=cfg.unetr_feature_size,
-                 hidden_size=cfg.unetr_hidden_size, mlp_dim=cfg.unetr_mlp_dim, num_heads=cfg.unetr_heads,
-                 norm_name="instance", res_block=True, dropout_rate=0.0)
+    return UNETR(
+        in_channels=in_ch,
+        out_channels=out_ch,
+        img_size=tuple(img_size),
+        feature_size=cfg.unetr_feature_size,
+        hidden_size=cfg.unetr_hidden_size,
+        mlp_dim=cfg.unetr_mlp_dim,
+        num_heads=cfg.unetr_heads,
+        norm_name="instance",
+        res_block=True,
+        dropout_rate=0.0,
+    )
 
 
 class SegNet(nn.Module):

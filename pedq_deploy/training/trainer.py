@@ -1,4 +1,5 @@
 """The training loop of ``pedq-train``: resumable, seeded, logged, validated on held-out phantoms."""
+
 from __future__ import annotations
 
 import csv
@@ -48,13 +49,18 @@ class Trainer:
         self.models = {k: m.to(self.device) for k, m in build(kind, cfg).items()}
         self.frozen = tuple(cfg.frozen)
         if set(self.frozen) - set(self.models) or len(set(self.frozen)) >= len(self.models):
-            raise InputError(f"frozen {list(self.frozen)}: a {kind} run has the networks {', '.join(self.models)}, and one at least must train")
+            raise InputError(
+                f"frozen {list(self.frozen)}: a {kind} run has the networks {', '.join(self.models)}, and one at least must train"
+            )
         for k in self.frozen:
             self.models[k].requires_grad_(False)
         # one parameter group per network: a transformer (the segmentation UNETR) wants a smaller
         # step than the convolutional reconstruction U-Net
-        groups = [{"params": list(m.parameters()), "lr": cfg.seg_lr if (k == "seg" and cfg.seg_lr is not None) else cfg.lr}
-                  for k, m in self.models.items() if k not in self.frozen]
+        groups = [
+            {"params": list(m.parameters()), "lr": cfg.seg_lr if (k == "seg" and cfg.seg_lr is not None) else cfg.lr}
+            for k, m in self.models.items()
+            if k not in self.frozen
+        ]
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if kind == "seg":  # before any data worker starts
             require_seg_recon(cfg)
@@ -62,8 +68,13 @@ class Trainer:
             if kind not in ("joint", "recon", "tv"):
                 raise InputError(f"recon_network_mask is for the joint, recon and tv runs, not {kind}")
             require_exported(cfg.mask_model, "mask")  # the data workers open it
-        self.stream = PhantomStream(cfg, brain_fraction=0.5 if kind == "mask" else 0.9, frame="seg" if kind == "seg" else kind != "mask",
-                                    foreground_fraction=cfg.foreground_fraction if kind in ("joint", "seg") else 0.0, workers=cfg.data_workers)
+        self.stream = PhantomStream(
+            cfg,
+            brain_fraction=0.5 if kind == "mask" else 0.9,
+            frame="seg" if kind == "seg" else kind != "mask",
+            foreground_fraction=cfg.foreground_fraction if kind in ("joint", "seg") else 0.0,
+            workers=cfg.data_workers,
+        )
         if self.device.type == "cuda":  # fixed patch shapes: let cuDNN pick its fastest kernels; TF32 matrix products
             torch.backends.cudnn.benchmark = True
             torch.set_float32_matmul_precision("high")
@@ -106,7 +117,13 @@ class Trainer:
             except (OSError, json.JSONDecodeError) as exc:
                 raise InputError(f"cannot read {manifest}: {exc}") from None
             patch = tuple(meta.get("patch") or ())
-            want = tuple(self.cfg.recon_window if (role == "recon" and self.kind == "joint") else self.cfg.seg_region if role == "seg" else self.cfg.patch)
+            want = tuple(
+                self.cfg.recon_window
+                if (role == "recon" and self.kind == "joint")
+                else self.cfg.seg_region
+                if role == "seg"
+                else self.cfg.patch
+            )
             if patch != want:
                 raise InputError(f"{manifest}: patch {list(patch)} differs from this config's {list(want)}")
             example = torch.zeros(1, 1, *patch, device=self.device)
@@ -122,9 +139,15 @@ class Trainer:
     # ---- batches ---------------------------------------------------------------------------
     def _tensors(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         st = lambda name: torch.from_numpy(np.stack([getattr(s, name) for s in samples])).to(self.device)  # noqa: E731
-        batch = {"field": st("field_ppm")[:, None], "mask": st("mask"), "weight": st("weight"),
-                 "direction": st("direction"), "rad_per_ppm": torch.tensor([s.rad_per_ppm for s in samples], device=self.device),
-                 "magnitude": st("magnitude")[:, None], "brain": st("brain")[:, None]}
+        batch = {
+            "field": st("field_ppm")[:, None],
+            "mask": st("mask"),
+            "weight": st("weight"),
+            "direction": st("direction"),
+            "rad_per_ppm": torch.tensor([s.rad_per_ppm for s in samples], device=self.device),
+            "magnitude": st("magnitude")[:, None],
+            "brain": st("brain")[:, None],
+        }
         if self.kind in ("joint", "seg"):  # only the segmentation loss needs class indices
             batch["classes"] = torch.from_numpy(np.stack([_labels_to_classes(s.labels) for s in samples]))[:, None].to(self.device)
         return batch
@@ -156,8 +179,15 @@ class Trainer:
             loss = self._seg_loss(self.models["seg"](batch["field"]), batch["classes"])
             return {"seg": loss, "total": loss}
         chi = self.reconstruct(batch)
-        lm = model_loss(chi[:, 0], batch["field"][:, 0] * batch["rad_per_ppm"][:, None, None, None], batch["weight"], batch["mask"],
-                        batch["direction"], (self.cfg.frame_voxel,) * 3, batch["rad_per_ppm"])
+        lm = model_loss(
+            chi[:, 0],
+            batch["field"][:, 0] * batch["rad_per_ppm"][:, None, None, None],
+            batch["weight"],
+            batch["mask"],
+            batch["direction"],
+            (self.cfg.frame_voxel,) * 3,
+            batch["rad_per_ppm"],
+        )
         out = {"model": lm}
         if self.kind == "tv":
             out["tv"] = tv_loss(chi[:, 0], batch["mask"])
@@ -210,7 +240,9 @@ class Trainer:
             if self.kind == "joint":  # the UNETR's input as in training
                 seg = self.models["seg"](self.seg_input(raw, batch["mask"])).argmax(1)[0].cpu().numpy()
                 cls = _labels_to_classes(sample.labels)
-                row["dgm_dice"] = float(np.mean([M.dice(seg == c, cls == c) for c in range(1, len(SEG_CLASSES)) if (cls == c).any()] or [np.nan]))
+                row["dgm_dice"] = float(
+                    np.mean([M.dice(seg == c, cls == c) for c in range(1, len(SEG_CLASSES)) if (cls == c).any()] or [np.nan])
+                )
             rows.append(row)
         return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
@@ -233,10 +265,18 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"kind": self.kind, "config": json.loads(self.cfg.to_json()), "step": self.step,
-                "models": {k: m.state_dict() for k, m in self.models.items()}, "optimizer": self.opt.state_dict(),
-                "stream": self.stream.state(), "torch_rng": torch.get_rng_state(),
-                "train_seconds": self.train_seconds, "hardware": self.hardware, "init_from": self.init_from}
+        return {
+            "kind": self.kind,
+            "config": json.loads(self.cfg.to_json()),
+            "step": self.step,
+            "models": {k: m.state_dict() for k, m in self.models.items()},
+            "optimizer": self.opt.state_dict(),
+            "stream": self.stream.state(),
+            "torch_rng": torch.get_rng_state(),
+            "train_seconds": self.train_seconds,
+            "hardware": self.hardware,
+            "init_from": self.init_from,
+        }
 
     @staticmethod
     def _write(state: dict, path: Path) -> Path:
@@ -258,8 +298,9 @@ class Trainer:
         if state["kind"] != self.kind:
             raise InputError(f"{path} holds a {state['kind']!r} run, not {self.kind!r}")
         if state.get("optimizer") is None:
-            raise InputError(f"{path} holds weights only, no optimizer state to resume: "
-                             "export it and start a new run from the export with --init-from")
+            raise InputError(
+                f"{path} holds weights only, no optimizer state to resume: export it and start a new run from the export with --init-from"
+            )
         saved = dict(state["config"])
         mine = json.loads(self.cfg.to_json())
         default = {**json.loads(TrainConfig().to_json()), **LEGACY}  # what a field the checkpoint predates amounted to
@@ -312,8 +353,16 @@ def _progress(step: int, total: int, parts: dict, sec: float, quiet: bool) -> No
     sys.stderr.flush()
 
 
-def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = False, time_limit_s: float | None = None,
-          init_from: str | Path | None = None, init_roles: tuple[str, ...] | None = None) -> dict:
+def train(
+    kind: str,
+    cfg: TrainConfig,
+    outdir: str | Path,
+    *,
+    quiet: bool = False,
+    time_limit_s: float | None = None,
+    init_from: str | Path | None = None,
+    init_roles: tuple[str, ...] | None = None,
+) -> dict:
     """Train (or resume) until ``cfg.steps`` (or ``time_limit_s`` of this call, then checkpoint);
     returns a summary with the last losses and validation. ``init_from``: a folder of exported
     models to start a new run from (ignored when the run resumes from its checkpoint);
@@ -355,7 +404,9 @@ def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = Fals
             times.append(time.perf_counter() - t0)
             data_times.append(tr.data_seconds)
             tr.train_seconds += times[-1]
-            _append_row(log_path, ["step", "seconds", *sorted(last)], [tr.step, f"{times[-1]:.3f}", *(f"{last[k]:.6g}" for k in sorted(last))])
+            _append_row(
+                log_path, ["step", "seconds", *sorted(last)], [tr.step, f"{times[-1]:.3f}", *(f"{last[k]:.6g}" for k in sorted(last))]
+            )
             _progress(tr.step, cfg.steps, last, times[-1], quiet)
             if tr.step % cfg.validate_every == 0 or tr.step == cfg.steps:
                 last_val = _log_validation(tr, val_path)
@@ -367,7 +418,15 @@ def train(kind: str, cfg: TrainConfig, outdir: str | Path, *, quiet: bool = Fals
             signal.signal(signal.SIGTERM, previous)
     if not quiet:
         sys.stderr.write("\n")
-    return {"kind": kind, "step": tr.step, "resumed": resumed, "finished": tr.step >= cfg.steps, "stopped_by": stopped[0] if stopped else None,
-            "last_losses": last, "validation": last_val,
-            "seconds_per_step": float(np.median(times)) if times else None,
-            "data_seconds_per_step": float(np.mean(data_times)) if data_times else None, "device": str(tr.device)}
+    return {
+        "kind": kind,
+        "step": tr.step,
+        "resumed": resumed,
+        "finished": tr.step >= cfg.steps,
+        "stopped_by": stopped[0] if stopped else None,
+        "last_losses": last,
+        "validation": last_val,
+        "seconds_per_step": float(np.median(times)) if times else None,
+        "data_seconds_per_step": float(np.mean(data_times)) if data_times else None,
+        "device": str(tr.device),
+    }

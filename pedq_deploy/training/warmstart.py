@@ -5,6 +5,7 @@ constants stored once, the copies named by Identity nodes), and the linear layer
 transformers as anonymous ``MatMul`` constants (transposed), in the order the graph runs them. This maps both back and checks that every parameter the forward pass uses was
 found with its shape, so a model from another configuration is refused rather than half loaded.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,7 @@ __all__ = ["load_onnx_weights"]
 def _execution_order(model: torch.nn.Module, example: torch.Tensor, kind: type) -> list[str]:
     names = {m: n for n, m in model.named_modules()}
     order: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(names[mod]))
-             for m in model.modules() if isinstance(m, kind)]
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(names[mod])) for m in model.modules() if isinstance(m, kind)]
     try:
         with torch.no_grad():
             model.eval()(example)
