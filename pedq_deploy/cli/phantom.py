@@ -18,7 +18,14 @@ from ._common import echo_err, entry_point
 @click.option("--field-strength", type=float, default=3.0, show_default=True, help="Tesla.")
 @click.option("--snr", type=float, default=100.0, show_default=True, help="Mean brain magnitude / noise sigma.")
 @click.option("--phase-format", type=click.Choice(["radians", "siemens"]), default="radians", show_default=True)
-def command(outdir, age, seed, tilt, shape, voxel_size, echo_time, field_strength, snr, phase_format):
+@click.option(
+    "--anatomy",
+    type=click.Choice(["procedural", "icbm", "cvs"]),
+    default="procedural",
+    show_default=True,
+    help="The brain: the procedural phantom's, or a real brain template warped at random (needs the anatomy extra).",
+)
+def command(outdir, age, seed, tilt, shape, voxel_size, echo_time, field_strength, snr, phase_format, anatomy):
     """Simulate a GRE scan of a neonate or infant head into OUTDIR.
 
     Writes magnitude/phase NIfTI with BIDS sidecars, and the truth: chi.nii.gz (ppm, referenced to
@@ -37,6 +44,7 @@ def command(outdir, age, seed, tilt, shape, voxel_size, echo_time, field_strengt
         field_strength=field_strength,
         snr=snr,
         phase_format=phase_format,
+        anatomy=anatomy,
     )
     write_subject(subject, outdir)
     echo_err(f"pedq-phantom: wrote a {age} (seed {seed}, tilt {subject.params['tilt_deg']:.1f} deg) to {outdir}")

@@ -68,12 +68,13 @@ class HeadVolumes:
 
 
 class _Painter:
-    def __init__(self, shape, voxel_size, age_index: int):
+    def __init__(self, shape, voxel_size, age_index: int, tissues=None):
         self.shape = tuple(shape)
         self.v = np.asarray(voxel_size, np.float64)
         self.age = age_index
         self.edge = float(self.v.max())
-        self.chi = np.full(self.shape, TISSUES["air"][age_index].chi, np.float32)
+        self.tissues = TISSUES if tissues is None else tissues
+        self.chi = np.full(self.shape, self.tissues["air"][age_index].chi, np.float32)
         self.pd = np.zeros(self.shape, np.float32)
         self.r2s = np.full(self.shape, 1.0, np.float32)
         self.fat = np.zeros(self.shape, np.float32)
@@ -94,7 +95,7 @@ class _Painter:
     def paint(self, sl, occ, tissue: str, label: str, only: tuple[str, ...] | None = None):
         if sl is None:
             return
-        t = TISSUES[tissue][self.age]
+        t = self.tissues[tissue][self.age]
         a = occ.astype(np.float32)
         if only is not None:
             allowed = np.isin(self.label[sl], [LABEL_IDS[o] for o in only])
@@ -182,7 +183,7 @@ def _rot_z(deg):
     return np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1]])
 
 
-def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_voxel_size=None) -> HeadVolumes:
+def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_voxel_size=None, tissues=None) -> HeadVolumes:
     """Paint one random head. All randomness comes from ``rng`` in a fixed order.
 
     ``anatomy_voxel_size`` (default ``voxel_size``) is the grid the anatomy is designed for: the
@@ -194,7 +195,7 @@ def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_vo
     pv = np.asarray(voxel_size, np.float64)
     v = pv if anatomy_voxel_size is None else np.asarray(anatomy_voxel_size, np.float64)
     fov = np.asarray(shape) * pv
-    P = _Painter(shape, pv, ai)
+    P = _Painter(shape, pv, ai, tissues)
     j = lambda lo, hi, size=None: rng.uniform(lo, hi, size)  # noqa: E731
 
     # --- head size and layers (mm) -------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +14,11 @@ import scipy.ndimage as ndi
 from ..errors import InputError
 from ..physics import GAMMA_MHZ_PER_T, check_voxel_size, forward_field, ppm_to_phase
 from .head import BRAIN_LABELS, DGM_LABELS, LABEL_IDS, build_head
-from .tissues import AGES, CHI_AIR, FAT_SHIFT_PPM
+from .tissues import AGES, CHI_AIR, FAT_SHIFT_PPM, scaled_tissues
 
 __all__ = ["Subject", "make_subject", "write_subject", "write_bids", "tilt_affine", "supersample_factors", "SOURCE_PROTOCOL"]
 
+ANATOMIES = ("procedural", "icbm", "cvs")
 SOURCE_PROTOCOL = dict(shape=(256, 256, 80), voxel_size=(0.78, 0.78, 2.0), echo_time=4.92e-3, field_strength=3.0)
 
 
@@ -149,6 +151,8 @@ def make_subject(
     snr: float = 100.0,
     phase_format: str = "radians",
     supersample: tuple[int, int, int] | None = None,
+    anatomy: str = "procedural",
+    tissue_factors: dict[str, tuple[float, float]] | None = None,
 ) -> Subject:
     """Draw one random subject. The same arguments give the same subject, bit for bit.
 
@@ -169,9 +173,17 @@ def make_subject(
     supersample : 3 ints, optional
         Sub-voxels per voxel along each axis for the background field and the signal (computed on
         the finer grid, the complex signal averaged down); default :func:`supersample_factors`.
+    anatomy : "procedural", "icbm" or "cvs"
+        The brain: the procedural phantom's (:mod:`.head`), or a real brain template warped at
+        random (:mod:`.anatomy`; needs the ``anatomy`` extra).
+    tissue_factors : dict, optional
+        Tissue name -> (proton density factor, T2* factor): a magnitude contrast other than the
+        age's (:func:`.tissues.scaled_tissues`); susceptibility is unchanged.
     """
     if age not in AGES:
         raise InputError(f"age must be one of {AGES}, got {age!r}")
+    if anatomy not in ANATOMIES:
+        raise InputError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
     if phase_format not in ("radians", "siemens"):
         raise InputError(f"phase format must be radians or siemens, got {phase_format!r}")
     shape = tuple(int(s) for s in shape)
@@ -191,8 +203,15 @@ def make_subject(
     # the same head twice: on the output grid (truth: labels, brain mask, chi) and on the fine grid
     # (background field and signal); both paintings draw the same random numbers in the same order
     rng_fine = copy.deepcopy(rng)
-    head = build_head(rng, shape, v, age)
-    head_f = head if fine == shape else build_head(rng_fine, fine, fv, age, anatomy_voxel_size=v)
+    if anatomy == "procedural":
+        builder = build_head
+    else:
+        from .anatomy import build_anatomy_head
+
+        builder = functools.partial(build_anatomy_head, template=anatomy)
+    tissues = scaled_tissues(tissue_factors)
+    head = builder(rng, shape, v, age, tissues=tissues)
+    head_f = head if fine == shape else builder(rng_fine, fine, fv, age, anatomy_voxel_size=v, tissues=tissues)
 
     labels_int = head.label
     brain = np.isin(labels_int, [LABEL_IDS[n] for n in BRAIN_LABELS])
@@ -268,6 +287,7 @@ def make_subject(
 
     params = dict(
         seed=int(seed),
+        anatomy=anatomy,
         age=age,
         shape=list(shape),
         voxel_size=[float(x) for x in v],

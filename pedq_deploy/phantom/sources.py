@@ -9,12 +9,20 @@ are chosen on ``validation``, and the numbers reported in ``benchmarks/RESULTS.m
 
 from __future__ import annotations
 
+import functools
+
 from ..errors import InputError
 from .simulate import Subject, make_subject
 
-__all__ = ["SOURCES", "PROTOCOLS", "SEEDS", "make_head"]
+__all__ = ["SOURCES", "TRAINED_ON", "PROTOCOLS", "PROTOCOL_NAMES", "SEEDS", "make_head"]
 
-SOURCES = {"procedural": make_subject}
+SOURCES = {
+    "procedural": make_subject,
+    "icbm": functools.partial(make_subject, anatomy="icbm"),
+    "cvs": functools.partial(make_subject, anatomy="cvs"),
+}
+# what each source is for: the networks train on TRAINED_ON, "cvs" is judged on only
+TRAINED_ON = ("procedural", "icbm")
 # the acquisitions the benchmarks report: the source study's protocol, a longer echo as infants are
 # often scanned, and 1 mm isotropic voxels
 PROTOCOLS = {

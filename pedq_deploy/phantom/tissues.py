@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Tissue", "TISSUES", "AGES", "CHI_AIR", "FAT_SHIFT_PPM"]
+__all__ = ["Tissue", "TISSUES", "AGES", "CHI_AIR", "FAT_SHIFT_PPM", "scaled_tissues"]
 
 AGES = ("neonate", "infant")
 CHI_AIR = 9.4  # ppm above water
@@ -59,3 +59,15 @@ TISSUES: dict[str, tuple[Tissue, Tissue]] = {
     "thalamus": (Tissue(0.004, 0.85, 66.0), Tissue(0.012, 0.80, 50.0)),
     "vein": (Tissue(0.45, 0.75, 14.0), Tissue(0.40, 0.75, 15.0)),
 }
+
+
+def scaled_tissues(factors: dict[str, tuple[float, float]] | None) -> dict[str, tuple[Tissue, Tissue]]:
+    """The table with each named tissue's proton density and T2* multiplied by ``factors[name]``
+    ((pd factor, T2* factor); susceptibility unchanged): a magnitude contrast drawn at random, as
+    domain randomisation draws intensities per tissue class. None: the table itself."""
+    if not factors:
+        return TISSUES
+    out = dict(TISSUES)
+    for name, (f_pd, f_t2s) in factors.items():
+        out[name] = tuple(Tissue(t.chi, t.pd * f_pd, t.t2s_ms * f_t2s) for t in TISSUES[name])
+    return out
