@@ -197,7 +197,81 @@ def test_vsharp_rejects_bad_input():
 
 
 def test_classic_mask_on_small_phantom(small_subject):
-    m = classic_mask(small_subject.magnitude, small_subject.voxel_size)
-    assert dice(m, small_subject.brain_mask) > 0.8
+    notes = []
+    m = classic_mask(small_subject.magnitude, small_subject.voxel_size, notes=notes)
+    assert dice(m, small_subject.brain_mask) > 0.8 and notes == []
     with pytest.raises(InputError, match="all zero"):
         classic_mask(np.zeros((8, 8, 8), np.float32), (1, 1, 1))
+
+
+def test_classic_mask_never_refuses_a_head_and_says_when_it_is_doubtful(small_subject, monkeypatch):
+    """The classic masker is the fallback: where no threshold finds a brain it takes the head's
+    interior, and says in one sentence that the mask is doubtful."""
+    import pedq_deploy.preprocess.masking as masking
+
+    monkeypatch.setattr(masking, "_threshold_mask", lambda norm, thr, erode, v: np.zeros(norm.shape, bool))
+    notes = []
+    m = classic_mask(small_subject.magnitude, small_subject.voxel_size, notes=notes)
+    head = small_subject.magnitude > 0.1 * np.percentile(small_subject.magnitude, 99)
+    assert m.any() and m.sum() < head.sum()
+    assert dice(m, small_subject.brain_mask) > 0.5  # the head's interior is mostly brain
+    assert len(notes) == 1 and "doubtful" in notes[0] and "head's interior" in notes[0]
+    monkeypatch.undo()
+    # a head of one uniform intensity (no contrast to threshold): a mask all the same, noted as doubtful
+    ball = (np.linalg.norm(np.indices((40, 40, 40)) - 19.5, axis=0) < 15).astype(np.float32)
+    notes = []
+    m = classic_mask(ball, (2.0, 2.0, 2.0), notes=notes)
+    assert m.any() and len(notes) == 1
+
+
+def _ellipsoid_grid(shape=(64, 64, 40), v=(1.0, 1.0, 2.0)):
+    x, y, z = np.meshgrid(*[(np.arange(k) - (k - 1) / 2) * vi for k, vi in zip(shape, v)], indexing="ij")
+    return x, y, z, (x / 28) ** 2 + (y / 26) ** 2 + (z / 34) ** 2 < 1
+
+
+def test_lbv_removes_a_field_from_sources_outside_and_keeps_one_from_inside():
+    """LBV on anisotropic voxels: the field of a dipole outside the brain (harmonic inside) goes, a
+    local bump inside stays, and only the boundary layer loses its values."""
+    from pedq_deploy.preprocess import lbv
+
+    v = (1.0, 1.0, 2.0)
+    x, y, z, mask = _ellipsoid_grid(v=v)
+    # a point dipole 30 mm below the mask, along z: (3 cos^2 - 1) / r^3
+    dz = z + 34 + 30
+    r2 = x**2 + y**2 + dz**2
+    background = 2e4 * (3 * dz**2 / r2 - 1) / r2**1.5
+    bump = 0.05 * np.exp(-((x - 3) ** 2 + (y + 2) ** 2 + (z - 4) ** 2) / (2 * 3.0**2))
+    local, covered = lbv(background + bump, mask, v)
+    assert covered.sum() > 0.85 * mask.sum() and not covered[~mask].any()  # one voxel off the edge
+    assert np.abs(background[covered]).max() > 10 * np.abs(bump).max()  # the background dominates the total ...
+    err = np.linalg.norm((local - bump)[covered]) / np.linalg.norm(bump[covered])
+    assert err < 0.1, err  # ... and is gone, up to the 7-point Laplacian's error on a field this curved
+    vs_local, vs_mask = vsharp(background + bump, mask, v)
+    assert covered.sum() > 1.3 * vs_mask.sum()  # it covers more of the brain than V-SHARP ...
+    assert err < np.linalg.norm((vs_local - bump)[vs_mask]) / np.linalg.norm(bump[vs_mask])  # ... with a smaller error here
+    with pytest.raises(InputError, match="interior"):
+        lbv(background, np.zeros(mask.shape, bool), v)
+    with pytest.raises(InputError, match="erode"):
+        lbv(background, mask, v, erode=0)
+
+
+def test_the_pipeline_removes_the_background_with_the_method_its_settings_name(small_subject):
+    from pedq_deploy.config import PipelineConfig
+    from pedq_deploy.runtime.pipeline import run_case
+
+    s = small_subject
+    runs = {
+        bg: run_case(
+            s.magnitude,
+            s.phase,
+            s.affine,
+            s.voxel_size,
+            PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="tkd", background=bg),
+            mask=s.brain_mask,
+        )
+        for bg in ("vsharp", "lbv")
+    }
+    assert runs["lbv"].info["coverage"] > runs["vsharp"].info["coverage"]
+    assert not np.array_equal(runs["lbv"].local_field, runs["vsharp"].local_field)
+    with pytest.raises(InputError, match="unknown background"):
+        PipelineConfig(echo_time=0.005, field_strength=3.0, background="pdf").validate()

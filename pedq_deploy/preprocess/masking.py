@@ -11,7 +11,7 @@ import scipy.ndimage as ndi
 from ..errors import InputError
 from ..physics import fft_workers
 
-__all__ = ["classic_mask"]
+__all__ = ["classic_mask", "PLAUSIBLE_SHARE"]
 
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
@@ -60,13 +60,31 @@ def _largest_component(m: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(sizes))
 
 
-def classic_mask(magnitude: np.ndarray, voxel_size: Sequence[float], *, erode_mm: float = 3.0, threshold_scale: float = 1.0) -> np.ndarray:
+# the brain's plausible share of the head (the magnitude's support, holes filled): below it a mask
+# has missed the brain, above it it has taken in the scalp and neck
+PLAUSIBLE_SHARE = (0.15, 0.85)
+
+
+def classic_mask(
+    magnitude: np.ndarray,
+    voxel_size: Sequence[float],
+    *,
+    erode_mm: float = 3.0,
+    threshold_scale: float = 1.0,
+    notes: list[str] | None = None,
+) -> np.ndarray:
     """Brain mask by robust threshold, morphology, largest component and hole filling.
 
     The magnitude is first normalised by a smooth estimate of the coil shading, then thresholded
     at Otsu's level. An opening of ``erode_mm`` cuts the thin bridges between brain and scalp
     (thin infant skulls) before the largest component is kept; a dilation by the same ball and
     hole filling restore the brain edge and the ventricles.
+
+    It is the fallback when no masking network is at hand, so it never refuses a head: when the
+    first pass finds no brain of a plausible size it tries a thinner opening, then a lower
+    threshold, and at last takes the head's interior (its signal, eroded by 6 mm). Whenever the
+    mask is doubtful (a fallback was needed, or its share of the head lies outside
+    ``PLAUSIBLE_SHARE``) a sentence saying so is appended to ``notes``.
 
     Returns
     -------
@@ -75,7 +93,7 @@ def classic_mask(magnitude: np.ndarray, voxel_size: Sequence[float], *, erode_mm
     Raises
     ------
     InputError
-        If the magnitude is not 3D, not finite, all zero, or yields an empty mask.
+        If the magnitude is not 3D, not finite, or all zero (no head in it).
     """
     mag = np.asarray(magnitude, dtype=np.float32)
     if mag.ndim != 3:
@@ -85,9 +103,38 @@ def classic_mask(magnitude: np.ndarray, voxel_size: Sequence[float], *, erode_mm
     if float(mag.max()) <= 0:
         raise InputError("magnitude is all zero: nothing to mask")
     v = np.asarray(voxel_size, dtype=np.float64)
-    # Coil shading varies slowly: divide by a heavily smoothed copy (ratio of Gaussian filters
-    # of the image and of its support keeps the edges from darkening), computed on a ~4 mm grid.
+    ml = float(np.prod(v)) / 1000.0
     support = (mag > 0.1 * np.percentile(mag[mag > 0], 99)).astype(np.float32)
+    norm = _shading_corrected(mag, support, v)
+    otsu = _otsu(norm[support > 0])
+    head = ndi.binary_fill_holes(_largest_component(support > 0))
+    head_voxels = max(int(head.sum()), 1)
+    attempts = (
+        (erode_mm, threshold_scale, None),
+        (0.5 * erode_mm, threshold_scale, "a thinner opening"),
+        (0.5 * erode_mm, 0.6 * threshold_scale, "a lower threshold"),
+    )
+    for erode, scale, how in attempts:  # noqa: B007 (how says, after the loop, which attempt was kept)
+        m = _threshold_mask(norm, otsu * scale, erode, v)
+        if m.sum() >= PLAUSIBLE_SHARE[0] * head_voxels:
+            break
+    else:
+        m = _erode(head, _ball_spectrum(head.shape, 6.0, v))
+        if not m.any():
+            m = head
+        how = "the head's interior (its signal eroded by 6 mm): no brain boundary was found"
+    share = float(m.sum()) / head_voxels
+    if notes is not None and (how is not None or not PLAUSIBLE_SHARE[0] <= share <= PLAUSIBLE_SHARE[1]):
+        notes.append(
+            f"classic mask doubtful ({float(m.sum()) * ml:.0f} mL, {share:.0%} of the head"
+            f"{'; from ' + how if how else ''}): check mask.nii.gz, or give --mask"
+        )
+    return m
+
+
+def _shading_corrected(mag: np.ndarray, support: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The magnitude divided by a smooth estimate of the coil shading (ratio of Gaussian filters of
+    the image and of its support, so the edges do not darken), computed on a ~4 mm grid."""
     step = np.maximum(1, np.round(4.0 / v)).astype(int)
     sub = tuple(slice(None, None, s) for s in step)
     sigma = [15.0 / (vi * si) for vi, si in zip(v, step)]
@@ -96,20 +143,20 @@ def classic_mask(magnitude: np.ndarray, voxel_size: Sequence[float], *, erode_mm
     shading = np.pad(shading, [(0, max(0, n - s)) for n, s in zip(mag.shape, shading.shape)], mode="edge")[
         : mag.shape[0], : mag.shape[1], : mag.shape[2]
     ]
-    norm = np.where(support > 0, mag / np.maximum(shading, 1e-6), 0.0)
-    fg = norm[support > 0]
-    thr = _otsu(fg) * threshold_scale
+    return np.where(support > 0, mag / np.maximum(shading, 1e-6), 0.0)
+
+
+def _threshold_mask(norm: np.ndarray, thr: float, erode_mm: float, v: np.ndarray) -> np.ndarray:
+    """Threshold, opening by a ball of ``erode_mm``, largest component, closing, hole filling.
+
+    Ball morphology by FFT convolution with a ball in mm: true balls on anisotropic grids, and far
+    faster than binary_opening or distance transforms with a large structuring element."""
     m = norm > thr
-    # ball morphology by FFT convolution with a ball in mm: true balls on anisotropic grids, and
-    # far faster than binary_opening or distance transforms with a large structuring element
     small, large = _ball_spectrum(m.shape, erode_mm, v), _ball_spectrum(m.shape, 2.0 * erode_mm, v)
     m = _dilate(_erode(m, small), small)
     m = _largest_component(m)
     m = _erode(_dilate(m, large), large)
-    m = ndi.binary_fill_holes(m)
-    if not m.any():
-        raise InputError("classic masking found no brain: check the magnitude image")
-    return m
+    return ndi.binary_fill_holes(m)
 
 
 def normalise_magnitude(magnitude: np.ndarray) -> np.ndarray:

@@ -102,7 +102,7 @@ def run_case(
     """
     from ..inversion import structure_edge_weight, tkd, tv_admm
     from ..postprocess import QC_THRESHOLDS, consistency
-    from ..preprocess import classic_mask, combine_echoes, unwrap_phase, vsharp
+    from ..preprocess import classic_mask, combine_echoes, lbv, unwrap_phase, vsharp
 
     config.validate()
     tes = config.echo_times
@@ -134,6 +134,7 @@ def run_case(
     skip = set() if config.refine else {"refine"}
     skip |= set() if with_seg else {"segmentation"}
     notify("plan", ",".join(s for s in STAGES if s not in skip))
+    mask_notes: list[str] = []  # the classic masker says when its mask is doubtful
     use_network_mask = config.masker == "network" or (config.masker == "auto" and models is not None and models.has("mask"))
     if mask is None and use_network_mask:
         if models is None or not models.has("mask"):
@@ -141,7 +142,7 @@ def run_case(
         brain = stage("mask", models.mask, first, voxel_size, threshold=config.mask_threshold)
         mask_source = "network"
     elif mask is None:
-        brain = stage("mask", classic_mask, first, voxel_size)
+        brain = stage("mask", classic_mask, first, voxel_size, notes=mask_notes)
         mask_source = "classic"
     else:
         brain = stage("mask", lambda m: np.asarray(m) > 0, mask)
@@ -155,7 +156,10 @@ def run_case(
     else:
         unwrapped = stage("unwrap", unwrap_phase, phase, voxel_size, config.unwrap, mask=brain, magnitude=magnitude)
         total_field = phase_to_ppm(unwrapped, tes[0], config.field_strength)
-    local, eroded = stage("background", vsharp, total_field, brain, voxel_size, config.vsharp_radii, config.vsharp_threshold)
+    if config.background == "lbv":
+        local, eroded = stage("background", lbv, total_field, brain, voxel_size)
+    else:
+        local, eroded = stage("background", vsharp, total_field, brain, voxel_size, config.vsharp_radii, config.vsharp_threshold)
     if inversion == "tkd":
         chi = stage("inversion", tkd, local, eroded, voxel_size, b0, config.tkd_threshold)
     elif inversion == "tv":
@@ -202,6 +206,7 @@ def run_case(
         coverage=coverage,
     )
     qc["echo_time_s"] = te_qc
+    qc["flags"].extend(mask_notes)
     if len(tes) > 1:
         qc["single_echo_fraction"] = float(single[brain].mean())
         if qc["single_echo_fraction"] > QC_THRESHOLDS["single_echo_fraction"]:
@@ -225,7 +230,7 @@ def run_case(
         "brain_voxels": int(brain.sum()),
         "coverage": coverage,  # the share of this run's brain mask (mask.nii.gz) where chi has values
         "echoes": len(tes),
-        "chi_reference": "mean over the V-SHARP-eroded brain mask",
+        "chi_reference": "mean over the brain mask where chi has values (eroded by background removal)",
         **({"segmentation_source": "labels file" if labels is not None else "network"} if with_seg else {}),
         **({"segmentation_qc": seg_qc} if seg_qc is not None else {}),
         "qc": qc,
