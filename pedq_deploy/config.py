@@ -34,7 +34,8 @@ __all__ = [
 
 INVERSIONS = ("auto", "pedq", "tkd", "tv")
 MASKERS = ("auto", "classic", "network")
-UNWRAPPERS = ("laplacian", "lsq", "quality")  # preprocess.UNWRAP_METHODS (not imported: that module loads Numba)
+UNWRAPPERS = ("laplacian", "lsq", "quality")
+BACKGROUNDS = ("vsharp", "lbv")  # preprocess.UNWRAP_METHODS (not imported: that module loads Numba)
 # the masking network's brain probability above which a voxel is brain, chosen on validation heads
 MASK_THRESHOLD = 0.7
 ACQUISITION_FIELDS = ("echo_time", "field_strength", "b0_direction")
@@ -73,6 +74,12 @@ class PipelineConfig:
         "phase unwrapping: lsq (least squares on the wrapped neighbour differences), laplacian "
         "(Schofield & Zhu 2003; errs at long echo times), quality (quality-guided path following)",
         UNWRAPPERS,
+    )
+    background: str = _param(
+        "vsharp",
+        "background field removal: vsharp (Wu et al. 2012; the brain loses its smallest sphere's radius at the edge) "
+        "or lbv (Laplacian boundary value, Zhou et al. 2014; the brain loses one voxel at the edge)",
+        BACKGROUNDS,
     )
     vsharp_radii: tuple[float, ...] | None = _param(
         None, "V-SHARP sphere radii in mm, largest first; none: 12 mm down to twice the thickest voxel side"

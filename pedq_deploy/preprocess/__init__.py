@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .echoes import check_echo_times, combine_echoes
+from .lbv import lbv
 from .masking import classic_mask, normalise_magnitude
 from .phase import check_not_swapped, detect_and_scale_phase
 from .unwrap import UNWRAP_METHODS, laplacian_unwrap, lsq_unwrap, quality_unwrap, unwrap_phase
@@ -21,5 +22,6 @@ __all__ = [
     "quality_unwrap",
     "unwrap_phase",
     "default_radii",
+    "lbv",
     "vsharp",
 ]
