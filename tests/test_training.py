@@ -596,3 +596,59 @@ def test_recon_heads_may_be_masked_by_the_masking_network(tmp_path):
         Trainer("recon", tiny(recon_network_mask=0.5, mask_model=str(tmp_path)), tmp_path / "run")
     with pytest.raises(InputError, match="not mask"):
         Trainer("mask", tiny(recon_network_mask=0.5, mask_model=str(tmp_path / "models")), tmp_path / "run")
+
+
+def test_domain_randomisation_is_off_by_default_and_draws_nothing_then():
+    """The randomisation options draw from the subject's generator only when on: a config without
+    them makes exactly the heads it made before they existed."""
+    from pedq_deploy.training.data import prepare_subject
+
+    plain = prepare_subject(3, tiny(), np.random.default_rng([0, 3]), magnitude_only=True)
+    direct = make_subject(
+        seed=3,
+        age=plain.params["age"],
+        shape=TINY["grid"],
+        voxel_size=TINY["voxel_size"],
+        tilt_deg=plain.params["tilt_deg"],
+        echo_time=plain.params["echo_time"],
+        snr=plain.params["snr"],
+    )
+    np.testing.assert_array_equal(plain.magnitude, direct.magnitude)
+    np.testing.assert_array_equal(plain.params["loss_mask"], direct.brain_mask)
+
+
+def test_randomised_magnitudes_differ_in_contrast_bias_slices_and_field_of_view():
+    from pedq_deploy.phantom.anatomy import anatomy_available
+    from pedq_deploy.training.data import augment_magnitude, prepare_subject
+
+    cfg = tiny(contrast_jitter=0.4)
+    a = prepare_subject(3, cfg, np.random.default_rng([0, 3]), magnitude_only=True)
+    b = prepare_subject(3, tiny(), np.random.default_rng([0, 3]), magnitude_only=True)
+    assert a.params["age"] == b.params["age"] and np.array_equal(a.brain_mask, b.brain_mask)  # the same head ...
+    ratio = a.magnitude[a.brain_mask] / np.maximum(b.magnitude[b.brain_mask], 1e-6)
+    assert np.std(ratio) > 0.05  # ... in another contrast
+    # a bias field, thicker slices and a cut field of view act on the magnitude (and the cut on the brain mask)
+    s = make_subject(seed=4, shape=TINY["grid"], voxel_size=TINY["voxel_size"], snr=float("inf"))
+    before, brain = s.magnitude.copy(), s.brain_mask.copy()
+    augment_magnitude(s, tiny(bias_field=0.3), np.random.default_rng(1))
+    log_ratio = np.log(s.magnitude[brain] / before[brain])
+    assert 0.05 < log_ratio.std() < 0.6 and np.array_equal(s.brain_mask, brain)
+    s.magnitude = before.copy()
+    augment_magnitude(s, tiny(slice_mm=(9.0, 9.0)), np.random.default_rng(1))
+    assert np.abs(np.diff(s.magnitude, axis=2)).mean() < np.abs(np.diff(before, axis=2)).mean()  # smoother along z
+    cut = None
+    for seed in range(20):  # half the heads keep their whole field of view
+        s.magnitude, s.brain_mask = before.copy(), brain.copy()
+        augment_magnitude(s, tiny(fov_cut=0.3), np.random.default_rng(seed))
+        if not np.array_equal(s.magnitude, before):
+            cut = s
+            break
+    assert cut is not None and (cut.magnitude == 0).any() and not cut.brain_mask[cut.magnitude == 0].any()
+    assert cut.brain_mask.sum() < brain.sum()
+    if anatomy_available():
+        both = tiny(anatomies=("procedural", "icbm"))
+        drawn = {prepare_subject(k, both, np.random.default_rng([0, k]), magnitude_only=True).params["anatomy"] for k in range(6)}
+        assert drawn == {"procedural", "icbm"}
+    for bad in ({"anatomies": ["mouse"]}, {"contrast_jitter": -0.1}, {"slice_mm": [3, 1]}, {"fov_cut": 2.0}):
+        with pytest.raises(InputError):
+            load_config(None, **bad)

@@ -27,6 +27,19 @@ class TrainConfig:
     grid: tuple[int, int, int] = (160, 160, 128)
     frame_voxel: float = 1.2  # mm, isotropic grid of the B0-aligned frame the recon/seg networks work in
     ages: tuple[str, ...] = ("neonate", "infant")
+    # where heads come from (phantom/sources.py), one drawn per subject: the procedural phantom, or
+    # a real brain template warped at random ("icbm"; "cvs" is kept for judging, never for training)
+    anatomies: tuple[str, ...] = ("procedural",)
+    # domain randomisation (0: off). contrast_jitter j: each tissue's proton density times U(1-j, 1+j)
+    # and T2* times exp(U(-j, j)), drawn per subject; the rest act on the magnitude (mask runs):
+    # bias_field b: times exp(a smooth random field of SD b); slice_mm (lo, hi): blurred along z as
+    # slices of that thickness would be; fov_cut c: up to that share of the field of view cut away at
+    # the top, the bottom or a side, as a scan that misses part of the head or takes in the neck
+    contrast_jitter: float = 0.0
+    bias_field: float = 0.0
+    slice_mm: tuple[float, float] = (0.0, 0.0)
+    fov_cut: float = 0.0
+    supersample: tuple[int, int, int] | None = None  # the simulator's sub-voxels (None: its default)
     max_tilt_deg: float = 30.0
     snr_range: tuple[float, float] = (40.0, 200.0)
     echo_time_range: tuple[float, float] = (4.92e-3, 25e-3)
@@ -124,6 +137,17 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         raise InputError(f"seg_box_fraction must be [low, high] with 0.2 <= low <= high <= 1.5, got {cfg.seg_box_fraction!r}")
     if not isinstance(cfg.seg_box_shift, (int, float)) or not 0 <= cfg.seg_box_shift <= 0.5:
         raise InputError(f"seg_box_shift must be in [0, 0.5], got {cfg.seg_box_shift!r}")
+    from ..phantom.simulate import ANATOMIES
+
+    if not cfg.anatomies or isinstance(cfg.anatomies, str) or any(a not in ANATOMIES for a in cfg.anatomies):
+        raise InputError(f"anatomies must be a list of {', '.join(ANATOMIES)}, got {cfg.anatomies!r}")
+    for name in ("contrast_jitter", "bias_field", "fov_cut"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= (0.9 if name != "bias_field" else 2.0):
+            raise InputError(f"{name} must be a number >= 0 (0: off), got {v!r}")
+    sl = cfg.slice_mm
+    if not (isinstance(sl, tuple) and len(sl) == 2 and all(isinstance(x, (int, float)) for x in sl) and 0 <= sl[0] <= sl[1] <= 10):
+        raise InputError(f"slice_mm must be [low, high] mm with 0 <= low <= high <= 10 (0: off), got {cfg.slice_mm!r}")
     if not isinstance(cfg.seg_network_mask, (int, float)) or not 0 <= cfg.seg_network_mask <= 1:
         raise InputError(f"seg_network_mask must be a share in [0, 1], got {cfg.seg_network_mask!r}")
     if not isinstance(cfg.recon_network_mask, (int, float)) or not 0 <= cfg.recon_network_mask <= 1:

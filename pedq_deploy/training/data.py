@@ -20,10 +20,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from ..frame import B0Frame, mask_box
 from ..phantom import make_subject, random_crop
+from ..phantom.anatomy import smooth_random_field
 from ..phantom.crops import crop_array
+from ..phantom.tissues import TISSUES
 from ..physics import phase_per_ppm, phase_to_ppm
 from ..preprocess import normalise_magnitude, unwrap_phase, vsharp
 from ..runtime.networks import DGM_BOX_FRACTION, PedqModels, resample_to, seg_grid
@@ -79,25 +82,78 @@ def subject_local_field(s, phase=None, unwrap: str = "laplacian", mask=None):
     return vsharp(total, mask, s.voxel_size)
 
 
-def prepare_subject(seed: int, cfg: TrainConfig, rng: np.random.Generator, *, frame: bool = False, network_mask=None):
+def _tissue_factors(rng: np.random.Generator, jitter: float) -> dict[str, tuple[float, float]]:
+    """Each tissue's (proton density, T2*) factors for one subject: a magnitude contrast of its own."""
+    return {
+        name: (float(rng.uniform(1.0 - jitter, 1.0 + jitter)), float(np.exp(rng.uniform(-jitter, jitter))))
+        for name in sorted(TISSUES)
+        if name != "air"
+    }
+
+
+def augment_magnitude(s, cfg: TrainConfig, rng: np.random.Generator) -> None:
+    """Randomise a subject's magnitude as scanners and protocols differ (in place; the brain mask is
+    cut with it): a smooth bias field, slice thickness, and a field of view that misses part of the
+    head. Each is drawn only where the config turns it on."""
+    mag = s.magnitude
+    v = np.asarray(s.voxel_size, float)
+    if cfg.bias_field > 0:
+        mag = mag * np.exp(smooth_random_field(rng, mag.shape, 60.0, cfg.bias_field, v)[0]).astype(np.float32)
+    if cfg.slice_mm[1] > 0:
+        thick = float(rng.uniform(*cfg.slice_mm))
+        sigma = np.sqrt(max(thick**2 - v[2] ** 2, 0.0)) / 2.355 / v[2]  # a slice profile of FWHM ``thick``, beyond the voxel's own
+        if sigma > 0.05:
+            mag = ndi.gaussian_filter1d(mag, sigma, axis=2)
+    if cfg.fov_cut > 0 and rng.random() < 0.5:
+        axis = int(rng.choice([0, 1, 2, 2]))  # top and bottom most often
+        n = mag.shape[axis]
+        k = int(round(rng.uniform(0.05, 1.0) * cfg.fov_cut * n))
+        keep = [slice(None)] * 3
+        keep[axis] = slice(k, None) if rng.random() < 0.5 else slice(0, n - k)
+        cut = np.zeros(mag.shape, bool)
+        cut[tuple(keep)] = True
+        mag = np.where(cut, mag, 0.0)
+        s.brain_mask = s.brain_mask & cut
+    s.magnitude = mag.astype(np.float32)
+
+
+def prepare_subject(
+    seed: int, cfg: TrainConfig, rng: np.random.Generator, *, frame: bool = False, network_mask=None, magnitude_only: bool = False
+):
     """Subject ``seed``, simulated as ``cfg`` draws it with ``rng`` and preprocessed as pedq-run
     would. ``network_mask`` (share, folder): that share of heads is unwrapped and run through
     V-SHARP in the mask of the masking network in the exported models ``folder`` instead of the
-    true brain mask (default: the config's ``recon_network_mask`` and ``mask_model``)."""
+    true brain mask (default: the config's ``recon_network_mask`` and ``mask_model``).
+    ``magnitude_only`` (masking runs): no field preprocessing; the magnitude is randomised
+    (:func:`augment_magnitude`) and the loss mask is the brain."""
     share, folder = (cfg.recon_network_mask, cfg.mask_model) if network_mask is None else network_mask
     age = cfg.ages[int(rng.integers(len(cfg.ages)))]
     te = float(rng.uniform(*cfg.echo_time_range))
     snr = float(np.exp(rng.uniform(np.log(cfg.snr_range[0]), np.log(cfg.snr_range[1]))))
+    tilt = float(rng.uniform(0, cfg.max_tilt_deg))
+    extra = {}  # drawn only where the config asks, so the configs before these options draw the same heads
+    if tuple(cfg.anatomies) != ("procedural",):
+        extra["anatomy"] = cfg.anatomies[int(rng.integers(len(cfg.anatomies)))]
+    if cfg.contrast_jitter > 0:
+        extra["tissue_factors"] = _tissue_factors(rng, cfg.contrast_jitter)
+    if cfg.supersample is not None:
+        extra["supersample"] = tuple(cfg.supersample)
     s = make_subject(
         seed=seed,
         age=age,
         shape=cfg.grid,
         voxel_size=cfg.voxel_size,
-        tilt_deg=float(rng.uniform(0, cfg.max_tilt_deg)),
+        tilt_deg=tilt,
         echo_time=te,
         field_strength=cfg.field_strength,
         snr=snr,
+        **extra,
     )
+    if magnitude_only:
+        augment_magnitude(s, cfg, rng)
+        s.params["loss_mask"] = s.brain_mask
+        s.params["magnitude_norm"] = normalise_magnitude(s.magnitude)  # the runtime's own normalisation
+        return s
     mask = None
     if share > 0 and rng.random() < share:  # as pedq-run masks by default
         mask = exported_models(folder, "mask").mask(s.magnitude, s.voxel_size)
@@ -240,7 +296,7 @@ def _subject_for(cfg: TrainConfig, index: int, frame: bool | str):
     rng = np.random.default_rng([cfg.seed, index])
     if frame == "seg":
         return seg_subject(seed, cfg, rng)
-    return prepare_subject(seed, cfg, rng, frame=frame)
+    return prepare_subject(seed, cfg, rng, frame=frame, magnitude_only=frame is False)
 
 
 def draw_sample(s, crop_rng, cfg: TrainConfig, brain_fraction: float, foreground_fraction: float = 0.0) -> Sample:

@@ -220,7 +220,9 @@ class Trainer:
         if self._val is None:  # held-out subjects, one central-ish crop each, drawn once
             self._val = []
             for seed in self.cfg.val_seeds:
-                s = prepare_subject(seed, self.cfg, np.random.default_rng([seed, 99]), frame=self.kind != "mask")
+                s = prepare_subject(
+                    seed, self.cfg, np.random.default_rng([seed, 99]), frame=self.kind != "mask", magnitude_only=self.kind == "mask"
+                )
                 # joint: a crop on the deep grey matter, so the segmentation Dice is defined
                 self._val.append(draw_sample(s, np.random.default_rng(seed), self.cfg, 1.0, 1.0 if self.kind == "joint" else 0.0))
         for m in self.models.values():
