@@ -24,6 +24,8 @@ sys.path.insert(0, str(HERE))
 from _report import RESULTS_DIR, read_json  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
+README = HERE.parent / "README.md"
+MARKERS = ("<!-- scoreboard:start -->", "<!-- scoreboard:end -->")  # the README's copy of the summary
 # name -> the command that writes results/NAME.md (and NAME.json where the summary reads it)
 BENCHMARKS = {
     "heads": [str(HERE / "bench_heads.py")],
@@ -107,6 +109,14 @@ def compose() -> None:
     tmp.write_text("\n".join(parts))
     tmp.replace(RESULTS)
     print(f"scoreboard: wrote {RESULTS} ({len(parts)} blocks)")
+    text = README.read_text()
+    if MARKERS[0] in text and MARKERS[1] in text:
+        head, rest = text.split(MARKERS[0], 1)
+        tail = rest.split(MARKERS[1], 1)[1]
+        tmp = README.with_suffix(".md.tmp")
+        tmp.write_text(head + MARKERS[0] + "\n" + "\n".join(summary()) + "\n" + MARKERS[1] + tail)
+        tmp.replace(README)
+        print(f"scoreboard: updated the summary in {README}")
 
 
 def main() -> int:

@@ -1,0 +1,86 @@
+"""The masking network's transfer gap: masking networks trained on different sources of heads, each
+scored on held-out heads of real anatomy (and of the procedural phantom), with BET and the classic
+masker beside them.
+
+    .venv/bin/python benchmarks/bench_mask_transfer.py --models "procedural alone=DIR" --models "both sources=DIR" [--heads 3]
+
+Each ``--models`` is ``LABEL=FOLDER`` (a folder with mask.json + mask.onnx). Heads come from the
+same cache as bench_heads.py (benchmarks/_work/heads), so they are the scoreboard's held-out heads.
+Writes results/mask_transfer.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import HELD_OUT_SEEDS, machine, write_json, write_section  # noqa: E402
+from bench_heads import AGES, WORK, _cells, _stat, bet_mask, cached_head, mask_scores  # noqa: E402
+
+from pedq_deploy.config import MASK_THRESHOLD  # noqa: E402
+from pedq_deploy.phantom.sources import PROTOCOL_NAMES, PROTOCOLS, SOURCES  # noqa: E402
+from pedq_deploy.preprocess import classic_mask  # noqa: E402
+from pedq_deploy.runtime.networks import PedqModels  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", action="append", required=True, help="LABEL=FOLDER, repeatable")
+    ap.add_argument("--sources", default=",".join(SOURCES))
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ap.add_argument("--heads", type=int, default=3)
+    a = ap.parse_args()
+    sets = [m.split("=", 1) for m in a.models]
+    runners = {label: PedqModels(folder) for label, folder in sets}
+    shas = {label: json.loads((Path(folder) / "mask.json").read_text())["sha256"][:12] for label, folder in sets}
+    records = []
+    for src in a.sources.split(","):
+        for prot in a.protocols.split(","):
+            for age in AGES:
+                for seed in HELD_OUT_SEEDS[: a.heads]:
+                    s = cached_head(src, prot, age, int(seed))
+                    rec = {"source": src, "protocol": prot, "age": age, "seed": int(seed), "masks": {}}
+                    for label, models in runners.items():
+                        rec["masks"][label] = mask_scores(models.mask(s.magnitude, s.voxel_size, threshold=MASK_THRESHOLD), s.brain_mask)
+                    rec["masks"]["classic"] = mask_scores(classic_mask(s.magnitude, s.voxel_size), s.brain_mask)
+                    bet_file = WORK / "heads" / f"{src}_{prot}_{age}_{seed}_bet.npy"
+                    bet = np.load(bet_file) if bet_file.is_file() else bet_mask(s.magnitude, s.affine)
+                    if bet is not None:
+                        np.save(bet_file, bet)
+                        rec["masks"]["BET"] = mask_scores(bet, s.brain_mask)
+                    records.append(rec)
+                    print(src, prot, age, seed, {k: round(v["dice"], 3) for k, v in rec["masks"].items()}, flush=True)
+    labels = [label for label, _ in sets] + ["BET", "classic"]
+    data = {"records": records, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "models": shas}
+    write_json("mask_transfer", data)
+    lines = [
+        "## The masking network's transfer gap",
+        "",
+        f"Script: `benchmarks/bench_mask_transfer.py` ({data['date']}); held-out heads (seeds {HELD_OUT_SEEDS[0]}-"
+        f"{HELD_OUT_SEEDS[a.heads - 1]}), {a.heads} a cell. Masking networks: "
+        + "; ".join(f"{label} (`mask.onnx` {shas[label]})" for label, _ in sets)
+        + f". Machine: {data['machine']}.",
+        "",
+        "Dice against the true brain mask, mean ± SD over heads; in brackets the share of the brain the mask leaks outside it.",
+        "",
+        "| source | protocol | age | " + " | ".join(labels) + " |",
+        "| --- | --- | --- | " + " | ".join("---:" for _ in labels) + " |",
+    ]
+    for (src, prot, age), rs in _cells(records):
+        cells = []
+        for label in labels:
+            got = [r["masks"][label] for r in rs if label in r["masks"]]
+            cells.append(f"{_stat([g['dice'] for g in got])} ({_stat([g['outside'] for g in got])})" if got else "n/a")
+        lines.append(f"| {src} | {PROTOCOL_NAMES[prot]} | {age} | " + " | ".join(cells) + " |")
+    write_section("mask_transfer", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
