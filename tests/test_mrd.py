@@ -10,6 +10,7 @@ import pytest
 ismrmrd = pytest.importorskip("ismrmrd")
 import ismrmrd.xsd as xsd  # noqa: E402
 
+from pedq_deploy.errors import InputError  # noqa: E402
 from pedq_deploy.mrd.geometry import assemble  # noqa: E402
 from pedq_deploy.mrd.server import QSM_SCALE_PPB, MrdServer, parse_header  # noqa: E402
 from pedq_deploy.phantom import make_subject  # noqa: E402
@@ -150,6 +151,26 @@ def test_round_trip_qsm_lies_where_the_input_lay(server, scan):
         PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="tkd", masker="classic"),
     )
     np.testing.assert_allclose(back.data / QSM_SCALE_PPB, ref.qsm, atol=0.5 / QSM_SCALE_PPB + 1e-6)
+
+
+def test_the_default_config_runs_the_servers_settings(scan):
+    """pedq-serve --config: the settings file's pipeline is what the 'pedq' config runs, and the
+    named configs keep their inversion over it."""
+    s, phase_int = scan
+    srv = MrdServer("127.0.0.1", 0, workers=1, no_models=True, log=lambda m: None, settings={"inversion": "tv", "tv_iterations": 5})
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        for config, expect in (("pedq", "(tv)"), ("pedq-tkd", "(tkd)")):
+            c = Client(srv.address)
+            send_scan(c, s, phase_int, config=config)
+            texts, images = c.replies()
+            c.close()
+            assert any(expect in t for t in texts) and images, (config, texts)
+    finally:
+        srv.shutdown()
+    with pytest.raises(InputError, match="unknown inversion"):
+        MrdServer("127.0.0.1", 0, no_models=True, log=lambda m: None, settings={"inversion": "magic"})
 
 
 def test_unknown_config_gets_an_error_text_and_a_clean_close(server, scan):
