@@ -5,6 +5,26 @@ import pytest
 
 SMALL_SHAPE = (72, 72, 48)
 SMALL_VOXEL = (2.0, 2.0, 3.0)
+# a training config that trains in seconds (networks of a few thousand weights, tiny grids)
+TINY_TRAIN = dict(
+    patch=(32, 32, 32),
+    grid=(48, 48, 40),
+    voxel_size=(3.0, 3.0, 3.0),
+    frame_voxel=3.0,
+    batch_size=1,
+    crops_per_subject=2,
+    recon_filters=4,
+    recon_levels=3,
+    unetr_feature_size=8,
+    unetr_hidden_size=48,
+    unetr_mlp_dim=96,
+    unetr_heads=4,
+    seg_region=(32, 32, 32),
+    recon_window=(16, 16, 16),
+    lr=2e-3,
+    val_seeds=(2000,),
+    device="cpu",
+)
 
 
 def grid_mm(shape, voxel_size):

@@ -14,12 +14,12 @@ from pedq_deploy.cli.evaluate import main as eval_main
 from pedq_deploy.cli.run import main as run_main
 
 
-def run_cli(main, argv, capsys):
+def run_cli(main, argv, capsys, stream="err"):
+    """(exit code, what the command wrote to ``stream``)."""
     with pytest.raises(SystemExit) as exc:
         main(argv)
         raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.err
+    return exc.value.code or 0, getattr(capsys.readouterr(), stream)
 
 
 def test_pedq_run_end_to_end_without_torch(phantom_dir, tmp_path, capsys):
@@ -241,7 +241,7 @@ def test_every_setting_has_one_default_and_print_config_round_trips(tmp_path, ca
     options = {p.name for p in command.params}
     assert options & set(parameter_names()) == {"inversion"}
     assert command.make_context("pedq-run", ["mag.nii.gz", "-o", "out"]).params["inversion"] is None  # the config's, unless given
-    code, out = run_cli_out(run_main, ["--print-config"], capsys)
+    code, out = run_cli(run_main, ["--print-config"], capsys, "out")
     assert code == 0 and "[pipeline]" in out
     (tmp_path / "defaults.toml").write_text(out)
     read = read_config_file(tmp_path / "defaults.toml")
@@ -251,15 +251,8 @@ def test_every_setting_has_one_default_and_print_config_round_trips(tmp_path, ca
 
 
 def test_help_fits_one_screen(capsys):
-    code, out = run_cli_out(run_main, ["--help"], capsys)
+    code, out = run_cli(run_main, ["--help"], capsys, "out")
     assert code == 0 and len(out.splitlines()) <= 40
-
-
-def run_cli_out(main, argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    return exc.value.code or 0, capsys.readouterr().out
 
 
 def test_a_non_empty_outdir_is_refused_and_overwrite_replaces_it_whole(phantom_dir, tmp_path, capsys):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,20 +133,7 @@ def test_weights_travel_in_parts_and_export_but_do_not_resume(tmp_path):
     spec = importlib.util.spec_from_file_location("checkpoint_parts", REPO / "dev" / "checkpoint_parts.py")
     parts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(parts)
-    tiny = dict(
-        patch=(32, 32, 32),
-        grid=(48, 48, 40),
-        voxel_size=(3.0, 3.0, 3.0),
-        frame_voxel=3.0,
-        batch_size=1,
-        crops_per_subject=2,
-        recon_filters=4,
-        recon_levels=3,
-        val_seeds=(2000,),
-        device="cpu",
-        checkpoint_every=1,
-        validate_every=100,
-    )
+    tiny = {**TINY_TRAIN, "checkpoint_every": 1, "validate_every": 100}
     run = tmp_path / "run"
     train("tv", TrainConfig(steps=1, **tiny), run, quiet=True)
     paths = parts.write_weight_parts(run, tmp_path / "parts", part_bytes=16 * 1024)

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
@@ -17,25 +18,7 @@ from pedq_deploy.training.data import PhantomStream  # noqa: E402
 from pedq_deploy.training.losses import model_loss, phase_per_ppm  # noqa: E402
 from pedq_deploy.training.trainer import Trainer  # noqa: E402
 
-TINY = dict(
-    patch=(32, 32, 32),
-    grid=(48, 48, 40),
-    voxel_size=(3.0, 3.0, 3.0),
-    frame_voxel=3.0,
-    batch_size=1,
-    crops_per_subject=2,
-    recon_filters=4,
-    recon_levels=3,
-    unetr_feature_size=8,
-    unetr_hidden_size=48,
-    unetr_mlp_dim=96,
-    unetr_heads=4,
-    seg_region=(32, 32, 32),
-    recon_window=(16, 16, 16),
-    lr=2e-3,
-    val_seeds=(2000,),
-    device="cpu",
-)
+TINY = TINY_TRAIN
 
 
 def tiny(**kw) -> TrainConfig:

@@ -10,7 +10,7 @@ import click
 
 from ..errors import PedqError
 
-__all__ = ["entry_point", "StageProgress", "echo_err", "print_config_option", "settings_from"]
+__all__ = ["entry_point", "StageProgress", "echo_err", "print_config_option", "settings_from", "pipeline_options"]
 
 
 def echo_err(msg: str) -> None:
@@ -99,3 +99,24 @@ def settings_from(config_path: str | None, inversion: str | None = None) -> dict
     if inversion is not None:
         settings["inversion"] = inversion
     return settings
+
+
+def pipeline_options(command):
+    """--inversion, --config, --models and --backend: what every door into the pipeline takes."""
+    from ..backends import BACKENDS
+    from ..config import INVERSIONS
+
+    options = [
+        click.option("--inversion", type=click.Choice(INVERSIONS), help="Overrides the config's (default auto)."),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON file of pipeline settings."),
+        click.option(
+            "--models",
+            "models_dir",
+            type=click.Path(file_okay=False),
+            help="Folder of exported models, or 'none' (default: $PEDQ_MODELS, else the shipped ones).",
+        ),
+        click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True),
+    ]
+    for option in reversed(options):  # click applies decorators bottom-up: keep the help's order
+        command = option(command)
+    return command

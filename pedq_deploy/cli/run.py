@@ -5,9 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from ..backends import BACKENDS
-from ..config import INVERSIONS
-from ._common import StageProgress, echo_err, entry_point, print_config_option, settings_from
+from ._common import StageProgress, echo_err, entry_point, pipeline_options, print_config_option, settings_from
 
 _HELP = """Reconstruct a QSM map (ppm) from a GRE MAGNITUDE and PHASE into OUTDIR.
 
@@ -35,15 +33,7 @@ segmentation segmentation.nii.gz and regions.csv. Algorithmic settings: --config
     type=click.Path(dir_okay=False),
     help="Label image (FreeSurfer numbers) on the magnitude's grid: regions.csv from it.",
 )
-@click.option("--inversion", type=click.Choice(INVERSIONS), help="Overrides the config's (default auto).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON file of pipeline settings.")
-@click.option(
-    "--models",
-    "models_dir",
-    type=click.Path(file_okay=False),
-    help="Folder of exported models, or 'none' (default: $PEDQ_MODELS, else the shipped ones).",
-)
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@pipeline_options
 @click.option("--dicom-out", type=click.Path(file_okay=False), help="Also write the QSM as DICOM here.")
 @click.option("--dicom-format", type=click.Choice(["mr", "parametric-map"]), default="mr", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")

@@ -7,9 +7,7 @@ import sys
 import click
 
 from .. import __version__
-from ..backends import BACKENDS
-from ..config import INVERSIONS
-from ._common import echo_err, entry_point, print_config_option, settings_from
+from ._common import echo_err, entry_point, pipeline_options, print_config_option, settings_from
 
 _HELP = """Process every GRE/MEGRE run of the BIDS dataset BIDS_DIR into OUTDIR as BIDS derivatives.
 
@@ -32,15 +30,7 @@ and redoes those whose inputs, settings or models changed.
 )
 @click.option("--participant-label", multiple=True, help="Only these participants (repeatable; with or without sub-).")
 @click.option("--session", multiple=True, help="Only these sessions (repeatable; with or without ses-).")
-@click.option("--inversion", type=click.Choice(INVERSIONS), help="Overrides the config's (default auto).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON file of pipeline settings.")
-@click.option(
-    "--models",
-    "models_dir",
-    type=click.Path(file_okay=False),
-    help="Folder of exported models, or 'none' (default: $PEDQ_MODELS, else the shipped ones).",
-)
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@pipeline_options
 @click.option(
     "--scheduler",
     default="auto",

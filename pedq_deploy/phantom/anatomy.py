@@ -29,7 +29,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from ..errors import InputError
-from .head import DGM_LABELS, LABEL_IDS, HeadVolumes, _Painter
+from .head import DGM_LABELS, LABEL_IDS, HeadVolumes, _Painter, paint_airways
 
 __all__ = ["TEMPLATES", "Template", "load_template", "build_anatomy_head", "anatomy_available", "smooth_random_field"]
 
@@ -383,28 +383,5 @@ def build_anatomy_head(
     P.tube(canal, cord_r + 2.5 * fit, "csf", "csf", only=("muscle", "bone", "csf", "dura"))
     P.tube(canal, cord_r, "wm", "cord", only=("muscle", "bone", "csf", "dura"))
     sin_r = (j(3.0, 4.5) if ai == 0 else j(6.0, 8.5)) * fit
-    for s in (-1, 1):
-        P.ellipsoid(
-            face_c + np.array([s * 0.30 * head[0], 0.15 * head[1], 0.10 * head[2]]),
-            [sin_r, 1.2 * sin_r, 1.3 * sin_r],
-            "air",
-            "air",
-            only=("muscle", "fat", "skin", "bone"),
-        )
-        P.tube(
-            [
-                hc + np.array([s * 1.02 * head[0], -0.05 * head[1], -0.45 * head[2]]),
-                hc + np.array([s * 0.80 * head[0], -0.05 * head[1], -0.43 * head[2]]),
-            ],
-            3.0 * fit,
-            "air",
-            "air",
-            only=("muscle", "fat", "skin", "bone", "dura", "csf"),
-        )
-    nose = [
-        face_c + np.array([0.0, 0.55 * head[1], 0.2 * head[2]]),
-        face_c + np.array([0.0, 0.1 * head[1], -0.1 * head[2]]),
-        np.array([hc[0], hc[1] + 0.12 * head[1], bottom]),
-    ]
-    P.tube(nose, 4.5 * fit, "air", "air", only=("muscle", "fat", "skin", "bone"))
+    paint_airways(P, face_c, hc, head, sin_r, fit, bottom, ear_z=(-0.45, -0.43), only=("muscle", "fat", "skin", "bone"))
     return HeadVolumes(P.chi, P.pd, P.r2s, P.fat, P.label, hc, head)

@@ -183,6 +183,37 @@ def _rot_z(deg):
     return np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1]])
 
 
+def paint_airways(P: _Painter, face_c, hc, head, sin_r: float, fit: float, bottom: float, *, ear_z=(-0.42, -0.40), only=None) -> None:
+    """Air in the face and neck: the paranasal sinuses, the ear canals and the airway down to the
+    field of view's ``bottom``, placed by the face's centre and the head's centre and semi-axes.
+    ``only``: the tissues air may replace (ear canals also cross dura and CSF); None: any."""
+    ears = None if only is None else (*only, "dura", "csf")
+    for s in (-1, 1):
+        P.ellipsoid(
+            face_c + np.array([s * 0.30 * head[0], 0.15 * head[1], 0.10 * head[2]]),
+            [sin_r, 1.2 * sin_r, 1.3 * sin_r],
+            "air",
+            "air",
+            only=only,
+        )
+        P.tube(
+            [
+                hc + np.array([s * 1.02 * head[0], -0.05 * head[1], ear_z[0] * head[2]]),
+                hc + np.array([s * 0.80 * head[0], -0.05 * head[1], ear_z[1] * head[2]]),
+            ],
+            3.0 * fit,
+            "air",
+            "air",
+            only=ears,
+        )
+    nose = [
+        face_c + np.array([0.0, 0.55 * head[1], 0.2 * head[2]]),
+        face_c + np.array([0.0, 0.1 * head[1], -0.1 * head[2]]),
+        np.array([hc[0], hc[1] + 0.12 * head[1], bottom]),
+    ]
+    P.tube(nose, 4.5 * fit, "air", "air", only=only)
+
+
 def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_voxel_size=None, tissues=None) -> HeadVolumes:
     """Paint one random head. All randomness comes from ``rng`` in a fixed order.
 
@@ -324,24 +355,6 @@ def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_vo
     P.tube(canal, 0.15 * R[0] + 1.8 * fit, "csf", "csf", only=("muscle", "bone", "csf", "dura"))
     P.tube([fm, canal[1]], 0.09 * R[0], "wm", "cord")
     sin_r = (j(3.0, 4.5) if ai == 0 else j(6.0, 8.5)) * fit
-    for s in (-1, 1):
-        P.ellipsoid(
-            face_c + np.array([s * 0.30 * head[0], 0.15 * head[1], 0.10 * head[2]]), [sin_r, 1.2 * sin_r, 1.3 * sin_r], "air", "air"
-        )
-        P.tube(
-            [
-                hc + np.array([s * 1.02 * head[0], -0.05 * head[1], -0.42 * head[2]]),
-                hc + np.array([s * 0.80 * head[0], -0.05 * head[1], -0.40 * head[2]]),
-            ],
-            3.0 * fit,
-            "air",
-            "air",
-        )
-    nose = [
-        face_c + np.array([0.0, 0.55 * head[1], 0.2 * head[2]]),
-        face_c + np.array([0.0, 0.1 * head[1], -0.1 * head[2]]),
-        np.array([hc[0], hc[1] + 0.12 * head[1], bottom]),
-    ]
-    P.tube(nose, 4.5 * fit, "air", "air")
+    paint_airways(P, face_c, hc, head, sin_r, fit, bottom)
 
     return HeadVolumes(P.chi, P.pd, P.r2s, P.fat, P.label, hc, head)
