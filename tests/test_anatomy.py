@@ -69,3 +69,19 @@ def test_unknown_sources_and_templates_are_refused():
         SOURCES["procedural"](seed=1, anatomy="mouse", shape=(16, 16, 16), voxel_size=(4, 4, 4))
     with pytest.raises(InputError, match="unknown anatomy template"):
         load_template("mouse")
+
+
+@pytest.mark.parametrize("template", ["icbm", "cvs"])
+def test_the_brain_mask_keeps_the_sulci_and_ventricles_as_a_brain_extraction_does(template):
+    """CSF in the sulci and the ventricles is inside the brain's envelope: the truth mask keeps it
+    (a mask that cut around every sulcus would be no mask a brain extraction makes)."""
+    import scipy.ndimage as ndi
+
+    from pedq_deploy.phantom.anatomy import build_anatomy_head
+    from pedq_deploy.phantom.head import BRAIN_LABELS, LABEL_IDS
+
+    h = build_anatomy_head(np.random.default_rng(3), (96, 96, 80), (2.0, 2.0, 2.0), "infant", template)
+    brain = np.isin(h.label, [LABEL_IDS[n] for n in BRAIN_LABELS])
+    assert (h.label == LABEL_IDS["sulcus"]).sum() > 0.05 * brain.sum()
+    holes = sum((ndi.binary_fill_holes(brain[:, :, k]) & ~brain[:, :, k]).sum() for k in range(brain.shape[2]))
+    assert holes < 0.01 * brain.sum()  # only where a sinus crosses

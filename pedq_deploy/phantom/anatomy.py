@@ -149,9 +149,11 @@ def _cvs() -> Template:
     affine = img.affine @ nio.inv_ornt_aff(ornt, img.shape)
     cortex = (lab >= 1000) & (lab < 3000)
     labelled = lab > 0
-    # the brain with its sulcal CSF: the labelled tissue closed over about 3 mm, holes filled
+    # the brain with its sulcal CSF: the labelled tissue closed over about 3 mm, holes filled in 3D
+    # and in each axial slice (the ventricles open to the cisterns in 3D, and parts are unlabelled)
     ball = np.linalg.norm(np.indices((7, 7, 7)) - 3, axis=0) <= 3
     brain = ndi.binary_fill_holes(ndi.binary_closing(np.pad(labelled, 4), structure=ball))[4:-4, 4:-4, 4:-4]
+    brain |= np.stack([ndi.binary_fill_holes(brain[:, :, k]) for k in range(brain.shape[2])], axis=2)
     cls = {
         "ventricle": np.isin(lab, _FS_CLASSES["ventricle"]),
         "gm": np.isin(lab, _FS_CLASSES["gm"]) | cortex,
@@ -327,7 +329,8 @@ def build_anatomy_head(
     for name, arr in (("chi", P.chi), ("pd", P.pd), ("r2s", P.r2s)):
         arr += b * (props[name] / safe - arr)
     P.fat *= 1.0 - b
-    labels = np.array([LABEL_IDS[c] for c in CLASSES], np.uint8)
+    # the template's CSF lies in its sulci and fissures, inside the brain's envelope: the brain mask keeps it
+    labels = np.array([LABEL_IDS["sulcus" if c == "csf" else c] for c in CLASSES], np.uint8)
     P.label[brain] = labels[winner[brain]]
     del props, winner
 

@@ -33,6 +33,7 @@ LABEL_IDS = {
     "vein": 10,
     "sinus": 11,
     "cord": 12,
+    "sulcus": 13,  # CSF inside the brain's envelope (sulci, fissures): part of the brain mask, as a brain extraction keeps it
     "thalamus_l": 20,
     "caudate_l": 21,
     "putamen_l": 22,
@@ -53,7 +54,7 @@ DGM_LABELS = {
     "putamen_r": 51,
     "pallidum_r": 52,
 }
-BRAIN_LABELS = ("gm", "wm", "ventricle", "vein") + tuple(DGM_LABELS)
+BRAIN_LABELS = ("gm", "wm", "ventricle", "sulcus", "vein") + tuple(DGM_LABELS)
 
 
 @dataclass
