@@ -92,26 +92,49 @@ def main() -> None:
         n = 0
         for _, rs in cells:
             m = lambda c, k: np.mean([r["qsm"][c][k] for r in rs])  # noqa: E731
-            n += int(m(name, "nrmse") < m("tv", "nrmse") and m(name, "dgm_error_ppb") < m("tv", "dgm_error_ppb")
-                     and m(name, "dgm_edges") > m("tkd", "dgm_edges"))
+            n += int(
+                m(name, "nrmse") < m("tv", "nrmse")
+                and m(name, "dgm_error_ppb") < m("tv", "dgm_error_ppb")
+                and m(name, "dgm_edges") > m("tkd", "dgm_edges")
+            )
         wins[name] = n
     mean_nrmse = {name: float(np.mean([r["qsm"][name]["nrmse"] for r in records])) for name in CANDIDATES}
     chosen = max(CANDIDATES, key=lambda n: (wins[n], -mean_nrmse[n]))
-    data = {"records": records, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "wins": wins, "chosen": chosen,
-            "candidates": CANDIDATES}
+    data = {
+        "records": records,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "wins": wins,
+        "chosen": chosen,
+        "candidates": CANDIDATES,
+    }
     write_json("choose", data)
-    lines = ["## Choosing the default inversion (validation heads)", "",
-             f"Script: `benchmarks/bench_choose.py` ({data['date']}); validation seeds {VALIDATION_SEEDS[0]}-{VALIDATION_SEEDS[a.heads - 1]}, "
-             f"{a.heads} a cell, sources {a.sources}; every candidate on the masking network's mask. Machine: {data['machine']}.", "",
-             "Cells won: cells (source, protocol, age) where the candidate beats TV on NRMSE and deep grey matter error and TKD "
-             f"on deep grey matter edges, of {len(cells)}. **Chosen: {chosen}.**", "",
-             "| candidate | cells won | NRMSE | DGM error (ppb) | DGM edges | slope | coverage | seconds |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "## Choosing the default inversion (validation heads)",
+        "",
+        f"Script: `benchmarks/bench_choose.py` ({data['date']}); validation seeds {VALIDATION_SEEDS[0]}-{VALIDATION_SEEDS[a.heads - 1]}, "
+        f"{a.heads} a cell, sources {a.sources}; every candidate on the masking network's mask. Machine: {data['machine']}.",
+        "",
+        "Cells won: cells (source, protocol, age) where the candidate beats TV on NRMSE and deep grey matter error and TKD "
+        f"on deep grey matter edges, of {len(cells)}. **Chosen: {chosen}.**",
+        "",
+        "| candidate | cells won | NRMSE | DGM error (ppb) | DGM edges | slope | coverage | seconds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name in CANDIDATES:
         q = [r["qsm"][name] for r in records]
-        lines.append(f"| {name} | {wins[name]} | " + " | ".join(_stat([x[k] for x in q]) for k in KEYS) + f" | {np.mean([x['seconds'] for x in q]):.1f} |")
-    lines += ["", "Per cell (NRMSE / DGM error ppb / DGM edges):", "",
-              "| source | protocol | age | " + " | ".join(CANDIDATES) + " |", "| --- | --- | --- | " + " | ".join("---" for _ in CANDIDATES) + " |"]
+        lines.append(
+            f"| {name} | {wins[name]} | "
+            + " | ".join(_stat([x[k] for x in q]) for k in KEYS)
+            + f" | {np.mean([x['seconds'] for x in q]):.1f} |"
+        )
+    lines += [
+        "",
+        "Per cell (NRMSE / DGM error ppb / DGM edges):",
+        "",
+        "| source | protocol | age | " + " | ".join(CANDIDATES) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in CANDIDATES) + " |",
+    ]
     for (src, prot, age), rs in cells:
         row = []
         for name in CANDIDATES:

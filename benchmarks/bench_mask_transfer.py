@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import HELD_OUT_SEEDS, machine, write_json, write_section  # noqa: E402
+from _report import HELD_OUT_SEEDS, VALIDATION_SEEDS, machine, write_json, write_section  # noqa: E402
 from bench_heads import AGES, WORK, _cells, _stat, bet_mask, cached_head, mask_scores  # noqa: E402
 
 from pedq_deploy.config import MASK_THRESHOLD  # noqa: E402
 from pedq_deploy.phantom.sources import PROTOCOL_NAMES, PROTOCOLS, SOURCES  # noqa: E402
 from pedq_deploy.preprocess import classic_mask  # noqa: E402
-from pedq_deploy.runtime.networks import PedqModels  # noqa: E402
+from pedq_deploy.runtime.networks import PedqModels, mask_from_probability  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +35,12 @@ def main() -> None:
     ap.add_argument("--sources", default=",".join(SOURCES))
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--heads", type=int, default=3)
+    ap.add_argument("--validation", action="store_true", help="validation heads (to choose a model or a threshold on)")
+    ap.add_argument("--thresholds", default=str(MASK_THRESHOLD), help="comma-separated brain probabilities to score each network at")
     a = ap.parse_args()
+    seeds = (VALIDATION_SEEDS if a.validation else HELD_OUT_SEEDS)[: a.heads]
+    thresholds = [float(t) for t in a.thresholds.split(",")]
+    name = "mask_transfer_validation" if a.validation else "mask_transfer"
     sets = [m.split("=", 1) for m in a.models]
     runners = {label: PedqModels(folder) for label, folder in sets}
     shas = {label: json.loads((Path(folder) / "mask.json").read_text())["sha256"][:12] for label, folder in sets}
@@ -43,11 +48,14 @@ def main() -> None:
     for src in a.sources.split(","):
         for prot in a.protocols.split(","):
             for age in AGES:
-                for seed in HELD_OUT_SEEDS[: a.heads]:
+                for seed in seeds:
                     s = cached_head(src, prot, age, int(seed))
                     rec = {"source": src, "protocol": prot, "age": age, "seed": int(seed), "masks": {}}
                     for label, models in runners.items():
-                        rec["masks"][label] = mask_scores(models.mask(s.magnitude, s.voxel_size, threshold=MASK_THRESHOLD), s.brain_mask)
+                        prob = models.mask_probability(s.magnitude, s.voxel_size)
+                        for t in thresholds:
+                            key = label if len(thresholds) == 1 else f"{label} @ {t:g}"
+                            rec["masks"][key] = mask_scores(mask_from_probability(prob, t), s.brain_mask)
                     rec["masks"]["classic"] = mask_scores(classic_mask(s.magnitude, s.voxel_size), s.brain_mask)
                     bet_file = WORK / "heads" / f"{src}_{prot}_{age}_{seed}_bet.npy"
                     bet = np.load(bet_file) if bet_file.is_file() else bet_mask(s.magnitude, s.affine)
@@ -78,7 +86,9 @@ def main() -> None:
             got = [r["masks"][label] for r in rs if label in r["masks"]]
             cells.append(f"{_stat([g['dice'] for g in got])} ({_stat([g['outside'] for g in got])})" if got else "n/a")
         lines.append(f"| {src} | {PROTOCOL_NAMES[prot]} | {age} | " + " | ".join(cells) + " |")
-    write_section("mask_transfer", "\n".join(lines))
+    means = {k: float(np.mean([r["masks"][k]["dice"] for r in records if k in r["masks"]])) for k in labels}
+    lines += ["", "Mean Dice over every head: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()) + "."]
+    write_section(name, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -7,8 +7,12 @@ bash scripts/setup.sh dev
 # is a multi-GB CUDA build), then the train extra. The runtime tests check that the runtime never
 # imports it (in fresh processes, and in a fresh venv without torch).
 if ! .venv/bin/python -c "import torch, monai, onnx" 2>/dev/null; then
-    .venv/bin/python -m pip install -q torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 \
-        | grep -vE "^WARNING: Location" || true
+    # PyTorch's CPU index where it can be reached; otherwise whatever the configured index offers
+    cpu_index=()
+    if .venv/bin/python -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=5)" 2>/dev/null; then
+        cpu_index=(--extra-index-url https://download.pytorch.org/whl/cpu)
+    fi
+    .venv/bin/python -m pip install -q torch==2.13.0 "${cpu_index[@]}" 2>&1 | grep -vE "^WARNING: Location" || true
     .venv/bin/python -m pip install -q -e ".[dev,train]" 2>&1 | grep -vE "^WARNING: Location|^  " || true
 fi
 # lint and format (configured in pyproject.toml)
