@@ -64,14 +64,15 @@ def main() -> None:
                         rec["masks"]["BET"] = mask_scores(bet, s.brain_mask)
                     records.append(rec)
                     print(src, prot, age, seed, {k: round(v["dice"], 3) for k, v in rec["masks"].items()}, flush=True)
-    labels = [label for label, _ in sets] + ["BET", "classic"]
-    data = {"records": records, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "models": shas}
-    write_json("mask_transfer", data)
+    labels = list(dict.fromkeys(k for r in records for k in r["masks"] if k not in ("BET", "classic"))) + ["BET", "classic"]
+    data = {"records": records, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "models": shas, "validation": a.validation}
+    write_json(name, data)
+    kind = "validation" if a.validation else "held-out"
     lines = [
-        "## The masking network's transfer gap",
+        "## The masking network's transfer gap" + (" (validation heads)" if a.validation else ""),
         "",
-        f"Script: `benchmarks/bench_mask_transfer.py` ({data['date']}); held-out heads (seeds {HELD_OUT_SEEDS[0]}-"
-        f"{HELD_OUT_SEEDS[a.heads - 1]}), {a.heads} a cell. Masking networks: "
+        f"Script: `benchmarks/bench_mask_transfer.py` ({data['date']}); {kind} heads (seeds {seeds[0]}-"
+        f"{seeds[-1]}), {a.heads} a cell. Masking networks: "
         + "; ".join(f"{label} (`mask.onnx` {shas[label]})" for label, _ in sets)
         + f". Machine: {data['machine']}.",
         "",

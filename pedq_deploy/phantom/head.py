@@ -294,7 +294,7 @@ def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_vo
     cer_r = np.array([R[0], R[1], 0.88 * R[2]])
     cortex = (j(2.2, 2.8) if ai == 0 else j(2.5, 3.1)) * fit
     P.ellipsoid(cer_c, cer_r, "gm", "gm", deform=brain_def, only=("csf",))
-    P.ellipsoid(cer_c, cer_r - cortex, "wm", "wm", deform=brain_def)
+    P.ellipsoid(cer_c, cer_r - cortex, "wm", "wm", deform=brain_def, only=("gm",))
     # interhemispheric fissure
     P.ellipsoid(
         cer_c + np.array([0.0, 0.0, 0.45 * R[2]]), [0.7 * fit + 0.3 * v[0], 0.95 * R[1], 0.55 * R[2]], "csf", "csf", only=("gm", "wm")
@@ -303,7 +303,7 @@ def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_vo
     cb_c = bc + np.array([0.0, -0.55 * R[1], -0.62 * R[2]])
     cb_r = np.array([0.58 * R[0], 0.32 * R[1], 0.30 * R[2]])
     P.ellipsoid(cb_c, cb_r, "gm", "gm", deform=_random_sphere_field(rng, 16, (16.0, 24.0), 0.04), only=("csf", "dura"))
-    P.ellipsoid(cb_c, 0.62 * cb_r, "wm", "wm")
+    P.ellipsoid(cb_c, 0.62 * cb_r, "wm", "wm", only=("gm", "wm"))
     stem = [
         bc + np.array([0.0, -0.12 * R[1], -0.05 * R[2]]),
         bc + np.array([0.0, -0.25 * R[1], -0.55 * R[2]]),
@@ -356,6 +356,6 @@ def build_head(rng: np.random.Generator, shape, voxel_size, age: str, anatomy_vo
     P.tube(canal, 0.15 * R[0] + 1.8 * fit, "csf", "csf", only=("muscle", "bone", "csf", "dura"))
     P.tube([fm, canal[1]], 0.09 * R[0], "wm", "cord")
     sin_r = (j(3.0, 4.5) if ai == 0 else j(6.0, 8.5)) * fit
-    paint_airways(P, face_c, hc, head, sin_r, fit, bottom)
+    paint_airways(P, face_c, hc, head, sin_r, fit, bottom, only=("air", "muscle", "fat", "skin", "bone"))
 
     return HeadVolumes(P.chi, P.pd, P.r2s, P.fat, P.label, hc, head)
