@@ -100,6 +100,11 @@ def compose() -> None:
         *summary(),
         "",
     ]
+    # design questions the issues ask to see beside the scoreboard: the masking network's transfer
+    # gap (held-out heads) and the two choices made on validation heads
+    for extra in ("mask_transfer", "mask_transfer_validation", "choose"):
+        if (RESULTS_DIR / f"{extra}.md").is_file():
+            sections.append(RESULTS_DIR / f"{extra}.md")
     for path in sections:
         if path.is_file():
             parts += [path.read_text().rstrip(), ""]
