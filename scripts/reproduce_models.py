@@ -45,6 +45,10 @@ RETIRED = {
     "snapshots": False,
 }
 MODEL_REFS = {"seg_recon": "recon", "mask_model": "mask"}  # config fields that name a models folder, and the network they use
+# Manifests carry no dates, so "the latest stage before" is a guess by dependency order; where a
+# network was shipped anew after a stage that referred to it, this names what that stage used:
+# (stage, field) -> the referenced stage's name.
+USED_THEN = {("joint-41adfe85", "mask_model"): "mask-57d8c57d"}
 
 
 class Stage:
@@ -93,6 +97,9 @@ def _descendants(stages: dict[str, Stage], sha: str) -> set[str]:
 def model_ref(stages: dict[str, Stage], stage: Stage, role: str) -> str:
     """The stage whose ``role`` network an ``export`` reference of ``stage`` meant: the latest one
     (in dependency order) that has that network and does not descend from ``stage``."""
+    for (name, field), used in USED_THEN.items():
+        if name == stage.name and MODEL_REFS[field] == role:
+            return next(s.sha for s in stages.values() if s.name == used)
     later = _descendants(stages, stage.sha)
     # the nnU-Net_TV ablation (a tv run) ships apart, in export/nnunet_tv: never what "export" meant
     having = [s.sha for s in stages.values() if s.sha not in later and s.kind != "tv" and role in _roles(s)]

@@ -60,3 +60,15 @@ def test_the_plan_trains_each_stage_after_the_ones_it_starts_from(tmp_path):
         "nnunet_tv/recon.onnx",
         "nnunet_tv/recon.json",
     }
+
+
+def test_a_stage_that_used_the_shipped_mask_gets_the_one_shipped_then():
+    # the masking network shipped anew after joint-41adfe85 trained; that stage masked its heads
+    # with the one before, and a reproduction must too
+    repro = _script()
+    stages, shipped = repro.lineage()
+    by_name = {s.name: s for s in stages.values()}
+    joint = by_name["joint-41adfe85"]
+    used = stages[repro.model_ref(stages, joint, "mask")]
+    assert used.name == "mask-57d8c57d"
+    assert stages[shipped["mask"][0]].name != used.name
