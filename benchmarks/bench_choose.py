@@ -31,13 +31,13 @@ from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
 from pedq_deploy.runtime.pipeline import run_case  # noqa: E402
 
 CANDIDATES = {
-    "pedq": {"inversion": "pedq"},
+    "pedq": {"inversion": "pedq", "refine": False},
     "pedq + refine": {"inversion": "pedq", "refine": True},
     "tv": {"inversion": "tv"},
     "tv, lambda 1e-4": {"inversion": "tv", "tv_lambda": 1e-4},
     "tv, lambda 1e-3": {"inversion": "tv", "tv_lambda": 1e-3},
     "tkd": {"inversion": "tkd"},
-    "lbv + pedq": {"inversion": "pedq", "background": "lbv"},
+    "lbv + pedq": {"inversion": "pedq", "background": "lbv", "refine": False},
     "lbv + tv": {"inversion": "tv", "background": "lbv"},
 }
 KEYS = ("nrmse", "dgm_error_ppb", "dgm_edges", "slope", "coverage_2mm")

@@ -147,10 +147,11 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
     out = tmp_path / "out"
     r = run([phantom_dir / "magnitude.nii.gz", phantom_dir / "phase.nii.gz", "-o", out, "--models", tiny_models])
     assert r.returncode == 0, r.stderr
-    assert "[5/6] segmentation" in r.stderr and "[6/6] qc" in r.stderr  # the network segments its map before any refinement
+    # the network segments its map, then the refinement (on by default with PedQ-NET and a segmentation) sharpens it
+    assert "[5/7] segmentation" in r.stderr and "[6/7] refine" in r.stderr and "[7/7] qc" in r.stderr
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["inversion"] == "pedq" and prov["parameters"]["inversion"] == "auto" and prov["mask_source"] == "network"
-    assert prov["parameters"]["refine"] is False and "refine" not in prov["timings_s"]  # the refinement is off by default
+    assert prov["parameters"]["refine"] == "auto" and prov["refined"] is True and "refine" in prov["timings_s"]
     assert set(prov["backend_used"]) == {"recon", "seg", "mask"}
     from pedq_deploy.config import MASK_THRESHOLD
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..config import PipelineConfig, resolve_inversion
+from ..config import PipelineConfig, resolve_inversion, resolve_refine
 from ..errors import InputError
 from ..metrics import FS_DGM_NAMES
 from ..physics import b0_direction_from_affine, check_direction, phase_per_ppm, phase_to_ppm
@@ -123,15 +123,16 @@ def run_case(
     inversion = resolve_inversion(config.inversion, models)
     if inversion == "pedq" and (models is None or not models.has("recon")):
         raise InputError("inversion pedq needs the PedQ-NET models (none found: give --models DIR)")
-    if config.refine and inversion != "pedq":
+    if config.refine is True and inversion != "pedq":
         raise InputError(f"the refinement refines PedQ-NET's map: it needs inversion pedq (got {inversion})")
     with_seg = labels is not None or (models is not None and models.has("seg"))
-    if config.refine and config.refine_edge_weight < 1 and not with_seg:
+    refine = resolve_refine(config.refine, inversion, with_seg or config.refine_edge_weight >= 1)
+    if refine and config.refine_edge_weight < 1 and not with_seg:
         raise InputError(
             "the refinement is guided by the deep grey matter's boundaries: it needs a segmentation model (seg.json) or "
             "--labels (or refine_edge_weight = 1 for no guidance)"
         )
-    skip = set() if config.refine else {"refine"}
+    skip = set() if refine else {"refine"}
     skip |= set() if with_seg else {"segmentation"}
     notify("plan", ",".join(s for s in STAGES if s not in skip))
     mask_notes: list[str] = []  # the classic masker says when its mask is doubtful
@@ -172,7 +173,7 @@ def run_case(
         segmentation = stage("segmentation", np.where, eroded, labels, 0)
     elif with_seg:  # after TKD or TV too, the network segments the reconstruction network's map, which it learnt on
         segmentation = stage("segmentation", _segment_network_map, models, chi_network, local, eroded, voxel_size, b0)
-    if config.refine:
+    if refine:
         edge_weight = None
         if config.refine_edge_weight < 1:
             edge_weight = structure_edge_weight(segmentation, config.refine_edge_weight, config.refine_edge_band, across=True)
@@ -226,6 +227,7 @@ def run_case(
         "b0_direction_voxel_frame": [round(float(x), 6) for x in b0],
         "b0_direction_source": "given" if config.b0_direction is not None else "affine",
         "inversion": inversion,
+        "refined": refine,
         "mask_source": mask_source,
         "brain_voxels": int(brain.sum()),
         "coverage": coverage,  # the share of this run's brain mask (mask.nii.gz) where chi has values
