@@ -39,18 +39,16 @@ CANDIDATES = {
     "tkd": {"inversion": "tkd"},
     "lbv + pedq": {"inversion": "pedq", "background": "lbv", "refine": False},
     "lbv + tv": {"inversion": "tv", "background": "lbv"},
+    "lbv + pedq + refine": {"inversion": "pedq", "background": "lbv", "refine": True},
 }
 KEYS = ("nrmse", "dgm_error_ppb", "dgm_edges", "slope", "coverage_2mm")
 
 
-def score(s, models, mask) -> dict:
-    out = {}
-    for name, settings in CANDIDATES.items():
-        cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, **settings)
-        t0 = time.perf_counter()
-        res = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, models=models, mask=mask)
-        out[name] = {**qsm_scores(res.qsm, s), "seconds": time.perf_counter() - t0}
-    return out
+def score(s, models, mask, settings: dict) -> dict:
+    cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, **settings)
+    t0 = time.perf_counter()
+    res = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, models=models, mask=mask)
+    return {**qsm_scores(res.qsm, s), "seconds": time.perf_counter() - t0}
 
 
 def main() -> None:
@@ -62,29 +60,35 @@ def main() -> None:
     a = ap.parse_args()
     found = find_models(a.models)
     models = PedqModels(found)
-    cache = WORK / "choose.jsonl"
-    key = json.dumps(model_summary(found), sort_keys=True) + json.dumps(CANDIDATES, sort_keys=True)
+    # one cached score per head and candidate, keyed by the models and the candidate's settings:
+    # adding a candidate scores that candidate only
+    cache = WORK / "choose_scores.jsonl"
+    models_key = json.dumps(model_summary(found), sort_keys=True)
+    key = lambda name: models_key + json.dumps(CANDIDATES[name], sort_keys=True)  # noqa: E731
     done = {}
     if cache.is_file():
         for line in cache.read_text().splitlines():
             r = json.loads(line)
-            if r["key"] == key:
-                done[(r["source"], r["protocol"], r["age"], r["seed"])] = r
+            done[(r["source"], r["protocol"], r["age"], r["seed"], r["key"])] = r["scores"]
     records = []
     for src in a.sources.split(","):
         for prot in a.protocols.split(","):
             for age in AGES:
                 for seed in VALIDATION_SEEDS[: a.heads]:
-                    k = (src, prot, age, int(seed))
-                    if k not in done:
+                    head = (src, prot, age, int(seed))
+                    todo = [n for n in CANDIDATES if (*head, key(n)) not in done]
+                    if todo:
                         s = cached_head(src, prot, age, int(seed))
                         mask = models.mask(s.magnitude, s.voxel_size)
-                        r = {"source": src, "protocol": prot, "age": age, "seed": int(seed), "key": key, "qsm": score(s, models, mask)}
-                        with open(cache, "a") as fh:
-                            fh.write(json.dumps(r) + "\n")
-                        done[k] = r
-                        print(src, prot, age, seed, {n: round(v["nrmse"], 3) for n, v in r["qsm"].items()}, flush=True)
-                    records.append(done[k])
+                        for name in todo:
+                            scores = score(s, models, mask, CANDIDATES[name])
+                            row = {"source": src, "protocol": prot, "age": age, "seed": int(seed), "key": key(name), "scores": scores}
+                            with open(cache, "a") as fh:
+                                fh.write(json.dumps(row) + "\n")
+                            done[(*head, key(name))] = scores
+                        print(src, prot, age, seed, {n: round(done[(*head, key(n))]["nrmse"], 3) for n in todo}, flush=True)
+                    qsm = {n: done[(*head, key(n))] for n in CANDIDATES}
+                    records.append({"source": src, "protocol": prot, "age": age, "seed": int(seed), "qsm": qsm})
     models.close()
     cells = _cells(records)
     wins = {}
