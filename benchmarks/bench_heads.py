@@ -147,6 +147,7 @@ def score_head(source: str, protocol: str, age: str, seed: int, models, bet: boo
         "seed": seed,
         "tilt_deg": s.params["tilt_deg"],
         "inversion": default.info["inversion"],
+        "refined": default.info["refined"],
         "mask_source": default.info["mask_source"],
         "qsm": {k: qsm_scores(v, s) for k, v in maps.items()},
         "masks": {k: mask_scores(v, s.brain_mask) for k, v in masks.items()},
@@ -214,10 +215,16 @@ def render(data: dict, title: str) -> str:
                 )
                 + " |"
             )
-    auto = sorted({r["inversion"] for r in recs})
+    # refined: recorded by newer runs; else what refine = auto does (PedQ-NET with a segmentation)
+    ran = sorted(
+        {
+            r["inversion"] + (", refined by guided TV" if r.get("refined", r["inversion"] == "pedq" and bool(r["segmentation"])) else "")
+            for r in recs
+        }
+    )
     lines += [
         "",
-        f"pedq-run's `auto` inversion ran: {', '.join(auto)}.",
+        f"pedq-run's defaults (`inversion = auto`, `refine = auto`) ran: {'; '.join(ran)}.",
         "",
         "### Brain masks",
         "",
@@ -262,7 +269,7 @@ def render(data: dict, title: str) -> str:
     lines += [
         "",
         f"pedq-run's pipeline took {np.mean(secs):.1f} s a head on average here (arrays in memory, no file I/O; "
-        "timed while nothing else ran, but see the speed section for the measured stage times).",
+        "on a machine that may have been busy: the speed section has the measured stage times).",
     ]
     return "\n".join(lines)
 

@@ -252,7 +252,7 @@ def main() -> None:
             "(inside: "
             + ", ".join(
                 f"{k} {tim[k]:.2f}"
-                for k in ("load", "mask", "unwrap", "background", "inversion", "qc", "segmentation", "write")
+                for k in ("load", "mask", "unwrap", "background", "inversion", "segmentation", "refine", "qc", "write")
                 if k in tim
             )
             + " s)"

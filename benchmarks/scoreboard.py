@@ -109,7 +109,8 @@ def compose() -> None:
         if path.is_file():
             parts += [path.read_text().rstrip(), ""]
         else:
-            parts += [f"## {path.stem}", "", f"(not run yet: `{' '.join(BENCHMARKS[path.stem])}`)", ""]
+            cmd = " ".join(str(Path(c).relative_to(HERE.parent)) if c.startswith(str(HERE)) else c for c in BENCHMARKS[path.stem])
+            parts += [f"## {path.stem}", "", f"(not run yet: `{cmd}`)", ""]
     tmp = RESULTS.with_suffix(".md.tmp")
     tmp.write_text("\n".join(parts))
     tmp.replace(RESULTS)
