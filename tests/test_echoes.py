@@ -47,13 +47,15 @@ def test_a_voxel_whose_phase_is_not_linear_in_te_falls_back_to_the_first_echo():
 
 def test_more_echoes_of_the_same_head_lower_the_local_field_error():
     """Phantom, 4 echoes from the same truth with independent noise: V-SHARP's local field from the
-    combined field beats the first echo alone and the last echo alone (anisotropic voxels)."""
+    combined field beats the first echo alone and the last echo alone (anisotropic voxels). Where
+    noise dominates, the weighted fit's error is the last echo's times TE_max / sqrt(sum TE^2) = 0.73
+    for these echo times; V-SHARP's edge error, common to both, takes a little of that gain."""
     from pedq_deploy.phantom import make_subject
     from pedq_deploy.physics import phase_to_ppm
     from pedq_deploy.preprocess import quality_unwrap
 
     tes = (5e-3, 10e-3, 15e-3, 20e-3)
-    s = make_subject(seed=5, age="infant", shape=(112, 112, 44), voxel_size=(1.4, 1.4, 3.0), tilt_deg=15.0, echo_time=tes, snr=60.0)
+    s = make_subject(seed=5, age="infant", shape=(112, 112, 44), voxel_size=(1.4, 1.4, 3.0), tilt_deg=15.0, echo_time=tes, snr=30.0)
     v, brain = s.voxel_size, s.brain_mask
 
     def error(field):
