@@ -110,6 +110,20 @@ def cached_head(source: str, protocol: str, age: str, seed: int):
     return s
 
 
+def cached_bet(source: str, protocol: str, age: str, seed: int, s):
+    """BET's mask of the head, kept beside it in benchmarks/_work/heads (BET does not change with our
+    models), and the seconds it took (None when read back); (None, None) where BET is not installed."""
+    path = WORK / "heads" / f"{source}_{protocol}_{age}_{seed}_bet.npy"
+    if path.is_file():
+        return np.load(path), None
+    t0 = time.perf_counter()
+    b = bet_mask(s.magnitude, s.affine)
+    if b is None:
+        return None, None
+    np.save(path, b)
+    return b, time.perf_counter() - t0
+
+
 def score_head(source: str, protocol: str, age: str, seed: int, models, bet: bool) -> dict:
     t0 = time.perf_counter()
     s = cached_head(source, protocol, age, seed)
@@ -127,15 +141,10 @@ def score_head(source: str, protocol: str, age: str, seed: int, models, bet: boo
     masks["classic"] = classic_mask(s.magnitude, s.voxel_size)
     t_classic = time.perf_counter() - t0
     t_bet = None
-    bet_file = WORK / "heads" / f"{source}_{protocol}_{age}_{seed}_bet.npy"  # BET does not change with our models
-    if bet and bet_file.is_file():
-        masks["BET"] = np.load(bet_file)
-    elif bet:
-        t0 = time.perf_counter()
-        b = bet_mask(s.magnitude, s.affine)
+    if bet:
+        b, t_bet = cached_bet(source, protocol, age, seed, s)
         if b is not None:
-            masks["BET"], t_bet = b, time.perf_counter() - t0
-            np.save(bet_file, b)
+            masks["BET"] = b
     seg = {}
     if default.segmentation is not None:
         for label, name in M.FS_DGM_NAMES.items():

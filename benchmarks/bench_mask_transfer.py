@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import HELD_OUT_SEEDS, VALIDATION_SEEDS, machine, write_json, write_section  # noqa: E402
-from bench_heads import AGES, WORK, _cells, _stat, bet_mask, cached_head, mask_scores  # noqa: E402
+from bench_heads import AGES, _cells, _stat, cached_bet, cached_head, mask_scores  # noqa: E402
 
 from pedq_deploy.config import MASK_THRESHOLD  # noqa: E402
 from pedq_deploy.phantom.sources import PROTOCOL_NAMES, PROTOCOLS, SOURCES  # noqa: E402
@@ -57,10 +57,8 @@ def main() -> None:
                             key = label if len(thresholds) == 1 else f"{label} @ {t:g}"
                             rec["masks"][key] = mask_scores(mask_from_probability(prob, t), s.brain_mask)
                     rec["masks"]["classic"] = mask_scores(classic_mask(s.magnitude, s.voxel_size), s.brain_mask)
-                    bet_file = WORK / "heads" / f"{src}_{prot}_{age}_{seed}_bet.npy"
-                    bet = np.load(bet_file) if bet_file.is_file() else bet_mask(s.magnitude, s.affine)
+                    bet, _ = cached_bet(src, prot, age, int(seed), s)
                     if bet is not None:
-                        np.save(bet_file, bet)
                         rec["masks"]["BET"] = mask_scores(bet, s.brain_mask)
                     records.append(rec)
                     print(src, prot, age, seed, {k: round(v["dice"], 3) for k, v in rec["masks"].items()}, flush=True)
