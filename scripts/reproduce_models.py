@@ -14,9 +14,12 @@ run is one stage here, named by the kind and the first 8 hex digits of its check
 assembles ``OUT/export`` as ``export/`` is laid out.
 
 Two config fields name a models folder by a path that was ``export`` at the time (``seg_recon``: the
-reconstruction network whose maps a seg run learns on; ``mask_model``: the masking network that
-masks a share of heads). ``run`` points them at the stage that was shipped then: the latest stage
-of that network that does not itself descend from the stage being trained.
+reconstruction network whose maps a seg run learns on, and its masking network with
+``seg_network_mask``; ``mask_model``: the masking network that masks a share of heads). ``run``
+gives each stage a folder of the networks it used then: those its record names (``uses``, which
+``pedq-train`` writes), or for a stage older than that record, a pin below where the git history
+shows another network was shipped then, or else the latest stage of that network that does not
+itself descend from the stage being trained.
 
 A reproduction gives the same networks only up to the nondeterminism of the hardware's kernels;
 stages that ran on a GPU take hours on a CPU (``plan`` says where each ran).
@@ -44,11 +47,23 @@ RETIRED = {
     "subjects_per_batch": 1,
     "snapshots": False,
 }
-MODEL_REFS = {"seg_recon": "recon", "mask_model": "mask"}  # config fields that name a models folder, and the network they use
-# Manifests carry no dates, so "the latest stage before" is a guess by dependency order; where a
-# network was shipped anew after a stage that referred to it, this names what that stage used:
-# (stage, field) -> the referenced stage's name.
-USED_THEN = {("joint-41adfe85", "mask_model"): "mask-57d8c57d"}
+# Stages trained before the record named the networks they used (``uses``) leave "the latest stage
+# before" to a guess by dependency order; where the git history shows that a network was shipped
+# anew after a stage that used it (export/mask.json in the commit that shipped the stage), this
+# names what that stage used: (stage, role) -> the used stage's name.
+USED_THEN = {("joint-41adfe85", "mask"): "mask-57d8c57d", ("seg-33339a05", "mask"): "mask-57d8c57d"}
+
+
+def references(stage: Stage) -> dict[str, tuple[str, ...]]:
+    """The config fields of ``stage`` that name a models folder, each with the networks it used
+    from there (as ``pedq_deploy.training.trainer.model_references`` records them)."""
+    c = stage.config
+    refs = {}
+    if stage.kind == "seg" and c.get("seg_recon"):
+        refs["seg_recon"] = ("recon",) + (("mask",) if c.get("seg_network_mask", 0) > 0 else ())
+    if stage.kind != "seg" and c.get("recon_network_mask", 0) > 0 and c.get("mask_model"):
+        refs["mask_model"] = ("mask",)
+    return refs
 
 
 class Stage:
@@ -95,11 +110,18 @@ def _descendants(stages: dict[str, Stage], sha: str) -> set[str]:
 
 
 def model_ref(stages: dict[str, Stage], stage: Stage, role: str) -> str:
-    """The stage whose ``role`` network an ``export`` reference of ``stage`` meant: the latest one
-    (in dependency order) that has that network and does not descend from ``stage``."""
-    for (name, field), used in USED_THEN.items():
-        if name == stage.name and MODEL_REFS[field] == role:
-            return next(s.sha for s in stages.values() if s.name == used)
+    """The stage whose ``role`` network an ``export`` reference of ``stage`` meant: the one its
+    record names, else the pinned one, else the latest one (in dependency order) that has that
+    network and does not descend from ``stage``."""
+    for roles in (stage.record.get("uses") or {}).values():
+        sha = (roles.get(role) or {}).get("checkpoint_sha256")
+        if sha:
+            if sha not in stages:
+                raise SystemExit(f"reproduce: {stage.name} used a {role} network of a stage outside the shipped lineage ({sha[:8]})")
+            return sha
+    used = USED_THEN.get((stage.name, role))
+    if used:
+        return next(s.sha for s in stages.values() if s.name == used)
     later = _descendants(stages, stage.sha)
     # the nnU-Net_TV ablation (a tv run) ships apart, in export/nnunet_tv: never what "export" meant
     having = [s.sha for s in stages.values() if s.sha not in later and s.kind != "tv" and role in _roles(s)]
@@ -179,23 +201,26 @@ def plan(out: Path, device: str | None = None) -> list[list[str]]:
                     ["cp", str(src / f"{prole}.json"), str(start / f"{role}.json")],
                 ]
             cmd += ["--init-from", str(start), "--init-roles", ",".join(s.inputs)]
-        for field, role in MODEL_REFS.items():
-            if s.config.get(field):  # "export" at the time: the stage then shipped
-                ref = stages[model_ref(stages, s, role)]
-                patched = out / f"{s.name}.config.json"
-                cmds.append(
-                    [
-                        sys.executable,
-                        "-c",
-                        "import json,sys; c=json.load(open(sys.argv[1])); c[sys.argv[2]]=sys.argv[3]; "
-                        "json.dump(c, open(sys.argv[4], 'w'), indent=2)",
-                        cmd[cmd.index("--config") + 1],
-                        field,
-                        str(out / f"{ref.name}_export"),
-                        str(patched),
-                    ]
-                )
-                cmd[cmd.index("--config") + 1] = str(patched)
+        for field, roles in references(s).items():  # "export" at the time: what was shipped then
+            folder = out / f"{s.name}_{field}"
+            cmds.append(["mkdir", "-p", str(folder)])
+            for role in roles:
+                src = out / f"{stages[model_ref(stages, s, role)].name}_export"
+                cmds += [["cp", str(src / f"{role}.{ext}"), str(folder / f"{role}.{ext}")] for ext in ("onnx", "json")]
+            patched = out / f"{s.name}.config.json"
+            cmds.append(
+                [
+                    sys.executable,
+                    "-c",
+                    "import json,sys; c=json.load(open(sys.argv[1])); c[sys.argv[2]]=sys.argv[3]; "
+                    "json.dump(c, open(sys.argv[4], 'w'), indent=2)",
+                    cmd[cmd.index("--config") + 1],
+                    field,
+                    str(folder),
+                    str(patched),
+                ]
+            )
+            cmd[cmd.index("--config") + 1] = str(patched)
         cmds += [cmd, [bin_("pedq-export"), str(run), "-o", str(exported)]]
     final = out / "export"
     cmds.append(["mkdir", "-p", str(final / "nnunet_tv")])
@@ -229,7 +254,10 @@ def main(argv: list[str]) -> int:
         stages, shipped = lineage()
         for s in stages.values():
             inputs = ", ".join(f"{r} from {stages[p].name}" for r, (p, _) in s.inputs.items()) or "random weights"
-            refs = ", ".join(f"{f} = {stages[model_ref(stages, s, r)].name}" for f, r in MODEL_REFS.items() if s.config.get(f))
+            refs = ", ".join(
+                f"{f} = " + " + ".join(f"{r} of {stages[model_ref(stages, s, r)].name}" for r in roles)
+                for f, roles in references(s).items()
+            )
             print(
                 f"{s.name}: {s.kind}, {s.steps} steps on {'; '.join(s.hardware) or '?'}, "
                 f"{s.record.get('train_seconds', 0) / 60:.0f} min; starts from {inputs}" + (f"; {refs}" if refs else "")

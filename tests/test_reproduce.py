@@ -72,3 +72,17 @@ def test_a_stage_that_used_the_shipped_mask_gets_the_one_shipped_then():
     used = stages[repro.model_ref(stages, joint, "mask")]
     assert used.name == "mask-57d8c57d"
     assert stages[shipped["mask"][0]].name != used.name
+
+
+def test_a_seg_stage_gets_the_masking_network_it_masked_its_heads_with():
+    # seg-33339a05 masked half its heads with the masking network in export/ then (mask-57d8c57d,
+    # as git shows); a reproduction gives its seg_recon folder that one beside the recon network
+    repro = _script()
+    stages, _ = repro.lineage()
+    seg = next(s for s in stages.values() if s.name == "seg-33339a05")
+    assert repro.references(seg) == {"seg_recon": ("recon", "mask")}
+    assert stages[repro.model_ref(stages, seg, "mask")].name == "mask-57d8c57d"
+    cmds = [" ".join(c) for c in repro.plan(repro.REPO / "runs" / "r")]
+    folder = "runs/r/seg-33339a05_seg_recon"
+    assert any(c.startswith("cp ") and "mask-57d8c57d_export/mask.onnx" in c and c.endswith(f"{folder}/mask.onnx") for c in cmds)
+    assert any(c.startswith("cp ") and "joint-697ec489_export/recon.onnx" in c and c.endswith(f"{folder}/recon.onnx") for c in cmds)

@@ -581,6 +581,29 @@ def test_recon_heads_may_be_masked_by_the_masking_network(tmp_path):
         Trainer("mask", tiny(recon_network_mask=0.5, mask_model=str(tmp_path / "models")), tmp_path / "run")
 
 
+def test_a_run_records_the_exported_models_its_data_comes_from(tmp_path):
+    """The record names the masking network that masked the heads (its sha256 and checkpoint), so
+    a reproduction finds it after export/ ships another; a resume refuses a folder whose models
+    changed since the run started."""
+    from pedq_deploy.export import export_checkpoint
+    from pedq_deploy.training.trainer import model_references, train
+
+    models = tmp_path / "models"
+    _threshold_models(models)
+    cfg = tiny(recon_network_mask=1.0, mask_model=str(models), crops_per_subject=2, steps=1, checkpoint_every=1, validate_every=1)
+    manifest = json.loads((models / "mask.json").read_text())
+    assert model_references("recon", cfg) == {"mask_model": {"mask": {"sha256": manifest["sha256"], "checkpoint_sha256": None}}}
+    assert model_references("recon", tiny()) == {}
+    assert set(model_references("seg", tiny(seg_recon=str(models), seg_network_mask=0.5))["seg_recon"]) == {"recon", "mask"}
+    train("recon", cfg, tmp_path / "run", quiet=True)
+    record = json.loads(export_checkpoint(tmp_path / "run", tmp_path / "exported")[0].read_text())["training"]
+    assert record["uses"]["mask_model"]["mask"]["sha256"] == manifest["sha256"]
+    manifest["sha256"] = "0" * 64  # another masking network shipped in its place
+    (models / "mask.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="changed since it started"):
+        train("recon", TrainConfig(**{**cfg.__dict__, "steps": 2}), tmp_path / "run", quiet=True)
+
+
 def test_domain_randomisation_is_off_by_default_and_draws_nothing_then():
     """The randomisation options draw from the subject's generator only when on: a config without
     them makes exactly the heads it made before they existed."""

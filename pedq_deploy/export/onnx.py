@@ -165,6 +165,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
         "train_seconds": state.get("train_seconds"),
         "hardware": state.get("hardware"),
         "init_from": state.get("init_from") or None,
+        "uses": state.get("uses") or None,
     }
     patches = {
         "recon": tuple(cfg.recon_window) if state["kind"] == "joint" else tuple(cfg.patch),

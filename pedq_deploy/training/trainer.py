@@ -26,6 +26,32 @@ __all__ = ["Trainer", "train"]
 CHECKPOINT = "checkpoint.pt"
 
 
+def model_references(kind: str, cfg: TrainConfig) -> dict:
+    """The exported networks a run's data comes from, by config field and role: the maps a seg
+    run learns on (``seg_recon``: its recon network, and its masking network with
+    ``seg_network_mask``) and the masking network of ``mask_model`` (with ``recon_network_mask``).
+    Each is named by its file's sha256 and the checkpoint it was exported from, so the run's
+    record says what it used after the folder's models are replaced."""
+    wanted: dict[str, tuple[str, ...]] = {}
+    if kind == "seg" and cfg.seg_recon:
+        wanted["seg_recon"] = ("recon",) + (("mask",) if cfg.seg_network_mask > 0 else ())
+    if kind != "seg" and cfg.recon_network_mask > 0 and cfg.mask_model:
+        wanted["mask_model"] = ("mask",)
+    refs: dict = {}
+    for field, roles in wanted.items():
+        folder = Path(getattr(cfg, field))
+        for role in roles:
+            try:
+                meta = json.loads((folder / f"{role}.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # the data stream's own checks say what is missing
+            refs.setdefault(field, {})[role] = {
+                "sha256": meta.get("sha256"),
+                "checkpoint_sha256": (meta.get("training") or {}).get("checkpoint_sha256"),
+            }
+    return refs
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,6 +117,7 @@ class Trainer:
             self._mask_loss = loss if kind == "mask" else None
         self._val = None
         self.init_from: dict = {}  # the exported models this run started from (fine-tuning), if any
+        self.uses: dict = model_references(kind, cfg)  # the exported models its data comes from
 
     def init_from_models(self, folder: str | Path, roles: tuple[str, ...] | None = None) -> dict:
         """Start from exported models (``ROLE.onnx`` + ``ROLE.json`` in ``folder``) instead of random weights.
@@ -278,6 +305,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "hardware": self.hardware,
             "init_from": self.init_from,
+            "uses": self.uses,
         }
 
     @staticmethod
@@ -318,6 +346,20 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.hardware = list(state.get("hardware", []))
         self.init_from = dict(state.get("init_from") or {})
+        if "uses" in state:  # a checkpoint older than the record has none: what it used is unknown
+            changed = sorted(
+                f"{field}/{role}.onnx"
+                for field, roles in state["uses"].items()
+                for role, ref in roles.items()
+                if self.uses.get(field, {}).get(role) != ref
+            )
+            if changed:
+                raise InputError(
+                    f"{path}: the exported models its data comes from changed since it started ({', '.join(changed)}): "
+                    "resume with the models it started with, or start a new run"
+                )
+        else:
+            self.uses = {}
         return True
 
 
