@@ -35,6 +35,7 @@ __all__ = [
 
 INVERSIONS = ("auto", "pedq", "tkd", "tv")
 MASKERS = ("auto", "classic", "network")
+SEGMENTERS = ("network", "atlas")
 UNWRAPPERS = ("laplacian", "lsq", "quality")
 BACKGROUNDS = ("vsharp", "lbv")  # preprocess.UNWRAP_METHODS (not imported: that module loads Numba)
 # the masking network's brain probability above which a voxel is brain, chosen on validation heads
@@ -68,6 +69,13 @@ class PipelineConfig:
         "brain mask: auto (the masking network when its model is found, else classic), network, "
         "classic (threshold, morphology, largest component)",
         MASKERS,
+    )
+    segmenter: str = _param(
+        "network",
+        "deep grey matter labels: network (the segmentation network, on PedQ-NET's map), atlas "
+        "(the Harvard-Oxford nuclei on the ICBM152 brain, registered affinely to the brain mask; "
+        "needs the anatomy extra)",
+        SEGMENTERS,
     )
     mask_threshold: float = _param(MASK_THRESHOLD, "the masking network's brain probability above which a voxel is brain")
     unwrap: str = _param(

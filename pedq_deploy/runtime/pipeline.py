@@ -64,6 +64,19 @@ def _check_arrays(
         raise InputError(f"labels shape {np.shape(labels)} differs from magnitude shape {magnitude.shape}")
 
 
+def _atlas_segmentation(brain, eroded, affine) -> np.ndarray:
+    """The atlas's nuclei registered to the brain mask, where chi has values."""
+    from ..postprocess.atlas import atlas_labels
+
+    return np.where(eroded, atlas_labels(brain, affine), 0).astype(np.uint8)
+
+
+def _atlas_name() -> str:
+    from ..postprocess.atlas import ATLAS_NAME
+
+    return ATLAS_NAME
+
+
 def _segment_network_map(models, chi_network, local, eroded, voxel_size, b0) -> np.ndarray:
     """The segmentation network's labels of the reconstruction network's map (``chi_network``; made
     here from the local field when another inversion ran)."""
@@ -125,7 +138,8 @@ def run_case(
         raise InputError("inversion pedq needs the PedQ-NET models (none found: give --models DIR)")
     if config.refine is True and inversion != "pedq":
         raise InputError(f"the refinement refines PedQ-NET's map: it needs inversion pedq (got {inversion})")
-    with_seg = labels is not None or (models is not None and models.has("seg"))
+    use_atlas = labels is None and config.segmenter == "atlas"
+    with_seg = labels is not None or use_atlas or (models is not None and models.has("seg"))
     refine = resolve_refine(config.refine, inversion, with_seg or config.refine_edge_weight >= 1)
     if refine and config.refine_edge_weight < 1 and not with_seg:
         raise InputError(
@@ -171,6 +185,8 @@ def run_case(
     segmentation = None
     if labels is not None:  # where chi has values (the eroded mask), as the network's labels
         segmentation = stage("segmentation", np.where, eroded, labels, 0)
+    elif use_atlas:
+        segmentation = stage("segmentation", _atlas_segmentation, brain, eroded, affine)
     elif with_seg:  # after TKD or TV too, the network segments the reconstruction network's map, which it learnt on
         segmentation = stage("segmentation", _segment_network_map, models, chi_network, local, eroded, voxel_size, b0)
     if refine:
@@ -233,7 +249,8 @@ def run_case(
         "coverage": coverage,  # the share of this run's brain mask (mask.nii.gz) where chi has values
         "echoes": len(tes),
         "chi_reference": "mean over the brain mask where chi has values (eroded by background removal)",
-        **({"segmentation_source": "labels file" if labels is not None else "network"} if with_seg else {}),
+        **({"segmentation_source": "labels file" if labels is not None else "atlas" if use_atlas else "network"} if with_seg else {}),
+        **({"atlas": _atlas_name()} if use_atlas else {}),
         **({"segmentation_qc": seg_qc} if seg_qc is not None else {}),
         "qc": qc,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
