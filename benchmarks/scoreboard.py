@@ -29,6 +29,7 @@ MARKERS = ("<!-- scoreboard:start -->", "<!-- scoreboard:end -->")  # the README
 # name -> the command that writes results/NAME.md (and NAME.json where the summary reads it)
 BENCHMARKS = {
     "heads": [str(HERE / "bench_heads.py")],
+    "seg": [str(HERE / "bench_seg.py")],
     "stages": [str(HERE / "bench_stages.py")],
     "inference": [str(HERE / "bench_inference.py")],
     "reliability": [str(HERE / "bench_reliability.py")],
@@ -101,8 +102,8 @@ def compose() -> None:
         "",
     ]
     # design questions the issues ask to see beside the scoreboard: the masking network's transfer
-    # gap (held-out heads) and the two choices made on validation heads
-    for extra in ("mask_transfer", "mask_transfer_validation", "choose"):
+    # gap (held-out heads) and the choices made on validation heads
+    for extra in ("mask_transfer", "mask_transfer_validation", "choose", "seg_validation"):
         if (RESULTS_DIR / f"{extra}.md").is_file():
             sections.append(RESULTS_DIR / f"{extra}.md")
     for path in sections:
