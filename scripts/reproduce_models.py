@@ -51,7 +51,13 @@ RETIRED = {
 # before" to a guess by dependency order; where the git history shows that a network was shipped
 # anew after a stage that used it (export/mask.json in the commit that shipped the stage), this
 # names what that stage used: (stage, role) -> the used stage's name.
-USED_THEN = {("joint-41adfe85", "mask"): "mask-57d8c57d", ("seg-33339a05", "mask"): "mask-57d8c57d"}
+USED_THEN = {
+    ("joint-41adfe85", "mask"): "mask-57d8c57d",
+    ("seg-33339a05", "mask"): "mask-57d8c57d",
+    # started before the record existed; export/ then held these two
+    ("seg-953a410e", "recon"): "joint-41adfe85",
+    ("seg-953a410e", "mask"): "mask-e117a9d8",
+}
 
 
 def references(stage: Stage) -> dict[str, tuple[str, ...]]:
