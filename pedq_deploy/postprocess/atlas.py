@@ -28,23 +28,15 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from ..errors import InputError
+from ..phantom.head import DGM_LABELS
 
 __all__ = ["Atlas", "load_atlas", "atlas_available", "atlas_labels", "register_atlas"]
 
 ATLAS_VERSION = 2
 ATLAS_NAME = f"MNI ICBM152 2009a brain with the Harvard-Oxford subcortical nuclei (50 %), affine to the brain mask, v{ATLAS_VERSION}"
 BRAIN_VOXEL_MM = 2.0
-# the nuclei in the atlas's own order, with their FreeSurfer numbers
-NUCLEI = {
-    "thalamus_l": 10,
-    "caudate_l": 11,
-    "putamen_l": 12,
-    "pallidum_l": 13,
-    "thalamus_r": 49,
-    "caudate_r": 50,
-    "putamen_r": 51,
-    "pallidum_r": 52,
-}
+# the nuclei in the atlas's own order (the template's), with their FreeSurfer numbers
+NUCLEI = DGM_LABELS
 
 
 @dataclass(frozen=True)
