@@ -62,14 +62,10 @@ USED_THEN = {
 
 def references(stage: Stage) -> dict[str, tuple[str, ...]]:
     """The config fields of ``stage`` that name a models folder, each with the networks it used
-    from there (as ``pedq_deploy.training.trainer.model_references`` records them)."""
-    c = stage.config
-    refs = {}
-    if stage.kind == "seg" and c.get("seg_recon"):
-        refs["seg_recon"] = ("recon",) + (("mask",) if c.get("seg_network_mask", 0) > 0 else ())
-    if stage.kind != "seg" and c.get("recon_network_mask", 0) > 0 and c.get("mask_model"):
-        refs["mask_model"] = ("mask",)
-    return refs
+    from there (as ``pedq-train`` records them)."""
+    from pedq_deploy.training.config import referenced_roles
+
+    return referenced_roles(stage.kind, stage.config)
 
 
 class Stage:

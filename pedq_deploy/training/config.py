@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["TrainConfig", "load_config", "KINDS", "OPERATIONAL", "LEGACY", "SEG_INPUTS"]
+__all__ = ["TrainConfig", "load_config", "referenced_roles", "KINDS", "OPERATIONAL", "LEGACY", "SEG_INPUTS"]
 
 KINDS = ("mask", "recon", "joint", "tv", "seg")
 SEG_INPUTS = ("masked", "raw")
@@ -157,3 +157,17 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:
         raise InputError(f"data_workers must be a whole number >= 0, got {cfg.data_workers!r}")
     return cfg
+
+
+def referenced_roles(kind: str, config: dict) -> dict[str, tuple[str, ...]]:
+    """The config fields of a ``kind`` run that name a folder of exported models its data comes
+    from, each with the networks it uses there: ``seg_recon``'s recon network (and its masking
+    network with ``seg_network_mask``) for a seg run, ``mask_model``'s masking network with
+    ``recon_network_mask`` for the others. ``config``: the config's fields as a dict (a recorded
+    one may lack the newer fields)."""
+    refs: dict[str, tuple[str, ...]] = {}
+    if kind == "seg" and config.get("seg_recon"):
+        refs["seg_recon"] = ("recon",) + (("mask",) if config.get("seg_network_mask", 0) > 0 else ())
+    if kind != "seg" and config.get("recon_network_mask", 0) > 0 and config.get("mask_model"):
+        refs["mask_model"] = ("mask",)
+    return refs

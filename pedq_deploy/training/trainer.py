@@ -16,7 +16,7 @@ import torch
 
 from .. import metrics as M
 from ..errors import InputError
-from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig
+from .config import KINDS, LEGACY, OPERATIONAL, TrainConfig, referenced_roles
 from .data import PhantomStream, Sample, draw_sample, prepare_subject, require_exported, require_seg_recon, seg_subject
 from .losses import model_loss, tv_loss
 from .networks import SEG_CLASSES, build
@@ -32,13 +32,8 @@ def model_references(kind: str, cfg: TrainConfig) -> dict:
     ``seg_network_mask``) and the masking network of ``mask_model`` (with ``recon_network_mask``).
     Each is named by its file's sha256 and the checkpoint it was exported from, so the run's
     record says what it used after the folder's models are replaced."""
-    wanted: dict[str, tuple[str, ...]] = {}
-    if kind == "seg" and cfg.seg_recon:
-        wanted["seg_recon"] = ("recon",) + (("mask",) if cfg.seg_network_mask > 0 else ())
-    if kind != "seg" and cfg.recon_network_mask > 0 and cfg.mask_model:
-        wanted["mask_model"] = ("mask",)
     refs: dict = {}
-    for field, roles in wanted.items():
+    for field, roles in referenced_roles(kind, cfg.__dict__).items():
         folder = Path(getattr(cfg, field))
         for role in roles:
             try:
