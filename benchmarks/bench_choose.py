@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import VALIDATION_SEEDS, machine, model_summary, write_json, write_section  # noqa: E402
 from bench_heads import AGES, WORK, _cells, _stat, cached_head, qsm_scores  # noqa: E402
 
-from pedq_deploy.config import PipelineConfig  # noqa: E402
+from pedq_deploy.config import MASK_CLOSING_MM, PipelineConfig  # noqa: E402
 from pedq_deploy.phantom.sources import PROTOCOL_NAMES, PROTOCOLS, TRAINED_ON  # noqa: E402
-from pedq_deploy.runtime.networks import PedqModels, find_models  # noqa: E402
+from pedq_deploy.runtime.networks import PedqModels, find_models, mask_from_probability  # noqa: E402
 from pedq_deploy.runtime.pipeline import run_case  # noqa: E402
 
 CANDIDATES = {
@@ -44,8 +44,18 @@ CANDIDATES = {
 KEYS = ("nrmse", "dgm_error_ppb", "dgm_edges", "slope", "coverage_2mm")
 
 
-def score(s, models, mask, settings: dict) -> dict:
+def effective(settings: dict) -> dict:
+    """A candidate's settings with the mask's closing made explicit (the default can change); an
+    unclosed mask is left out, as in the scores cached before the closing existed."""
+    out = {**settings, "mask_closing": settings.get("mask_closing", MASK_CLOSING_MM)}
+    if out["mask_closing"] == 0:
+        del out["mask_closing"]
+    return out
+
+
+def score(s, models, probability, settings: dict) -> dict:
     cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, **settings)
+    mask = mask_from_probability(probability, cfg.mask_threshold, cfg.mask_closing, s.voxel_size)
     t0 = time.perf_counter()
     res = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, models=models, mask=mask)
     return {**qsm_scores(res.qsm, s), "seconds": time.perf_counter() - t0}
@@ -64,7 +74,7 @@ def main() -> None:
     # adding a candidate scores that candidate only
     cache = WORK / "choose_scores.jsonl"
     models_key = json.dumps(model_summary(found), sort_keys=True)
-    key = lambda name: models_key + json.dumps(CANDIDATES[name], sort_keys=True)  # noqa: E731
+    key = lambda name: models_key + json.dumps(effective(CANDIDATES[name]), sort_keys=True)  # noqa: E731
     done = {}
     if cache.is_file():
         for line in cache.read_text().splitlines():
@@ -79,9 +89,9 @@ def main() -> None:
                     todo = [n for n in CANDIDATES if (*head, key(n)) not in done]
                     if todo:
                         s = cached_head(src, prot, age, int(seed))
-                        mask = models.mask(s.magnitude, s.voxel_size)
+                        probability = models.mask_probability(s.magnitude, s.voxel_size)
                         for name in todo:
-                            scores = score(s, models, mask, CANDIDATES[name])
+                            scores = score(s, models, probability, CANDIDATES[name])
                             row = {"source": src, "protocol": prot, "age": age, "seed": int(seed), "key": key(name), "scores": scores}
                             with open(cache, "a") as fh:
                                 fh.write(json.dumps(row) + "\n")
@@ -110,7 +120,7 @@ def main() -> None:
         "machine": machine(),
         "wins": wins,
         "chosen": chosen,
-        "candidates": CANDIDATES,
+        "candidates": {name: effective(c) for name, c in CANDIDATES.items()},
     }
     write_json("choose", data)
     lines = [

@@ -25,6 +25,7 @@ __all__ = [
     "MASKERS",
     "UNWRAPPERS",
     "MASK_THRESHOLD",
+    "MASK_CLOSING_MM",
     "ACQUISITION_FIELDS",
     "parameter_names",
     "read_config_file",
@@ -40,6 +41,7 @@ UNWRAPPERS = ("laplacian", "lsq", "quality")
 BACKGROUNDS = ("vsharp", "lbv")  # preprocess.UNWRAP_METHODS (not imported: that module loads Numba)
 # the masking network's brain probability above which a voxel is brain, chosen on validation heads
 MASK_THRESHOLD = 0.7
+MASK_CLOSING_MM = 0.0
 ACQUISITION_FIELDS = ("echo_time", "field_strength", "b0_direction")
 
 
@@ -78,6 +80,11 @@ class PipelineConfig:
         SEGMENTERS,
     )
     mask_threshold: float = _param(MASK_THRESHOLD, "the masking network's brain probability above which a voxel is brain")
+    mask_closing: float = _param(
+        MASK_CLOSING_MM,
+        "the masking network's mask is closed by a ball of this radius in mm (fills the notches in its surface, "
+        "each of which background removal would widen by its sphere); 0: not closed",
+    )
     unwrap: str = _param(
         "lsq",
         "phase unwrapping: lsq (least squares on the wrapped neighbour differences), laplacian "
@@ -132,6 +139,9 @@ class PipelineConfig:
                 raise InputError(f"unknown {f.name} {getattr(self, f.name)!r} ({', '.join(choices)})")
         if not 0.0 < self.mask_threshold < 1.0:
             raise InputError(f"the mask threshold must lie between 0 and 1, got {self.mask_threshold}")
+        mc = self.mask_closing
+        if isinstance(mc, bool) or not isinstance(mc, (int, float)) or not math.isfinite(mc) or mc < 0:
+            raise InputError(f"mask_closing must be a number of mm >= 0, got {mc!r}")
         if self.vsharp_radii is not None and not (len(self.vsharp_radii) and all(_positive(r) for r in self.vsharp_radii)):
             raise InputError(f"vsharp_radii must be positive numbers (mm), got {self.vsharp_radii!r}")
         for name in ("vsharp_threshold", "tkd_threshold", "tv_lambda", "refine_weight", "refine_lambda"):

@@ -130,3 +130,11 @@ def test_mask_from_probability_keeps_the_largest_component_above_the_threshold_f
         mask_from_probability(p, 1.0)
     with pytest.raises(InputError, match="found no brain"):
         mask_from_probability(p, 0.99)
+    notched = p.copy()
+    notched[12:14, 5:8, 10:12] = 0.1  # a notch 2 voxels wide in the brain's surface
+    assert mask_from_probability(notched, 0.5).sum() == 15**3 - 12
+    closed = mask_from_probability(notched, 0.5, 2.0, (1, 1, 1))
+    assert closed[12:14, 6:8, 10:12].all()  # closing fills the notch below its mouth (the surface layer stays open)
+    assert closed.sum() >= 15**3 - 4 and closed[5:20, 5:20, 5:20].sum() == closed.sum()  # nothing outside the brain
+    with pytest.raises(InputError, match="voxel size"):
+        mask_from_probability(notched, 0.5, 2.0)

@@ -8,6 +8,7 @@ from pedq_deploy.metrics import dice
 from pedq_deploy.preprocess import (
     UNWRAP_METHODS,
     classic_mask,
+    close_mask,
     default_radii,
     detect_and_scale_phase,
     laplacian_unwrap,
@@ -194,6 +195,58 @@ def test_vsharp_rejects_bad_input():
         vsharp(f, tiny, (1, 1, 1), radii=(3.0,))
     with pytest.raises(InputError):
         vsharp(f, tiny, (1, 1, 1), threshold=1.5)
+
+
+def _ball_with_notch(vs):
+    x, y, z = grid_mm((48, 48, 24), vs)
+    ball = np.sqrt(x**2 + y**2 + z**2) < 14.0
+    notched = ball & ~((np.abs(x) < 1.6) & (np.abs(z) < 2.5) & (y > 8.0))  # 3 mm wide, 6 mm deep, at the surface
+    return ball, notched
+
+
+def test_close_mask_fills_a_surface_notch_narrower_than_the_ball_and_removes_nothing():
+    vs = (0.8, 0.8, 2.0)
+    ball, notched = _ball_with_notch(vs)
+    closed = close_mask(notched, 4.0, vs)
+    assert not (notched & ~closed).any()  # extensive: nothing removed
+    assert (closed & ~ball).sum() == 0  # a convex brain gains nothing beyond itself
+    notch = ball & ~notched
+    assert (closed & notch).sum() >= 0.8 * notch.sum()  # the notch is filled (its mouth's outer layer may stay open)
+    assert np.array_equal(close_mask(ball, 4.0, vs), ball)  # a convex mask is unchanged
+    assert np.array_equal(close_mask(notched, 0.0, vs), notched)
+    # a ball narrower than the notch leaves it open
+    assert (close_mask(notched, 1.0, vs) & notch).sum() <= 0.2 * notch.sum()
+
+
+def test_close_mask_widens_vsharps_eroded_brain_by_the_notch():
+    """The reason it exists: V-SHARP's erosion grows each notch by its smallest sphere."""
+    vs = (0.8, 0.8, 2.0)
+    ball, notched = _ball_with_notch(vs)
+    field = np.zeros(ball.shape, np.float32)
+    _, eroded_notched = vsharp(field, notched, vs, radii=[4.0])
+    _, eroded_closed = vsharp(field, close_mask(notched, 4.0, vs), vs, radii=[4.0])
+    _, eroded_ball = vsharp(field, ball, vs, radii=[4.0])
+    assert eroded_closed.sum() > eroded_notched.sum()
+    assert eroded_closed.sum() >= 0.95 * eroded_ball.sum()
+
+
+def test_close_mask_does_not_wrap_around_the_grid_edge():
+    vs = (1.0, 1.0, 1.0)
+    m = np.zeros((20, 20, 20), bool)
+    m[:, 5:15, 0:3] = True  # touches two opposite faces along x and the z = 0 face
+    m[:, 5:15, 17:20] = True  # and, across the periodic boundary, the z = 19 face
+    closed = close_mask(m, 3.0, vs)
+    assert not closed[:, :, 8:12].any()  # the two slabs are 14 voxels apart inside the grid: not joined
+
+
+def test_close_mask_rejects_bad_input():
+    with pytest.raises(InputError, match="3D"):
+        close_mask(np.ones((4, 4), bool), 2.0, (1, 1, 1))
+    for bad in (-1.0, float("nan"), True, "2"):
+        with pytest.raises(InputError, match="closing radius"):
+            close_mask(np.ones((4, 4, 4), bool), bad, (1, 1, 1))
+    with pytest.raises(InputError, match="voxel size"):
+        close_mask(np.ones((4, 4, 4), bool), 2.0, (1, 0, 1))
 
 
 def test_classic_mask_on_small_phantom(small_subject):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import scipy.ndimage as ndi
 import pytest
 
 pytest.importorskip("torch")
@@ -175,6 +176,27 @@ def test_pedq_run_with_networks_writes_segmentation_regions_and_quicklook(phanto
     assert np.all(np.isfinite(qsm))
 
 
+def test_the_network_mask_is_closed_as_configured(small_subject, tiny_models):
+    from pedq_deploy.preprocess import close_mask
+    from pedq_deploy.runtime.networks import PedqModels, mask_from_probability
+    from pedq_deploy.runtime.pipeline import PipelineConfig, run_case
+
+    s = small_subject
+    models = PedqModels(tiny_models)
+    probability = models.mask_probability(s.magnitude, s.voxel_size)
+    threshold = float(np.quantile(probability[s.brain_mask], 0.3))  # an untrained network: a mask with notches
+    masks = {}
+    for mm in (0.0, 4.0):
+        cfg = PipelineConfig(
+            echo_time=s.echo_time, field_strength=s.field_strength, inversion="tkd", mask_threshold=threshold, mask_closing=mm
+        )
+        masks[mm] = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg, models=models).mask
+    models.close()
+    assert np.array_equal(masks[0.0], mask_from_probability(probability, threshold))
+    assert np.array_equal(masks[4.0], ndi.binary_fill_holes(close_mask(masks[0.0], 4.0, s.voxel_size)))
+    assert masks[4.0].sum() > masks[0.0].sum() and not (masks[0.0] & ~masks[4.0]).any()
+
+
 def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentation(small_subject, tiny_models):
     from pedq_deploy.inversion import structure_edge_weight, tv_admm
     from pedq_deploy.physics import phase_to_ppm
@@ -335,6 +357,10 @@ def test_pedq_run_model_errors_exit_2(phantom_dir, tiny_models, tmp_path):
     r = run(base + ["-o", tmp_path / "t", "--models", tiny_models, "--config", tmp_path / "t.toml"])
     assert r.returncode == 2 and "mask threshold must lie between 0 and 1" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "t").exists()
+    (tmp_path / "c.toml").write_text("mask_closing = -2\n")
+    r = run(base + ["-o", tmp_path / "mc", "--models", tiny_models, "--config", tmp_path / "c.toml"])
+    assert r.returncode == 2 and "mask_closing must be a number of mm >= 0" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "mc").exists()
     bad = tmp_path / "bad_models"
     shutil.copytree(tiny_models, bad)
     data = bytearray((bad / "seg.onnx").read_bytes())

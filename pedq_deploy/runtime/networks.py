@@ -17,10 +17,10 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from ..backends import load_manifest, make_runner
-from ..config import MASK_THRESHOLD
+from ..config import MASK_CLOSING_MM, MASK_THRESHOLD
 from ..errors import InputError
 from ..frame import B0Frame, mask_box
-from ..preprocess import normalise_magnitude
+from ..preprocess import close_mask, normalise_magnitude
 from .sliding_window import sliding_window_inference
 
 __all__ = ["PedqModels", "find_models", "resample_to", "resample_back", "dgm_box", "seg_grid", "mask_from_probability"]
@@ -111,13 +111,21 @@ def check_threshold(threshold: float) -> None:
         raise InputError(f"the mask threshold must lie between 0 and 1, got {threshold}")
 
 
-def mask_from_probability(probability: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
-    """The brain mask of a brain probability map: above ``threshold``, its largest component, holes filled."""
+def mask_from_probability(
+    probability: np.ndarray, threshold: float = MASK_THRESHOLD, closing_mm: float = 0.0, voxel_size=None
+) -> np.ndarray:
+    """The brain mask of a brain probability map: above ``threshold``, its largest component, closed
+    by a ball of ``closing_mm`` (:func:`~pedq_deploy.preprocess.close_mask`; needs ``voxel_size``),
+    holes filled."""
     check_threshold(threshold)
+    if closing_mm and voxel_size is None:
+        raise InputError("closing the mask needs the voxel size")
     brain = probability > threshold
     lab, n = ndi.label(brain)
     if n > 1:
         brain = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    if closing_mm:
+        brain = close_mask(brain, closing_mm, voxel_size)
     brain = ndi.binary_fill_holes(brain)
     if not brain.any():
         raise InputError("the masking network found no brain: check the magnitude image")
@@ -186,11 +194,11 @@ class PedqModels:
             raise InputError("the magnitude has no signal above the noise: check the magnitude image")
         return resample_back(self._mask_probability(x, head), magnitude.shape)
 
-    def mask(self, magnitude: np.ndarray, voxel_size, threshold: float = MASK_THRESHOLD) -> np.ndarray:
+    def mask(self, magnitude: np.ndarray, voxel_size, threshold: float = MASK_THRESHOLD, closing_mm: float = MASK_CLOSING_MM) -> np.ndarray:
         """Brain mask: the probability (:meth:`mask_probability`) above ``threshold``, its largest
-        component, holes filled (:func:`mask_from_probability`)."""
+        component, closed by a ball of ``closing_mm``, holes filled (:func:`mask_from_probability`)."""
         check_threshold(threshold)
-        return mask_from_probability(self.mask_probability(magnitude, voxel_size), threshold)
+        return mask_from_probability(self.mask_probability(magnitude, voxel_size), threshold, closing_mm, voxel_size)
 
     def reconstruct_in_frame(self, local_field: np.ndarray, mask: np.ndarray, voxel_size, b0) -> tuple[B0Frame, np.ndarray]:
         """The reconstruction network's raw output in its B0-aligned frame, and that frame (built on

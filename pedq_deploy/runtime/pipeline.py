@@ -154,7 +154,7 @@ def run_case(
     if mask is None and use_network_mask:
         if models is None or not models.has("mask"):
             raise InputError("masker network needs a mask model (mask.json) in the models folder")
-        brain = stage("mask", models.mask, first, voxel_size, threshold=config.mask_threshold)
+        brain = stage("mask", models.mask, first, voxel_size, threshold=config.mask_threshold, closing_mm=config.mask_closing)
         mask_source = "network"
     elif mask is None:
         brain = stage("mask", classic_mask, first, voxel_size, notes=mask_notes)
