@@ -10,8 +10,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import scipy.ndimage as ndi
 import pytest
+import scipy.ndimage as ndi
 
 pytest.importorskip("torch")
 pytest.importorskip("monai")

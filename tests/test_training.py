@@ -541,7 +541,7 @@ def test_seg_heads_may_be_masked_by_the_masking_network(tmp_path):
     assert s.network_mask
     ref = data.prepare_subject(7, cfg, np.random.default_rng(3))
     models = PedqModels(tmp_path / "models", backend="onnxruntime")
-    brain = models.mask(ref.magnitude, ref.voxel_size)
+    brain = models.mask(ref.magnitude, ref.voxel_size, closing_mm=cfg.network_mask_closing)
     assert not np.array_equal(brain, ref.brain_mask)
     local, eroded = subject_local_field(ref, unwrap=cfg.unwrap, mask=brain)
     _, x, roi = seg_grid(models.reconstruct(local, eroded, ref.voxel_size, ref.b0_direction), eroded, ref.voxel_size, (3.0,) * 3)
@@ -561,17 +561,27 @@ def test_recon_heads_may_be_masked_by_the_masking_network(tmp_path):
     true = data.prepare_subject(7, tiny(), np.random.default_rng(3))
     s = data.prepare_subject(7, tiny(recon_network_mask=1.0, mask_model=str(tmp_path / "models")), np.random.default_rng(3))
     assert s.params["network_mask"] and not true.params["network_mask"]
+    closed = data.prepare_subject(
+        7, tiny(recon_network_mask=1.0, mask_model=str(tmp_path / "models"), network_mask_closing=6.0), np.random.default_rng(3)
+    )
     models = PedqModels(tmp_path / "models", backend="onnxruntime")
-    brain = models.mask(true.magnitude, true.voxel_size)
+    brain = models.mask(true.magnitude, true.voxel_size, closing_mm=0.0)  # the closing the config's default names
+    brain_closed = models.mask(true.magnitude, true.voxel_size, closing_mm=6.0)
     models.close()
     assert not np.array_equal(brain, true.brain_mask)
     local, eroded = subject_local_field(true, unwrap="laplacian", mask=brain)
     np.testing.assert_array_equal(s.local_field, local)
     np.testing.assert_array_equal(s.params["loss_mask"], eroded)
     assert not np.array_equal(s.params["loss_mask"], true.params["loss_mask"])
+    _, eroded_closed = subject_local_field(true, unwrap="laplacian", mask=brain_closed)
+    np.testing.assert_array_equal(closed.params["loss_mask"], eroded_closed)
 
     cfg = tmp_path / "c.json"
-    for bad, match in (({"recon_network_mask": 1.5}, "share"), ({"recon_network_mask": 0.5, "seg_network_mask": 0.5}, "give one")):
+    for bad, match in (
+        ({"recon_network_mask": 1.5}, "share"),
+        ({"recon_network_mask": 0.5, "seg_network_mask": 0.5}, "give one"),
+        ({"network_mask_closing": -1}, "network_mask_closing"),
+    ):
         cfg.write_text(json.dumps(bad))
         with pytest.raises(InputError, match=match):
             load_config(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -90,6 +91,9 @@ class TrainConfig:
     # network of the exported models folder mask_model (brain probability > its default threshold),
     # as pedq-run masks by default, instead of the true brain mask
     recon_network_mask: float = 0.0
+    # the closing (mm) of those network masks, as pedq-run's mask_closing (0: the masks the models
+    # shipped before the closing was in pedq-run were trained on)
+    network_mask_closing: float = 0.0
     mask_model: str | None = None
     frozen: tuple[str, ...] = ()  # networks whose weights stay as loaded (joint: ("recon",) trains the segmentation UNETR alone)
     weight_decay: float = 1e-5
@@ -152,6 +156,9 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         raise InputError(f"seg_network_mask must be a share in [0, 1], got {cfg.seg_network_mask!r}")
     if not isinstance(cfg.recon_network_mask, (int, float)) or not 0 <= cfg.recon_network_mask <= 1:
         raise InputError(f"recon_network_mask must be a share in [0, 1], got {cfg.recon_network_mask!r}")
+    nmc = cfg.network_mask_closing
+    if isinstance(nmc, bool) or not isinstance(nmc, (int, float)) or not math.isfinite(nmc) or nmc < 0:
+        raise InputError(f"network_mask_closing must be a number of mm >= 0, got {nmc!r}")
     if cfg.recon_network_mask > 0 and cfg.seg_network_mask > 0:
         raise InputError("recon_network_mask and seg_network_mask: give one (a seg run masks its heads with seg_network_mask)")
     if not isinstance(cfg.data_workers, int) or cfg.data_workers < 0:

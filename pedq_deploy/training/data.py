@@ -156,7 +156,7 @@ def prepare_subject(
         return s
     mask = None
     if share > 0 and rng.random() < share:  # as pedq-run masks by default
-        mask = exported_models(folder, "mask").mask(s.magnitude, s.voxel_size)
+        mask = exported_models(folder, "mask").mask(s.magnitude, s.voxel_size, closing_mm=cfg.network_mask_closing)
     s.params["network_mask"] = mask is not None
     local, eroded = subject_local_field(s, unwrap=cfg.unwrap, mask=mask)
     mag = normalise_magnitude(s.magnitude)  # the runtime's own normalisation
