@@ -101,6 +101,11 @@ class PipelineConfig:
         None, "V-SHARP sphere radii in mm, largest first; none: 12 mm down to twice the thickest voxel side"
     )
     vsharp_threshold: float = _param(0.05, "V-SHARP's deconvolution threshold (truncated SVD of the SMV kernel)")
+    fill_rim: bool = _param(
+        False,
+        "TV and the refinement solve chi over the whole brain mask, the field's data taken only where background "
+        "removal kept it: the rim it eroded gets the susceptibility whose fields best explain the field inside",
+    )
     tkd_threshold: float = _param(0.19, "TKD: the dipole kernel's magnitude below which it is truncated")
     tv_lambda: float = _param(3e-4, "TV: the weight of the total variation term")
     tv_iterations: int = _param(60, "TV and the refinement: ADMM iterations")
@@ -153,6 +158,8 @@ class PipelineConfig:
                 raise InputError(f"{name} must be a whole number >= 1, got {v!r}")
         if not (isinstance(self.refine_edge_weight, (int, float)) and 0 <= self.refine_edge_weight <= 1):
             raise InputError(f"refine_edge_weight must lie in [0, 1], got {self.refine_edge_weight!r}")
+        if not isinstance(self.fill_rim, bool):
+            raise InputError(f"fill_rim must be true or false, got {self.fill_rim!r}")
         if not (isinstance(self.refine, bool) or self.refine == "auto"):
             raise InputError(f"refine must be auto, true or false, got {self.refine!r}")
         if self.refine is True and self.inversion not in ("pedq", "auto"):

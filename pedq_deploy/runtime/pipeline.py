@@ -177,6 +177,8 @@ def run_case(
         local, eroded = stage("background", vsharp, total_field, brain, voxel_size, config.vsharp_radii, config.vsharp_threshold)
     if inversion == "tkd":
         chi = stage("inversion", tkd, local, eroded, voxel_size, b0, config.tkd_threshold)
+    elif inversion == "tv" and config.fill_rim:
+        chi = stage("inversion", tv_admm, local, brain, voxel_size, b0, config.tv_lambda, None, config.tv_iterations, data_mask=eroded)
     elif inversion == "tv":
         chi = stage("inversion", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations)
     else:
@@ -197,7 +199,7 @@ def run_case(
             "refine",
             tv_admm,
             local,
-            eroded,
+            brain if config.fill_rim else eroded,
             voxel_size,
             b0,
             config.refine_lambda,
@@ -206,8 +208,11 @@ def run_case(
             prior=chi,
             prior_weight=config.refine_weight,
             tv_weight=edge_weight,
+            data_mask=eroded if config.fill_rim else None,
         )
-    coverage = float(eroded.sum() / max(int(brain.sum()), 1))
+    rim_filled = config.fill_rim and (refine or inversion == "tv")
+    valued = brain if rim_filled else eroded  # where chi has values
+    coverage = float(valued.sum() / max(int(brain.sum()), 1))
     te_qc = float(np.mean(tes))  # the map's radians are those of the mean echo time
     qc_map, qc = stage(
         "qc",
@@ -248,7 +253,10 @@ def run_case(
         "brain_voxels": int(brain.sum()),
         "coverage": coverage,  # the share of this run's brain mask (mask.nii.gz) where chi has values
         "echoes": len(tes),
-        "chi_reference": "mean over the brain mask where chi has values (eroded by background removal)",
+        "rim_filled": rim_filled,
+        "chi_reference": "mean over the brain mask"
+        if rim_filled
+        else "mean over the brain mask where chi has values (eroded by background removal)",
         **({"segmentation_source": "labels file" if labels is not None else "atlas" if use_atlas else "network"} if with_seg else {}),
         **({"atlas": _atlas_name()} if use_atlas else {}),
         **({"segmentation_qc": seg_qc} if seg_qc is not None else {}),
