@@ -328,3 +328,28 @@ def test_the_pipeline_removes_the_background_with_the_method_its_settings_name(s
     assert not np.array_equal(runs["lbv"].local_field, runs["vsharp"].local_field)
     with pytest.raises(InputError, match="unknown background"):
         PipelineConfig(echo_time=0.005, field_strength=3.0, background="pdf").validate()
+
+
+def test_fill_rim_gives_tv_values_on_the_whole_brain_mask(small_subject):
+    from pedq_deploy.config import PipelineConfig
+    from pedq_deploy.runtime.pipeline import run_case
+
+    s = small_subject
+    runs = {
+        fill: run_case(
+            s.magnitude,
+            s.phase,
+            s.affine,
+            s.voxel_size,
+            PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength, inversion="tv", fill_rim=fill, tv_iterations=20),
+            mask=s.brain_mask,
+        )
+        for fill in (False, True)
+    }
+    plain, filled = runs[False], runs[True]
+    assert plain.info["coverage"] < 0.95 and not plain.info["rim_filled"]
+    assert filled.info["coverage"] == 1.0 and filled.info["rim_filled"] and filled.info["chi_reference"] == "mean over the brain mask"
+    rim = s.brain_mask & (plain.qsm == 0)
+    assert np.count_nonzero(filled.qsm[rim]) > 0.9 * rim.sum() and np.all(filled.qsm[~s.brain_mask] == 0)
+    with pytest.raises(InputError, match="fill_rim must be true or false"):
+        PipelineConfig(echo_time=0.005, field_strength=3.0, fill_rim="yes").validate()
