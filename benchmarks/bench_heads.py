@@ -138,9 +138,12 @@ def score_head(source: str, protocol: str, age: str, seed: int, models, bet: boo
     default = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg(), models=models)
     t_default = time.perf_counter() - t0
     maps = {"pedq-run": default.qsm}
+    # the peers as the textbooks run them: on the mask background removal eroded, whatever pedq-run's defaults
     for name, inv in (("TV", "tv"), ("TKD", "tkd")):
-        maps[name] = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg(inversion=inv), mask=default.mask).qsm
-    maps["TV, true mask"] = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg(inversion="tv"), mask=s.brain_mask).qsm
+        maps[name] = run_case(s.magnitude, s.phase, s.affine, s.voxel_size, cfg(inversion=inv, fill_rim=False), mask=default.mask).qsm
+    maps["TV, true mask"] = run_case(
+        s.magnitude, s.phase, s.affine, s.voxel_size, cfg(inversion="tv", fill_rim=False), mask=s.brain_mask
+    ).qsm
     masks = {"pedq-run": default.mask}
     t0 = time.perf_counter()
     masks["classic"] = classic_mask(s.magnitude, s.voxel_size)
@@ -167,15 +170,15 @@ def score_head(source: str, protocol: str, age: str, seed: int, models, bet: boo
     }
 
 
-def _models_key(models_dir) -> str:
-    if models_dir is None:
-        return "none"
+def _cache_key(models_dir) -> str:
     parts = [
         json.loads((Path(models_dir) / f"{r}.json").read_text()).get("sha256", "")
         for r in ("mask", "recon", "seg")
-        if (Path(models_dir) / f"{r}.json").is_file()
+        if models_dir is not None and (Path(models_dir) / f"{r}.json").is_file()
     ]
-    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+    # the default settings too: a new default is a new pedq-run
+    defaults = json.dumps(PipelineConfig(echo_time=0.01, field_strength=3.0).parameters(), sort_keys=True)
+    return hashlib.sha256(("".join(parts) + defaults).encode()).hexdigest()[:16]
 
 
 def _stat(values) -> str:
@@ -301,7 +304,7 @@ def main() -> None:
     name = a.name or ("heads_validation" if a.validation else "heads")
     found = find_models(a.models)
     models = PedqModels(found) if found is not None else None
-    key = _models_key(found)
+    key = _cache_key(found)
     WORK.mkdir(exist_ok=True)
     cache = WORK / f"{name}.jsonl"
     done = {}

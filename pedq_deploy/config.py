@@ -102,9 +102,10 @@ class PipelineConfig:
     )
     vsharp_threshold: float = _param(0.05, "V-SHARP's deconvolution threshold (truncated SVD of the SMV kernel)")
     fill_rim: bool = _param(
-        False,
+        True,
         "TV and the refinement solve chi over the whole brain mask, the field's data taken only where background "
-        "removal kept it: the rim it eroded gets the susceptibility whose fields best explain the field inside",
+        "removal kept it: the rim it eroded gets the susceptibility whose fields best explain the field inside "
+        "(chosen on validation heads); false: chi only where background removal left the field",
     )
     tkd_threshold: float = _param(0.19, "TKD: the dipole kernel's magnitude below which it is truncated")
     tv_lambda: float = _param(3e-4, "TV: the weight of the total variation term")

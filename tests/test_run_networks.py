@@ -237,7 +237,7 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     cfg = PipelineConfig(echo_time=s.echo_time, field_strength=s.field_strength)
     expect = tv_admm(
         local,
-        eroded,
+        plain.mask if cfg.fill_rim else eroded,  # the rim filled, or not, as the default says
         s.voxel_size,
         plain.info["b0_direction_voxel_frame"],
         cfg.refine_lambda,
@@ -245,6 +245,7 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
         cfg.tv_iterations,
         prior=plain.qsm,
         prior_weight=0.03,
+        data_mask=eroded if cfg.fill_rim else None,
     )
     np.testing.assert_allclose(refined.qsm, expect, atol=1e-5)
     assert np.abs(refined.qsm - plain.qsm).max() > 1e-3
@@ -253,7 +254,7 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
     assert plain.segmentation.any()
     expect = tv_admm(
         local,
-        eroded,
+        plain.mask if cfg.fill_rim else eroded,  # the rim filled, or not, as the default says
         s.voxel_size,
         plain.info["b0_direction_voxel_frame"],
         cfg.refine_lambda,
@@ -261,6 +262,7 @@ def test_refinement_is_tv_with_the_network_map_as_prior_and_keeps_its_segmentati
         cfg.tv_iterations,
         prior=plain.qsm,
         prior_weight=0.03,
+        data_mask=eroded if cfg.fill_rim else None,
         tv_weight=structure_edge_weight(plain.segmentation, 0.0, 2, across=True),
     )
     np.testing.assert_allclose(guided.qsm, expect, atol=1e-5)
@@ -302,7 +304,7 @@ def test_guided_refinement_needs_boundaries_and_takes_given_labels(small_subject
     assert res.segmentation.any() and not res.segmentation[~eroded].any()
     expect = tv_admm(
         local,
-        eroded,
+        plain.mask if cfg.fill_rim else eroded,  # the rim filled, or not, as the default says
         s.voxel_size,
         plain.info["b0_direction_voxel_frame"],
         cfg.refine_lambda,
@@ -310,6 +312,7 @@ def test_guided_refinement_needs_boundaries_and_takes_given_labels(small_subject
         cfg.tv_iterations,
         prior=plain.qsm,
         prior_weight=0.03,
+        data_mask=eroded if cfg.fill_rim else None,
         tv_weight=structure_edge_weight(res.segmentation, cfg.refine_edge_weight, cfg.refine_edge_band, across=True),
     )
     np.testing.assert_allclose(res.qsm, expect, atol=1e-5)
