@@ -80,7 +80,12 @@ def command(
     if not quiet:
         echo_err(
             f"pedq-run: wrote {outdir} in {prov['timings_s']['total']:.1f} s; chi has values in "
-            f"{prov['coverage']:.1%} of the brain mask it used (mask.nii.gz; the rest is eroded by V-SHARP)"
+            f"{prov['coverage']:.1%} of the brain mask it used (mask.nii.gz"
+            + (
+                "; the rim V-SHARP eroded is filled from the field inside it)"
+                if prov.get("rim_filled")
+                else "; the rest is eroded by V-SHARP)"
+            )
         )
         for flag in prov["qc"].get("flags", []):
             echo_err(f"pedq-run: QC: {flag}")
