@@ -88,7 +88,8 @@ def main() -> None:
     write_json(name, data)
     kind = "validation" if a.validation else "held-out"
     lines = [
-        "## The masking network's transfer gap" + (" (validation heads)" if a.validation else ""),
+        ("## Closing the masking network's mask" if len(closings) > 1 else "## The masking network's transfer gap")
+        + (" (validation heads)" if a.validation else ""),
         "",
         f"Script: `benchmarks/bench_mask_transfer.py` ({data['date']}); {kind} heads (seeds {seeds[0]}-"
         f"{seeds[-1]}), {a.heads} a cell. Masking networks: "

@@ -103,7 +103,7 @@ def compose() -> None:
     ]
     # design questions the issues ask to see beside the scoreboard: the masking network's transfer
     # gap (held-out heads) and the choices made on validation heads
-    for extra in ("mask_transfer", "mask_transfer_validation", "choose", "seg_validation"):
+    for extra in ("mask_transfer", "mask_transfer_validation", "mask_closing_validation", "choose", "seg_validation"):
         if (RESULTS_DIR / f"{extra}.md").is_file():
             sections.append(RESULTS_DIR / f"{extra}.md")
     for path in sections:
