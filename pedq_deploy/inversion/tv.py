@@ -108,6 +108,16 @@ def _chi_update(spec, dtf, inv_denom, rho):  # pragma: no cover - compiled
                 spec[i, j, k] = (rho * spec[i, j, k] + dtf[i, j, k]) * inv_denom[i, j, k]
 
 
+def _shrink_thresholds(kappa: float, tv_weight, box) -> np.ndarray:
+    """The shrinkage threshold ``lam / rho`` for :func:`_shrink_update`: (1, 1, 1, 1) for plain TV,
+    else one per voxel or per difference, scaled by ``tv_weight`` inside the box (1 outside it:
+    the box's margin is outside the mask anyway)."""
+    if tv_weight is None:
+        return np.full((1, 1, 1, 1), kappa, np.float32)
+    parts = tv_weight if tv_weight.ndim == 4 else tv_weight[None]
+    return np.stack([(np.float32(kappa) * (1.0 - box.embed(1.0 - p))).astype(np.float32) for p in parts])
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _data_update(dchi, u, f, w, rho_d):  # pragma: no cover - compiled
     """z = (w f + rho_d (D chi + u)) / (w + rho_d); u += D chi - z; dchi = z - u (in place)."""
@@ -158,12 +168,7 @@ def _tv_data_masked(f, m, dm, v, b, lam, rho, iterations, prior, alpha, tv_weigh
     u_d = np.zeros(shape, np.float32)
     rhs = np.zeros(shape, np.float32)
     inv_h = (1.0 / v).astype(np.float32)
-    kappa = np.float32(lam / rho)
-    if tv_weight is None:
-        kappa = np.full((1, 1, 1, 1), kappa, np.float32)
-    else:
-        parts = tv_weight if tv_weight.ndim == 4 else tv_weight[None]
-        kappa = np.stack([(kappa * (1.0 - box.embed(1.0 - p))).astype(np.float32) for p in parts])
+    kappa = _shrink_thresholds(lam / rho, tv_weight, box)
     for _ in range(iterations):
         _shrink_update(chi, zu, u, inv_h, kappa, rhs)
         dchi = scipy.fft.irfftn(spec * d, s=shape, workers=w).astype(np.float32, copy=False)
@@ -326,12 +331,7 @@ def tv_admm(
     u = np.zeros((3,) + shape, np.float32)
     rhs = np.zeros(shape, np.float32)
     inv_h = (1.0 / v).astype(np.float32)
-    kappa = np.float32(lam / rho)
-    if tv_weight is None:
-        kappa = np.full((1, 1, 1, 1), kappa, np.float32)
-    else:  # outside the mask's box the weight is 1 (the box's margin is outside the mask anyway)
-        parts = tv_weight if tv_weight.ndim == 4 else tv_weight[None]
-        kappa = np.stack([(kappa * (1.0 - box.embed(1.0 - p))).astype(np.float32) for p in parts])
+    kappa = _shrink_thresholds(lam / rho, tv_weight, box)
     for _ in range(iterations):
         _shrink_update(chi, zu, u, inv_h, kappa, rhs)
         spec = scipy.fft.rfftn(rhs, workers=w)
