@@ -108,6 +108,21 @@ def _chi_update(spec, dtf, inv_denom, rho):  # pragma: no cover - compiled
                 spec[i, j, k] = (rho * spec[i, j, k] + dtf[i, j, k]) * inv_denom[i, j, k]
 
 
+def _inverse_denominator(d, shape, v, rho: float, alpha: float) -> np.ndarray:
+    """1 / (|D|^2 + rho |E|^2 + alpha): the chi update's k-space denominator, in both ADMM forms."""
+    denom = (d * d + rho * _gradient_eigs(shape, v) + alpha).astype(np.float32)
+    if alpha == 0:
+        denom[0, 0, 0] = 1.0  # the mean is undetermined; it is fixed by demeaning over the mask
+    return (1.0 / denom).astype(np.float32)
+
+
+def _start(box, m, prior, alpha: float) -> np.ndarray:
+    """ADMM's first chi on the padded box: the prior inside the mask where one is weighted, else 0."""
+    if alpha > 0:
+        return box.embed(np.where(m, prior, 0.0)).astype(np.float32)
+    return np.zeros(box.shape, np.float32)
+
+
 def _shrink_thresholds(kappa: float, tv_weight, box) -> np.ndarray:
     """The shrinkage threshold ``lam / rho`` for :func:`_shrink_update`: (1, 1, 1, 1) for plain TV,
     else one per voxel or per difference, scaled by ``tv_weight`` inside the box (1 outside it:
@@ -143,24 +158,18 @@ def _chi_update_split(spec, rhs_spec, q_spec, d, prior_spec, inv_denom, rho, rho
 
 def _tv_data_masked(f, m, dm, v, b, lam, rho, iterations, prior, alpha, tv_weight):
     """tv_admm with the data term on ``dm`` only: ADMM on chi, g = grad chi and z = D chi."""
-    rho_d = 1.0  # the data split's penalty: the chi update keeps the conditioning of the unsplit form
+    rho_d = 1.0  # the data split's penalty, 1: the chi update has the unsplit form's denominator
     box = crop_to_mask(m)
     shape = box.shape
     w = fft_workers()
     d = dipole_kernel_rfft(shape, v, b).astype(np.float32)
-    e2 = _gradient_eigs(shape, v)
-    denom = (rho_d * d * d + rho * e2 + alpha).astype(np.float32)
-    if alpha == 0:
-        denom[0, 0, 0] = 1.0
-    inv_denom = (1.0 / denom).astype(np.float32)
-    del denom, e2
+    inv_denom = _inverse_denominator(d, shape, v, rho, alpha)
     fb = box.embed(np.where(dm, f, 0.0))
     wb = box.embed(dm.astype(np.float32))
+    chi = _start(box, m, prior, alpha)
     if alpha > 0:
-        chi = box.embed(np.where(m, prior, 0.0)).astype(np.float32)
         prior_spec = (alpha * scipy.fft.rfftn(chi, workers=w)).astype(np.complex64)
     else:
-        chi = np.zeros(shape, np.float32)
         prior_spec = np.zeros(d.shape, np.complex64)
     spec = scipy.fft.rfftn(chi, workers=w).astype(np.complex64)
     zu = np.zeros((3,) + shape, np.float32)
@@ -314,18 +323,11 @@ def tv_admm(
     shape = box.shape
     w = fft_workers()
     d = dipole_kernel_rfft(shape, v, b)
-    e2 = _gradient_eigs(shape, v)
-    denom = (d * d + rho * e2 + alpha).astype(np.float32)
-    if alpha == 0:
-        denom[0, 0, 0] = 1.0  # the mean is undetermined; it is fixed by demeaning over the mask
-    inv_denom = (1.0 / denom).astype(np.float32)
-    del denom, e2
+    inv_denom = _inverse_denominator(d, shape, v, rho, alpha)
     dtf = scipy.fft.rfftn(box.embed(np.where(m, f, 0.0)), workers=w) * d
+    chi = _start(box, m, prior, alpha)
     if alpha > 0:
-        chi = box.embed(np.where(m, prior, 0.0)).astype(np.float32)
         dtf += alpha * scipy.fft.rfftn(chi, workers=w)
-    else:
-        chi = np.zeros(shape, np.float32)
     dtf = dtf.astype(np.complex64)
     zu = np.zeros((3,) + shape, np.float32)  # z - u
     u = np.zeros((3,) + shape, np.float32)
