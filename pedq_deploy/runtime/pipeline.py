@@ -175,12 +175,12 @@ def run_case(
         local, eroded = stage("background", lbv, total_field, brain, voxel_size)
     else:
         local, eroded = stage("background", vsharp, total_field, brain, voxel_size, config.vsharp_radii, config.vsharp_threshold)
+    # TV's region and where its data term lies: the whole brain from the eroded mask's field, or the eroded mask alone
+    tv_region, tv_data = (brain, eroded) if config.fill_rim else (eroded, None)
     if inversion == "tkd":
         chi = stage("inversion", tkd, local, eroded, voxel_size, b0, config.tkd_threshold)
-    elif inversion == "tv" and config.fill_rim:
-        chi = stage("inversion", tv_admm, local, brain, voxel_size, b0, config.tv_lambda, None, config.tv_iterations, data_mask=eroded)
     elif inversion == "tv":
-        chi = stage("inversion", tv_admm, local, eroded, voxel_size, b0, config.tv_lambda, None, config.tv_iterations)
+        chi = stage("inversion", tv_admm, local, tv_region, voxel_size, b0, config.tv_lambda, None, config.tv_iterations, data_mask=tv_data)
     else:
         chi = stage("inversion", models.reconstruct, local, eroded, voxel_size, b0)
     chi_network = chi if inversion == "pedq" else None  # what the segmentation network was trained on
@@ -199,7 +199,7 @@ def run_case(
             "refine",
             tv_admm,
             local,
-            brain if config.fill_rim else eroded,
+            tv_region,
             voxel_size,
             b0,
             config.refine_lambda,
@@ -208,7 +208,7 @@ def run_case(
             prior=chi,
             prior_weight=config.refine_weight,
             tv_weight=edge_weight,
-            data_mask=eroded if config.fill_rim else None,
+            data_mask=tv_data,
         )
     rim_filled = config.fill_rim and (refine or inversion == "tv")
     valued = brain if rim_filled else eroded  # where chi has values
